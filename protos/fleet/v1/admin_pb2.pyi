@@ -1,0 +1,192 @@
+import datetime
+
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from protos.fleet.v1 import types_pb2 as _types_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class NodePhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NODE_PHASE_UNSPECIFIED: _ClassVar[NodePhase]
+    NODE_PHASE_CONNECTED: _ClassVar[NodePhase]
+    NODE_PHASE_STALE: _ClassVar[NodePhase]
+    NODE_PHASE_UNREACHABLE: _ClassVar[NodePhase]
+NODE_PHASE_UNSPECIFIED: NodePhase
+NODE_PHASE_CONNECTED: NodePhase
+NODE_PHASE_STALE: NodePhase
+NODE_PHASE_UNREACHABLE: NodePhase
+
+class NodeView(_message.Message):
+    __slots__ = ("site", "node", "phase", "last_seen", "inventory", "desired_version", "applied_version", "objects_desired", "objects_applied", "agent_version", "recent_errors", "connected")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    INVENTORY_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_DESIRED_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RECENT_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    node: str
+    phase: NodePhase
+    last_seen: _timestamp_pb2.Timestamp
+    inventory: _types_pb2.Inventory
+    desired_version: int
+    applied_version: int
+    objects_desired: int
+    objects_applied: int
+    agent_version: str
+    recent_errors: _containers.RepeatedScalarFieldContainer[str]
+    connected: bool
+    def __init__(self, site: _Optional[str] = ..., node: _Optional[str] = ..., phase: _Optional[_Union[NodePhase, str]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., inventory: _Optional[_Union[_types_pb2.Inventory, _Mapping]] = ..., desired_version: _Optional[int] = ..., applied_version: _Optional[int] = ..., objects_desired: _Optional[int] = ..., objects_applied: _Optional[int] = ..., agent_version: _Optional[str] = ..., recent_errors: _Optional[_Iterable[str]] = ..., connected: _Optional[bool] = ...) -> None: ...
+
+class SiteView(_message.Message):
+    __slots__ = ("site", "phase", "last_seen", "nodes", "nodes_connected", "gpus", "region", "country", "jurisdiction", "desired_version", "applied_version")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    NODES_CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    COUNTRY_FIELD_NUMBER: _ClassVar[int]
+    JURISDICTION_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    phase: NodePhase
+    last_seen: _timestamp_pb2.Timestamp
+    nodes: int
+    nodes_connected: int
+    gpus: int
+    region: str
+    country: str
+    jurisdiction: str
+    desired_version: int
+    applied_version: int
+    def __init__(self, site: _Optional[str] = ..., phase: _Optional[_Union[NodePhase, str]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., nodes: _Optional[int] = ..., nodes_connected: _Optional[int] = ..., gpus: _Optional[int] = ..., region: _Optional[str] = ..., country: _Optional[str] = ..., jurisdiction: _Optional[str] = ..., desired_version: _Optional[int] = ..., applied_version: _Optional[int] = ...) -> None: ...
+
+class ListSitesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSitesResponse(_message.Message):
+    __slots__ = ("sites",)
+    SITES_FIELD_NUMBER: _ClassVar[int]
+    sites: _containers.RepeatedCompositeFieldContainer[SiteView]
+    def __init__(self, sites: _Optional[_Iterable[_Union[SiteView, _Mapping]]] = ...) -> None: ...
+
+class ListNodesRequest(_message.Message):
+    __slots__ = ("site",)
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    def __init__(self, site: _Optional[str] = ...) -> None: ...
+
+class ListNodesResponse(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeView]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeView, _Mapping]]] = ...) -> None: ...
+
+class ObjectTarget(_message.Message):
+    __slots__ = ("site", "node")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    node: str
+    def __init__(self, site: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
+
+class PutObjectRequest(_message.Message):
+    __slots__ = ("kind", "name", "target", "spec")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    target: ObjectTarget
+    spec: _struct_pb2.Struct
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., target: _Optional[_Union[ObjectTarget, _Mapping]] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class PutObjectResponse(_message.Message):
+    __slots__ = ("object",)
+    OBJECT_FIELD_NUMBER: _ClassVar[int]
+    object: _types_pb2.DesiredObject
+    def __init__(self, object: _Optional[_Union[_types_pb2.DesiredObject, _Mapping]] = ...) -> None: ...
+
+class DeleteObjectRequest(_message.Message):
+    __slots__ = ("kind", "name")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class DeleteObjectResponse(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...
+
+class ObjectView(_message.Message):
+    __slots__ = ("object", "target", "nodes_targeted", "nodes_applied", "updated_at")
+    OBJECT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    NODES_TARGETED_FIELD_NUMBER: _ClassVar[int]
+    NODES_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    object: _types_pb2.DesiredObject
+    target: ObjectTarget
+    nodes_targeted: int
+    nodes_applied: int
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, object: _Optional[_Union[_types_pb2.DesiredObject, _Mapping]] = ..., target: _Optional[_Union[ObjectTarget, _Mapping]] = ..., nodes_targeted: _Optional[int] = ..., nodes_applied: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListObjectsRequest(_message.Message):
+    __slots__ = ("kind",)
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    def __init__(self, kind: _Optional[str] = ...) -> None: ...
+
+class ListObjectsResponse(_message.Message):
+    __slots__ = ("objects",)
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    objects: _containers.RepeatedCompositeFieldContainer[ObjectView]
+    def __init__(self, objects: _Optional[_Iterable[_Union[ObjectView, _Mapping]]] = ...) -> None: ...
+
+class ReportStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AgentReportStats(_message.Message):
+    __slots__ = ("site", "node", "reports", "max_seq", "duplicates")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEQ_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    node: str
+    reports: int
+    max_seq: int
+    duplicates: int
+    def __init__(self, site: _Optional[str] = ..., node: _Optional[str] = ..., reports: _Optional[int] = ..., max_seq: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
+
+class ReportStatsResponse(_message.Message):
+    __slots__ = ("agents", "total_reports")
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_REPORTS_FIELD_NUMBER: _ClassVar[int]
+    agents: _containers.RepeatedCompositeFieldContainer[AgentReportStats]
+    total_reports: int
+    def __init__(self, agents: _Optional[_Iterable[_Union[AgentReportStats, _Mapping]]] = ..., total_reports: _Optional[int] = ...) -> None: ...
