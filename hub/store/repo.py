@@ -1,0 +1,399 @@
+"""Repositories: every read and write of fleet state goes through `Store`.
+
+Methods take and return plain domain records (dataclasses below), never ORM
+rows or protobuf messages, so callers stay independent of both.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.store import tables as t
+from hub.store.db import Database
+
+VERSION_COUNTER = "desired_version"
+
+
+def utc(dt: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    id: int
+    site: str
+    node: str
+    agent_version: str
+    inventory: dict
+    first_seen: datetime
+    last_seen: datetime
+    connected: bool
+    recent_errors: list[str]
+    reports_received: int
+    reports_duplicate: int
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRecord:
+    id: str
+    kind: str
+    name: str
+    version: int
+    spec: dict
+    target_site: str
+    target_node: str
+    deleted: bool
+    updated_at: datetime
+
+    def targets(self, site: str, node: str) -> bool:
+        """Whether this object is meant for the given node (ignores deletion)."""
+        return self.target_site in ("", site) and self.target_node in ("", node)
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedRecord:
+    node_id: int
+    object_id: str
+    version: int
+    ok: bool
+    error: str = ""
+    applied_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingReport:
+    seq: int
+    kind: str
+    created_at: datetime
+    payload: dict
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReports:
+    """Outcome of storing one batch: which seqs are new and which were seen before."""
+
+    new: tuple[int, ...]
+    duplicate: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    node_id: int
+    at: datetime
+    inventory: dict | None = None
+    recent_errors: list[str] | None = None
+
+
+def _node(row: t.Node) -> NodeRecord:
+    return NodeRecord(
+        id=row.id,
+        site=row.site,
+        node=row.node,
+        agent_version=row.agent_version,
+        inventory=dict(row.inventory or {}),
+        first_seen=utc(row.first_seen),
+        last_seen=utc(row.last_seen),
+        connected=row.connected,
+        recent_errors=list(row.recent_errors or []),
+        reports_received=row.reports_received,
+        reports_duplicate=row.reports_duplicate,
+    )
+
+
+def _object(row: t.DesiredObject) -> ObjectRecord:
+    return ObjectRecord(
+        id=row.id,
+        kind=row.kind,
+        name=row.name,
+        version=row.version,
+        spec=dict(row.spec or {}),
+        target_site=row.target_site,
+        target_node=row.target_node,
+        deleted=row.deleted,
+        updated_at=utc(row.updated_at),
+    )
+
+
+class Store:
+    """Fleet state on top of a migrated `Database`."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._insert = sqlite.insert if db.is_sqlite else postgresql.insert
+
+    # -- versions -----------------------------------------------------------
+
+    async def _next_version(self, s: AsyncSession) -> int:
+        # UPDATE ... RETURNING takes the row lock in PostgreSQL and the write
+        # lock in SQLite, so concurrent hub processes never share a version.
+        ins = self._insert(t.Counter).values(name=VERSION_COUNTER, value=0)
+        await s.execute(ins.on_conflict_do_nothing(index_elements=["name"]))
+        res = await s.execute(
+            update(t.Counter)
+            .where(t.Counter.name == VERSION_COUNTER)
+            .values(value=t.Counter.value + 1)
+            .returning(t.Counter.value)
+        )
+        return int(res.scalar_one())
+
+    async def current_version(self) -> int:
+        async with self.db.sessions() as s:
+            res = await s.execute(select(t.Counter.value).where(t.Counter.name == VERSION_COUNTER))
+            return int(res.scalar_one_or_none() or 0)
+
+    # -- nodes --------------------------------------------------------------
+
+    async def register_node(
+        self, site: str, node: str, agent_version: str, inventory: dict, now: datetime
+    ) -> NodeRecord:
+        """Insert or refresh a node as it says hello; marks it connected."""
+        async with self.db.sessions.begin() as s:
+            ins = self._insert(t.Node).values(
+                site=site,
+                node=node,
+                agent_version=agent_version,
+                inventory=inventory,
+                first_seen=now,
+                last_seen=now,
+                connected=True,
+                recent_errors=[],
+                reports_received=0,
+                reports_duplicate=0,
+            )
+            ins = ins.on_conflict_do_update(
+                index_elements=["site", "node"],
+                set_={
+                    "agent_version": agent_version,
+                    "inventory": inventory,
+                    "last_seen": now,
+                    "connected": True,
+                },
+            ).returning(t.Node)
+            row = (await s.execute(ins)).scalar_one()
+            return _node(row)
+
+    async def mark_disconnected(self, node_id: int, now: datetime) -> None:
+        async with self.db.sessions.begin() as s:
+            await s.execute(update(t.Node).where(t.Node.id == node_id).values(connected=False, last_seen=now))
+
+    async def mark_all_disconnected(self, node_ids: Iterable[int]) -> None:
+        ids = list(node_ids)
+        if not ids:
+            return
+        async with self.db.sessions.begin() as s:
+            await s.execute(update(t.Node).where(t.Node.id.in_(ids)).values(connected=False))
+
+    async def record_heartbeats(self, beats: Sequence[Heartbeat]) -> None:
+        """Apply many heartbeats in one transaction (they arrive by the thousand)."""
+        if not beats:
+            return
+        async with self.db.sessions.begin() as s:
+            plain = [{"b_id": b.node_id, "b_at": b.at} for b in beats if b.inventory is None and b.recent_errors is None]
+            if plain:
+                stmt = (
+                    update(t.Node)
+                    .where(t.Node.id == bindparam("b_id"))
+                    .values(last_seen=bindparam("b_at"))
+                    .execution_options(synchronize_session=False)
+                )
+                conn = await s.connection()
+                await conn.execute(stmt, plain)
+            for b in beats:
+                if b.inventory is None and b.recent_errors is None:
+                    continue
+                values: dict = {"last_seen": b.at}
+                if b.inventory is not None:
+                    values["inventory"] = b.inventory
+                if b.recent_errors is not None:
+                    values["recent_errors"] = b.recent_errors
+                await s.execute(update(t.Node).where(t.Node.id == b.node_id).values(**values))
+
+    async def list_nodes(self, site: str | None = None) -> list[NodeRecord]:
+        async with self.db.sessions() as s:
+            q = select(t.Node).order_by(t.Node.site, t.Node.node)
+            if site:
+                q = q.where(t.Node.site == site)
+            return [_node(r) for r in (await s.execute(q)).scalars()]
+
+    async def get_node(self, site: str, node: str) -> NodeRecord | None:
+        async with self.db.sessions() as s:
+            row = (
+                await s.execute(select(t.Node).where(t.Node.site == site, t.Node.node == node))
+            ).scalar_one_or_none()
+            return _node(row) if row else None
+
+    # -- desired objects ----------------------------------------------------
+
+    async def put_object(
+        self, kind: str, name: str, spec: dict, target_site: str = "", target_node: str = "", *, now: datetime
+    ) -> ObjectRecord:
+        """Create or replace (kind, name) with a new version."""
+        async with self.db.sessions.begin() as s:
+            version = await self._next_version(s)
+            row = (
+                await s.execute(select(t.DesiredObject).where(t.DesiredObject.kind == kind, t.DesiredObject.name == name))
+            ).scalar_one_or_none()
+            if row is None:
+                row = t.DesiredObject(id=str(uuid.uuid4()), kind=kind, name=name)
+                s.add(row)
+            row.version = version
+            row.spec = spec
+            row.target_site = target_site
+            row.target_node = target_node
+            row.deleted = False
+            row.updated_at = now
+            await s.flush()
+            return _object(row)
+
+    async def delete_object(self, kind: str, name: str, *, now: datetime) -> ObjectRecord | None:
+        """Tombstone (kind, name); None if it does not exist."""
+        async with self.db.sessions.begin() as s:
+            row = (
+                await s.execute(
+                    select(t.DesiredObject).where(
+                        t.DesiredObject.kind == kind, t.DesiredObject.name == name, t.DesiredObject.deleted.is_(False)
+                    )
+                )
+            ).scalar_one_or_none()
+            if row is None:
+                return None
+            row.version = await self._next_version(s)
+            row.deleted = True
+            row.updated_at = now
+            await s.flush()
+            return _object(row)
+
+    async def live_objects(self, kind: str | None = None) -> list[ObjectRecord]:
+        async with self.db.sessions() as s:
+            q = select(t.DesiredObject).where(t.DesiredObject.deleted.is_(False)).order_by(t.DesiredObject.version)
+            if kind:
+                q = q.where(t.DesiredObject.kind == kind)
+            return [_object(r) for r in (await s.execute(q)).scalars()]
+
+    async def objects_for(self, site: str, node: str) -> list[ObjectRecord]:
+        """Live objects meant for one node, in version order."""
+        async with self.db.sessions() as s:
+            q = (
+                select(t.DesiredObject)
+                .where(
+                    t.DesiredObject.deleted.is_(False),
+                    t.DesiredObject.target_site.in_(["", site]),
+                    t.DesiredObject.target_node.in_(["", node]),
+                )
+                .order_by(t.DesiredObject.version)
+            )
+            return [_object(r) for r in (await s.execute(q)).scalars()]
+
+    async def changed_since(self, version: int) -> list[ObjectRecord]:
+        """Objects (tombstones included) changed after `version`, in version order."""
+        async with self.db.sessions() as s:
+            q = select(t.DesiredObject).where(t.DesiredObject.version > version).order_by(t.DesiredObject.version)
+            return [_object(r) for r in (await s.execute(q)).scalars()]
+
+    # -- applied ------------------------------------------------------------
+
+    async def record_applied(self, acks: Sequence[AppliedRecord], deletions: Sequence[tuple[int, str]] = ()) -> None:
+        """Upsert many applied versions and drop rows for applied deletions, in one transaction."""
+        if not acks and not deletions:
+            return
+        async with self.db.sessions.begin() as s:
+            if acks:
+                # Last ack per (node, object) wins inside the batch.
+                latest: dict[tuple[int, str], AppliedRecord] = {}
+                for a in acks:
+                    latest[(a.node_id, a.object_id)] = a
+                ins = self._insert(t.Applied)
+                stmt = ins.on_conflict_do_update(
+                    index_elements=["node_id", "object_id"],
+                    set_={
+                        "version": ins.excluded.version,
+                        "ok": ins.excluded.ok,
+                        "error": ins.excluded.error,
+                        "applied_at": ins.excluded.applied_at,
+                    },
+                )
+                await s.execute(
+                    stmt,
+                    [
+                        {
+                            "node_id": a.node_id,
+                            "object_id": a.object_id,
+                            "version": a.version,
+                            "ok": a.ok,
+                            "error": a.error,
+                            "applied_at": a.applied_at,
+                        }
+                        for a in latest.values()
+                    ],
+                )
+            for node_id, object_id in deletions:
+                await s.execute(delete(t.Applied).where(t.Applied.node_id == node_id, t.Applied.object_id == object_id))
+
+    async def applied_rows(self) -> list[AppliedRecord]:
+        async with self.db.sessions() as s:
+            rows = (await s.execute(select(t.Applied))).scalars()
+            return [
+                AppliedRecord(r.node_id, r.object_id, r.version, r.ok, r.error, utc(r.applied_at)) for r in rows
+            ]
+
+    # -- reports ------------------------------------------------------------
+
+    async def store_reports(self, node_id: int, reports: Sequence[IncomingReport], now: datetime) -> StoredReports:
+        """Store a batch exactly once per (node, seq), atomically with the node's counters."""
+        if not reports:
+            return StoredReports((), ())
+        async with self.db.sessions.begin() as s:
+            ins = self._insert(t.Report).on_conflict_do_nothing(index_elements=["node_id", "seq"]).returning(t.Report.seq)
+            res = await s.execute(
+                ins,
+                [
+                    {
+                        "node_id": node_id,
+                        "seq": r.seq,
+                        "kind": r.kind,
+                        "created_at": r.created_at,
+                        "received_at": now,
+                        "payload": r.payload,
+                    }
+                    for r in reports
+                ],
+            )
+            new = set(res.scalars().all())
+            dup = tuple(r.seq for r in reports if r.seq not in new)
+            await s.execute(
+                update(t.Node)
+                .where(t.Node.id == node_id)
+                .values(
+                    reports_received=t.Node.reports_received + len(new),
+                    reports_duplicate=t.Node.reports_duplicate + len(dup),
+                )
+            )
+            return StoredReports(tuple(sorted(new)), dup)
+
+    async def max_report_seq(self, node_id: int) -> int:
+        async with self.db.sessions() as s:
+            res = await s.execute(select(func.max(t.Report.seq)).where(t.Report.node_id == node_id))
+            return int(res.scalar_one_or_none() or 0)
+
+    async def report_counts(self) -> dict[int, tuple[int, int]]:
+        """node_id -> (distinct reports stored, highest seq)."""
+        async with self.db.sessions() as s:
+            res = await s.execute(
+                select(t.Report.node_id, func.count(), func.max(t.Report.seq)).group_by(t.Report.node_id)
+            )
+            return {int(n): (int(c), int(m)) for n, c, m in res.all()}
+
+    async def reports(self, node_id: int, kind: str | None = None) -> list[IncomingReport]:
+        async with self.db.sessions() as s:
+            q = select(t.Report).where(t.Report.node_id == node_id).order_by(t.Report.seq)
+            if kind:
+                q = q.where(t.Report.kind == kind)
+            return [IncomingReport(r.seq, r.kind, utc(r.created_at), dict(r.payload)) for r in (await s.execute(q)).scalars()]

@@ -1,0 +1,100 @@
+"""Tables of the hub store.
+
+Every schema change goes through an Alembic migration in `migrations/versions`;
+a test checks that the migrations and these declarations agree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Counter(Base):
+    """Named monotonic counters; `version` orders every desired-state change."""
+
+    __tablename__ = "counters"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class Node(Base):
+    """One agent: a node of an edge site, as it last introduced itself."""
+
+    __tablename__ = "nodes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    site: Mapped[str] = mapped_column(String(128), nullable=False)
+    node: Mapped[str] = mapped_column(String(128), nullable=False)
+    agent_version: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    inventory: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    connected: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    recent_errors: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
+    reports_received: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    reports_duplicate: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    __table_args__ = (UniqueConstraint("site", "node", name="uq_nodes_site_node"),)
+
+
+class DesiredObject(Base):
+    """A desired-state object and whom it is meant for.
+
+    Deleting keeps a tombstone (deleted=True, new version) so that hub
+    processes that only watch versions learn of the deletion too.
+    """
+
+    __tablename__ = "desired_objects"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64), nullable=False)
+    name: Mapped[str] = mapped_column(String(253), nullable=False)
+    version: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    spec: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    target_site: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    target_node: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    __table_args__ = (
+        UniqueConstraint("kind", "name", name="uq_desired_kind_name"),
+        Index("ix_desired_version", "version"),
+    )
+
+
+class Applied(Base):
+    """The version of a desired object that a node reports it has applied."""
+
+    __tablename__ = "applied"
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True)
+    object_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    ok: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    error: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class Report(Base):
+    """One report from an agent's outbox, stored once per (node, seq)."""
+
+    __tablename__ = "reports"
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    payload: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
