@@ -170,18 +170,20 @@ class ReportStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentReportStats(_message.Message):
-    __slots__ = ("site", "node", "reports", "max_seq", "duplicates")
+    __slots__ = ("site", "node", "reports", "max_seq", "duplicates", "counted")
     SITE_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     REPORTS_FIELD_NUMBER: _ClassVar[int]
     MAX_SEQ_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    COUNTED_FIELD_NUMBER: _ClassVar[int]
     site: str
     node: str
     reports: int
     max_seq: int
     duplicates: int
-    def __init__(self, site: _Optional[str] = ..., node: _Optional[str] = ..., reports: _Optional[int] = ..., max_seq: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
+    counted: int
+    def __init__(self, site: _Optional[str] = ..., node: _Optional[str] = ..., reports: _Optional[int] = ..., max_seq: _Optional[int] = ..., duplicates: _Optional[int] = ..., counted: _Optional[int] = ...) -> None: ...
 
 class ReportStatsResponse(_message.Message):
     __slots__ = ("agents", "total_reports")

@@ -1,0 +1,104 @@
+"""The agent's typed configuration: a YAML file, flags, or both (flags win)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(Exception):
+    """The agent cannot start as configured; the message says what to change."""
+
+
+class GpuSpec(BaseModel):
+    """GPUs declared in config, used when neither NVML nor torch sees any."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    """Product name, e.g. "NVIDIA L4"."""
+    memory_gib: float = Field(gt=0)
+    """Memory per device in GiB."""
+    count: int = Field(1, ge=1)
+    """Identical devices on the node."""
+
+
+class AgentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hub: str
+    """Hub address host:port for agents (dialled out; works behind NAT)."""
+    site: str = Field(min_length=1, max_length=63)
+    """Site (edge cluster) this node belongs to, e.g. "fra-1"."""
+    node: str = Field(min_length=1, max_length=63)
+    """Node name within the site."""
+    data_dir: Path
+    """Directory for the agent's local state: applied objects and the report outbox."""
+    insecure: bool = False
+    """Plaintext without certificates. Local development only."""
+    ca: Path | None = None
+    """CA certificate that signed the hub's certificate (ca.pem)."""
+    cert: Path | None = None
+    """This node's client certificate (from `fleet certs agent`)."""
+    key: Path | None = None
+    """Private key of the client certificate."""
+    server_name: str | None = None
+    """Name to verify in the hub's certificate when `hub` is an address it does not list."""
+    region: str = ""
+    """Network region label, e.g. "eu-central"."""
+    country: str = ""
+    """ISO 3166-1 alpha-2 country code, e.g. "DE"."""
+    jurisdiction: str = ""
+    """Legal jurisdiction label, e.g. "EU"."""
+    labels: dict[str, str] = {}
+    """Free-form node labels."""
+    gpus: list[GpuSpec] = []
+    """GPUs to report when none can be detected (NVML, torch)."""
+    backoff_initial_s: float = Field(0.5, gt=0)
+    """First reconnect delay ceiling in seconds (full jitter; default 0.5)."""
+    backoff_max_s: float = Field(30.0, gt=0)
+    """Largest reconnect delay ceiling in seconds (default 30)."""
+    report_batch: int = Field(500, ge=1, le=1000)
+    """Most reports per batch sent to the hub (default 500; the hub accepts up to 1000)."""
+    report_window: int = Field(4, ge=1)
+    """Batches in flight without an ack (default 4)."""
+
+    @model_validator(mode="after")
+    def _tls(self) -> AgentConfig:
+        if not self.insecure:
+            missing = [n for n in ("ca", "cert", "key") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(
+                    f"{', '.join(missing)} required for mTLS: run `fleet certs agent --site {self.site} --node {self.node}` "
+                    "on the hub and pass --ca/--cert/--key, or --insecure for local development"
+                )
+            for n in ("ca", "cert", "key"):
+                p = getattr(self, n)
+                if not p.exists():
+                    raise ValueError(f"{n} file {p} does not exist")
+        return self
+
+
+def load(path: Path | None, overrides: dict) -> AgentConfig:
+    """Merge a YAML file (if any) with flag overrides (None values ignored) and validate."""
+    data: dict = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+        data.update(loaded)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        where = f"{path}: " if path else ""
+        lines = [
+            f"{where}{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}" for e in exc.errors()
+        ]
+        raise ConfigError("\n".join(lines)) from None

@@ -1,0 +1,101 @@
+"""What this node has: GPUs from NVML, else torch, else the config; and its labels.
+
+The one adapter to GPU discovery: nothing else in the agent asks NVML or torch
+about devices.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+from edge_agent.config import AgentConfig
+
+log = logging.getLogger(__name__)
+GIB = 1024**3
+
+
+@dataclass(frozen=True, slots=True)
+class Gpu:
+    model: str
+    memory_bytes: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    gpus: tuple[Gpu, ...]
+    source: str
+    region: str = ""
+    country: str = ""
+    jurisdiction: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    unschedulable: bool = False
+
+    def as_dict(self) -> dict:
+        """The shape of protos' Inventory message (proto field names)."""
+        return {
+            "gpus": [{"model": g.model, "memory_bytes": str(g.memory_bytes), "count": g.count} for g in self.gpus],
+            "region": self.region,
+            "country": self.country,
+            "jurisdiction": self.jurisdiction,
+            "labels": dict(self.labels),
+            "unschedulable": self.unschedulable,
+            "gpu_source": self.source,
+        }
+
+
+def _group(devices: list[tuple[str, int]]) -> tuple[Gpu, ...]:
+    return tuple(Gpu(m, mem, n) for (m, mem), n in sorted(Counter(devices).items()))
+
+
+def from_nvml() -> tuple[Gpu, ...] | None:
+    try:
+        import pynvml  # nvidia-ml-py
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # no driver: NVMLError_LibraryNotFound and friends
+        return None
+    try:
+        devices = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(h)
+            name = name.decode() if isinstance(name, bytes) else name
+            devices.append((name, int(pynvml.nvmlDeviceGetMemoryInfo(h).total)))
+        return _group(devices) or None
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def from_torch() -> tuple[Gpu, ...] | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    devices = []
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        devices.append((p.name, int(p.total_memory)))
+    return _group(devices) or None
+
+
+def detect(cfg: AgentConfig, *, probe: bool = True) -> Inventory:
+    """GPUs from NVML, then torch, then the config (in that order)."""
+    gpus, source = None, "config"
+    if probe:
+        for name, fn in (("nvml", from_nvml), ("torch", from_torch)):
+            gpus = fn()
+            if gpus:
+                source = name
+                break
+    if not gpus:
+        gpus = tuple(Gpu(g.model, int(g.memory_gib * GIB), g.count) for g in cfg.gpus)
+        source = "config"
+    log.info("inventory from %s: %s", source, ", ".join(f"{g.count}x {g.model}" for g in gpus) or "no GPUs")
+    return Inventory(gpus, source, cfg.region, cfg.country, cfg.jurisdiction, dict(cfg.labels))

@@ -1,0 +1,175 @@
+"""The CLI-facing Admin service. Bearer-token authentication is an interceptor."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from datetime import UTC, datetime
+
+import grpc
+
+from hub import convert
+from hub.store import Store
+from hub.store.repo import NodeRecord, ObjectRecord
+from hub.sync import LivenessPolicy, Phase, Progress, phase, progress
+from protos.fleet.v1 import admin_pb2, admin_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+_PHASE = {
+    Phase.CONNECTED: admin_pb2.NODE_PHASE_CONNECTED,
+    Phase.STALE: admin_pb2.NODE_PHASE_STALE,
+    Phase.UNREACHABLE: admin_pb2.NODE_PHASE_UNREACHABLE,
+}
+_KIND = re.compile(r"^[A-Z][A-Za-z0-9]{0,63}$")
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Rejects any call without `authorization: Bearer <token>` (constant-time compare)."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+        async def deny(request, context: grpc.aio.ServicerContext):
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or wrong admin token: set FLEET_TOKEN or the token in your fleetconfig",
+            )
+
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+
+    async def intercept_service(self, continuation, handler_call_details):
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "authorization" and hmac.compare_digest(str(value).encode(), self._expected):
+                return await continuation(handler_call_details)
+        log.warning("admin call %s refused: bad or missing bearer token", handler_call_details.method)
+        return self._deny
+
+
+def node_view(n: NodeRecord, prog: Progress, now: datetime, live: LivenessPolicy) -> admin_pb2.NodeView:
+    return admin_pb2.NodeView(
+        site=n.site,
+        node=n.node,
+        phase=_PHASE[phase(n.last_seen, now, n.connected, live)],
+        last_seen=convert.ts(n.last_seen),
+        inventory=convert.inventory_to_proto(n.inventory),
+        desired_version=prog.desired_version,
+        applied_version=prog.applied_version,
+        objects_desired=prog.objects_desired,
+        objects_applied=prog.objects_applied,
+        agent_version=n.agent_version,
+        recent_errors=[*n.recent_errors, *prog.failed],
+        connected=n.connected,
+    )
+
+
+class AdminService(admin_pb2_grpc.AdminServicer):
+    def __init__(self, store: Store, liveness: LivenessPolicy, on_change) -> None:
+        self.store = store
+        self.liveness = liveness
+        self.on_change = on_change  # called after a desired-state write (pokes the broker)
+
+    async def _node_views(self, site: str = "") -> list[admin_pb2.NodeView]:
+        nodes = await self.store.list_nodes(site or None)
+        objects = await self.store.live_objects()
+        applied: dict[int, dict] = {}
+        for a in await self.store.applied_rows():
+            applied.setdefault(a.node_id, {})[a.object_id] = a
+        now = datetime.now(UTC)
+        return [
+            node_view(n, progress([o for o in objects if o.targets(n.site, n.node)], applied.get(n.id, {})), now, self.liveness)
+            for n in nodes
+        ]
+
+    async def ListNodes(self, request, context):  # noqa: N802
+        return admin_pb2.ListNodesResponse(nodes=await self._node_views(request.site))
+
+    async def ListSites(self, request, context):  # noqa: N802
+        by_site: dict[str, list[admin_pb2.NodeView]] = {}
+        for v in await self._node_views():
+            by_site.setdefault(v.site, []).append(v)
+        sites = []
+        for name, views in sorted(by_site.items()):
+            best = min((v.phase for v in views), key=lambda p: p)  # CONNECTED=1 is best
+            newest = max(views, key=lambda v: v.last_seen.ToDatetime())
+            sites.append(
+                admin_pb2.SiteView(
+                    site=name,
+                    phase=best,
+                    last_seen=newest.last_seen,
+                    nodes=len(views),
+                    nodes_connected=sum(v.phase == admin_pb2.NODE_PHASE_CONNECTED for v in views),
+                    gpus=sum(g.count for v in views for g in v.inventory.gpus),
+                    region=newest.inventory.region,
+                    country=newest.inventory.country,
+                    jurisdiction=newest.inventory.jurisdiction,
+                    desired_version=max(v.desired_version for v in views),
+                    applied_version=min(v.applied_version for v in views),
+                )
+            )
+        return admin_pb2.ListSitesResponse(sites=sites)
+
+    async def PutObject(self, request, context):  # noqa: N802
+        if not _KIND.match(request.kind):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"kind {request.kind!r} must be CamelCase, e.g. Config")
+        if not _NAME.match(request.name):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"name {request.name!r} must be lower-case letters, digits, '-' or '.', starting and ending alphanumeric",
+            )
+        obj = await self.store.put_object(
+            request.kind,
+            request.name,
+            convert.from_struct(request.spec),
+            request.target.site,
+            request.target.node,
+            now=datetime.now(UTC),
+        )
+        self.on_change()
+        return admin_pb2.PutObjectResponse(object=convert.object_to_proto(obj))
+
+    async def DeleteObject(self, request, context):  # noqa: N802
+        obj = await self.store.delete_object(request.kind, request.name, now=datetime.now(UTC))
+        if obj is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"{request.kind}/{request.name} does not exist; `fleet get objects` lists what does",
+            )
+        self.on_change()
+        return admin_pb2.DeleteObjectResponse(version=obj.version)
+
+    async def ListObjects(self, request, context):  # noqa: N802
+        objects = await self.store.live_objects(request.kind or None)
+        nodes = await self.store.list_nodes()
+        applied = {(a.node_id, a.object_id): a for a in await self.store.applied_rows()}
+        return admin_pb2.ListObjectsResponse(objects=[self._object_view(o, nodes, applied) for o in objects])
+
+    @staticmethod
+    def _object_view(o: ObjectRecord, nodes: list[NodeRecord], applied: dict) -> admin_pb2.ObjectView:
+        targeted = [n for n in nodes if o.targets(n.site, n.node)]
+        done = 0
+        for n in targeted:
+            a = applied.get((n.id, o.id))
+            done += a is not None and a.ok and a.version >= o.version
+        return admin_pb2.ObjectView(
+            object=convert.object_to_proto(o),
+            target=admin_pb2.ObjectTarget(site=o.target_site, node=o.target_node),
+            nodes_targeted=len(targeted),
+            nodes_applied=done,
+            updated_at=convert.ts(o.updated_at),
+        )
+
+    async def ReportStats(self, request, context):  # noqa: N802
+        counts = await self.store.report_counts()
+        agents = []
+        for n in await self.store.list_nodes():
+            stored, max_seq = counts.get(n.id, (0, 0))
+            agents.append(
+                admin_pb2.AgentReportStats(
+                    site=n.site, node=n.node, reports=stored, max_seq=max_seq, duplicates=n.reports_duplicate,
+                    counted=n.reports_received,
+                )
+            )
+        return admin_pb2.ReportStatsResponse(agents=agents, total_reports=sum(a.reports for a in agents))

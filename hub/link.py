@@ -1,0 +1,386 @@
+"""The agent-facing stream (`AgentLink.Connect`): hello, resync, desired-state
+push, applied acks, heartbeats and exactly-once report ingestion.
+
+One `Session` per connected agent. A `Broker` per hub process watches the
+store's version counter and hands every change to the sessions it concerns,
+so hub processes that share one database all push what any of them wrote.
+Heartbeats and applied-acks are batched by a `Recorder` (thousands arrive per
+second); reports are stored before they are acknowledged, one transaction per
+batch, de-duplicated by (node, seq).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from hub import convert
+from hub.config import Limits
+from hub.security.certs import identity_from_pem
+from hub.store import Store
+from hub.store.repo import AppliedRecord, Heartbeat, ObjectRecord
+from hub.sync import Delta, delta_for, resync
+from protos.fleet.v1 import agent_pb2, agent_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class StreamError(Exception):
+    """Ends one agent's stream with a gRPC status; other agents are unaffected."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens, self.stamp = float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+@dataclass(eq=False)
+class Session:
+    site: str
+    node: str
+    node_id: int
+    held: dict[str, int]
+    queue: asyncio.Queue[agent_pb2.HubMessage]
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    close_reason: StreamError | None = None
+
+    def close(self, reason: StreamError) -> None:
+        if not self.closed.is_set():
+            self.close_reason = reason
+            self.closed.set()
+
+    def send(self, msg: agent_pb2.HubMessage) -> None:
+        try:
+            self.queue.put_nowait(msg)
+        except asyncio.QueueFull:
+            self.close(StreamError(grpc.StatusCode.RESOURCE_EXHAUSTED, "agent is not reading its stream; closing it"))
+
+    def push(self, delta: Delta, *, resync_complete: bool = False) -> None:
+        """Queue a delta and remember what the agent will hold after applying it."""
+        for o in delta.upserts:
+            self.held[o.id] = o.version
+        for i in delta.deletes:
+            self.held.pop(i, None)
+        upd = agent_pb2.DesiredUpdate(
+            upserts=[convert.object_to_proto(o) for o in delta.upserts],
+            deletes=list(delta.deletes),
+            resync_complete=resync_complete,
+        )
+        self.send(agent_pb2.HubMessage(desired=upd))
+
+
+class Broker:
+    """Hands desired-state changes to the sessions of this hub process."""
+
+    def __init__(self, store: Store, poll_interval: float) -> None:
+        self.store = store
+        self.poll_interval = poll_interval
+        self.sessions: dict[tuple[str, str], Session] = {}
+        self.version = 0
+        self._wake = asyncio.Event()
+
+    async def start(self) -> None:
+        self.version = await self.store.current_version()
+
+    def attach(self, s: Session) -> None:
+        old = self.sessions.get((s.site, s.node))
+        if old is not None:
+            old.close(StreamError(grpc.StatusCode.ABORTED, "a newer stream from the same node replaced this one"))
+        self.sessions[(s.site, s.node)] = s
+
+    def detach(self, s: Session) -> bool:
+        """Remove a session; True if it was still the node's current one."""
+        if self.sessions.get((s.site, s.node)) is s:
+            del self.sessions[(s.site, s.node)]
+            return True
+        return False
+
+    def poke(self) -> None:
+        """Look for changes now instead of at the next poll (after a local write)."""
+        self._wake.set()
+
+    def dispatch(self, changed: list[ObjectRecord]) -> None:
+        for s in list(self.sessions.values()):
+            d = delta_for(s.site, s.node, s.held, changed)
+            if d:
+                s.push(d)
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            self._wake.clear()
+            try:
+                current = await self.store.current_version()
+                if current > self.version:
+                    changed = await self.store.changed_since(self.version)
+                    if changed:
+                        self.version = max(o.version for o in changed)
+                        self.dispatch(changed)
+            except Exception:  # control loops never die
+                log.exception("broker: polling the store failed; retrying")
+                await asyncio.sleep(self.poll_interval)
+
+
+class Recorder:
+    """Batches heartbeats and applied-acks into one transaction per interval."""
+
+    def __init__(self, store: Store, interval: float) -> None:
+        self.store = store
+        self.interval = interval
+        self.beats: dict[int, Heartbeat] = {}
+        self.acks: list[AppliedRecord] = []
+        self.deletions: list[tuple[int, str]] = []
+
+    def heartbeat(self, hb: Heartbeat) -> None:
+        prev = self.beats.get(hb.node_id)
+        if prev is not None and hb.inventory is None and hb.recent_errors is None:
+            hb = Heartbeat(hb.node_id, hb.at, prev.inventory, prev.recent_errors)
+        self.beats[hb.node_id] = hb
+
+    def applied(self, ack: AppliedRecord) -> None:
+        self.acks.append(ack)
+
+    def deleted(self, node_id: int, object_id: str) -> None:
+        self.deletions.append((node_id, object_id))
+
+    async def flush(self) -> None:
+        beats, self.beats = list(self.beats.values()), {}
+        acks, self.acks = self.acks, []
+        dels, self.deletions = self.deletions, []
+        if beats:
+            await self.store.record_heartbeats(beats)
+        if acks or dels:
+            await self.store.record_applied(acks, dels)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("recorder: writing heartbeats/acks failed; will retry with the next batch")
+
+
+def peer_identity(context: grpc.aio.ServicerContext) -> tuple[str, str] | None:
+    """(site, node) from the client certificate, or None on a plaintext stream."""
+    auth = context.auth_context() or {}
+    pems = auth.get("x509_pem_cert")
+    if not pems:
+        return None
+    ident = identity_from_pem(pems[0])
+    if ident is None:
+        raise StreamError(grpc.StatusCode.PERMISSION_DENIED, "client certificate names no fleet agent identity")
+    return ident.site, ident.node
+
+
+class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
+    def __init__(
+        self,
+        store: Store,
+        broker: Broker,
+        recorder: Recorder,
+        limits: Limits,
+        heartbeat_interval: float,
+        *,
+        require_identity: bool,
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.recorder = recorder
+        self.limits = limits
+        self.heartbeat_interval = heartbeat_interval
+        self.require_identity = require_identity
+
+    async def Connect(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: grpc.aio.ServicerContext
+    ) -> None:
+        peer = context.peer()
+        session: Session | None = None
+        try:
+            session = await self._open(request_iterator, context)
+            await self._serve(session, request_iterator, context)
+        except StreamError as err:
+            who = f"{session.site}/{session.node}" if session else peer
+            log.warning("agent stream %s closed: %s: %s", who, err.code.name, err.message)
+            await context.abort(err.code, err.message)
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("agent stream %s failed", peer)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the hub; see the hub's log")
+        finally:
+            if session is not None and self.broker.detach(session):
+                with contextlib.suppress(Exception):
+                    await self.store.mark_disconnected(session.node_id, _now())
+
+    async def _open(
+        self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: grpc.aio.ServicerContext
+    ) -> Session:
+        identity = peer_identity(context)
+        if identity is None and self.require_identity:
+            raise StreamError(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), self.limits.hello_timeout_s)
+        except TimeoutError:
+            raise StreamError(grpc.StatusCode.DEADLINE_EXCEEDED, "no Hello within the hello timeout") from None
+        except StopAsyncIteration:
+            raise StreamError(grpc.StatusCode.CANCELLED, "stream closed before Hello") from None
+        if first.WhichOneof("msg") != "hello":
+            raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, f"first message must be hello, got {first.WhichOneof('msg')}")
+        hello = first.hello
+        site, node = hello.identity.site, hello.identity.node
+        if not site or not node:
+            raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "hello.identity needs both site and node")
+        if len(site) > 128 or len(node) > 128:
+            raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "hello.identity site/node longer than 128 characters")
+        if identity is not None and identity != (site, node):
+            raise StreamError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"certificate is for {identity[0]}/{identity[1]} but hello claims {site}/{node}",
+            )
+        now = _now()
+        rec = await self.store.register_node(
+            site, node, hello.identity.agent_version, convert.inventory_from_proto(hello.inventory), now
+        )
+        session = Session(site, node, rec.id, dict(hello.held), asyncio.Queue(self.limits.send_queue))
+        welcome = agent_pb2.Welcome(
+            session_id=session.id,
+            heartbeat_interval=Duration(
+                seconds=int(self.heartbeat_interval), nanos=int((self.heartbeat_interval % 1) * 1e9)
+            ),
+            last_report_seq=await self.store.max_report_seq(rec.id),
+        )
+        session.send(agent_pb2.HubMessage(welcome=welcome))
+        # Attach before reading the store, so no change can fall between the
+        # resync snapshot and live dispatch (a duplicate is filtered by `held`).
+        self.broker.attach(session)
+        wanted = await self.store.objects_for(site, node)
+        session.push(resync(session.held, wanted), resync_complete=True)
+        log.info("agent %s/%s connected (%d objects held, %d meant)", site, node, len(hello.held), len(wanted))
+        return session
+
+    async def _serve(
+        self,
+        session: Session,
+        request_iterator: AsyncIterator[agent_pb2.AgentMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        reader = asyncio.create_task(self._read(session, request_iterator))
+        closed = asyncio.create_task(session.closed.wait())
+        try:
+            while True:
+                get = asyncio.create_task(session.queue.get())
+                done, _ = await asyncio.wait({get, closed, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if get in done:
+                    await context.write(get.result())
+                    continue
+                get.cancel()
+                if reader in done:
+                    exc = reader.exception()
+                    if exc is not None:
+                        raise exc
+                    return  # the agent closed its side
+                if session.close_reason is not None:
+                    raise session.close_reason
+        finally:
+            for t in (reader, closed):
+                t.cancel()
+            await asyncio.gather(reader, closed, return_exceptions=True)
+
+    async def _read(self, session: Session, request_iterator: AsyncIterator[agent_pb2.AgentMessage]) -> None:
+        bucket = TokenBucket(self.limits.messages_per_second, self.limits.burst)
+        async for msg in request_iterator:
+            if not bucket.take():
+                raise StreamError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"agent sends more than {self.limits.messages_per_second:g} messages/s; slow down and reconnect",
+                )
+            kind = msg.WhichOneof("msg")
+            if kind == "heartbeat":
+                hb = msg.heartbeat
+                self.recorder.heartbeat(
+                    Heartbeat(
+                        session.node_id,
+                        _now(),
+                        convert.inventory_from_proto(hb.inventory) if hb.HasField("inventory") else None,
+                        list(hb.recent_errors)[:20] if hb.recent_errors else None,
+                    )
+                )
+            elif kind == "applied":
+                self._applied(session, msg.applied)
+            elif kind == "reports":
+                await self._reports(session, msg.reports)
+            elif kind == "hello":
+                raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "hello may only be the first message of a stream")
+            else:
+                raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "empty or unknown message")
+
+    def _applied(self, session: Session, a: agent_pb2.Applied) -> None:
+        if not a.object_id or len(a.object_id) > 36:
+            raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "applied.object_id must be an object id")
+        if a.deleted:
+            self.recorder.deleted(session.node_id, a.object_id)
+        else:
+            if a.version <= 0:
+                raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "applied.version must be positive")
+            self.recorder.applied(AppliedRecord(session.node_id, a.object_id, a.version, a.ok, a.error[:2000], _now()))
+
+    async def _reports(self, session: Session, batch: agent_pb2.ReportBatch) -> None:
+        n = len(batch.reports)
+        if n == 0:
+            return
+        if n > self.limits.max_reports_per_batch:
+            raise StreamError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"report batch of {n} exceeds the limit of {self.limits.max_reports_per_batch}",
+            )
+        prev = 0
+        for r in batch.reports:
+            if r.seq <= prev:
+                raise StreamError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"report sequence numbers must be positive and strictly increasing within a batch (got {r.seq} after {prev})",
+                )
+            prev = r.seq
+        now = _now()
+        stored = await self.store.store_reports(
+            session.node_id, [convert.report_from_proto(r, now) for r in batch.reports], now
+        )
+        if stored.duplicate:
+            log.info(
+                "agent %s/%s re-sent %d reports already stored (seq %d..%d); acknowledged again",
+                session.site, session.node, len(stored.duplicate), stored.duplicate[0], stored.duplicate[-1],
+            )
+        session.send(agent_pb2.HubMessage(report_ack=agent_pb2.ReportAck(seqs=[r.seq for r in batch.reports])))

@@ -1,0 +1,66 @@
+"""Closed vocabularies: jurisdictions, countries, GPU types, data classes.
+
+Countries are ISO 3166-1 alpha-2 codes. Each belongs to one or more
+jurisdictions; a site's declared jurisdiction must be one of its country's.
+EU member states are also in the EEA (EU + Iceland, Liechtenstein, Norway),
+so a policy that allows ``EEA`` allows every EU country too.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+EU_COUNTRIES = frozenset(
+    "AT BE BG HR CY CZ DK EE FI FR DE GR HU IE IT LV LT LU MT NL PL PT RO SK SI ES SE".split()
+)
+EEA_ONLY_COUNTRIES = frozenset({"IS", "LI", "NO"})
+
+#: country code -> the jurisdictions it belongs to (most specific first).
+COUNTRY_JURISDICTIONS: dict[str, tuple[str, ...]] = {
+    **{c: ("EU", "EEA") for c in EU_COUNTRIES},
+    **{c: ("EEA",) for c in EEA_ONLY_COUNTRIES},
+    "CH": ("CH",),
+    "GB": ("UK",),
+    "US": ("US",),
+    "CA": ("CA",),
+    "JP": ("JP",),
+    "KR": ("KR",),
+    "SG": ("SG",),
+    "IN": ("IN",),
+    "AU": ("AU",),
+    "BR": ("BR",),
+}
+
+KNOWN_COUNTRIES = frozenset(COUNTRY_JURISDICTIONS)
+KNOWN_JURISDICTIONS = frozenset(j for js in COUNTRY_JURISDICTIONS.values() for j in js)
+
+#: GPU types the fleet knows. Names are upper-case; memory/power live on pools.
+KNOWN_GPU_TYPES = frozenset(
+    {
+        "H100-SXM", "H100-PCIE", "H200", "A100-80GB", "A100-40GB", "L40S", "L4", "T4",
+        "A10", "JETSON-AGX-ORIN", "JETSON-ORIN-NANO",
+    }
+)
+
+
+def did_you_mean(value: object, choices: Iterable[str]) -> str:
+    """`` (did you mean 'X'?)`` or ``""`` using difflib close matches."""
+    if not isinstance(value, str):
+        return ""
+    options = sorted(choices)
+    match = difflib.get_close_matches(value, options, n=1, cutoff=0.6)
+    if not match:
+        upper = {o.upper(): o for o in options}
+        if value.upper() in upper:
+            match = [upper[value.upper()]]
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def unknown(value: object, what: str, choices: Iterable[str]) -> str:
+    """Message for a value outside a closed vocabulary."""
+    choices = list(choices)
+    hint = did_you_mean(value, choices)
+    if not hint and len(choices) <= 16:
+        hint = f" (one of {', '.join(sorted(choices))})"
+    return f"{value!r} is not a known {what}{hint}"

@@ -1,0 +1,1 @@
+"""Certificates, TLS credentials and the identity an agent's certificate carries."""

@@ -1,0 +1,127 @@
+"""Wiring of one hub process: store, broker, recorder, and the two gRPC servers.
+
+Shutdown follows a fixed order: stop accepting → let streams end within the
+grace period → flush batched writes → close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import grpc
+
+from hub.admin import AdminService, BearerTokenInterceptor
+from hub.config import HubConfig
+from hub.link import AgentLinkService, Broker, Recorder
+from hub.store import Database, Store
+from protos.fleet.v1 import admin_pb2_grpc, agent_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Ports:
+    agent: int
+    admin: int | None
+
+
+def _server_options(cfg: HubConfig) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", cfg.limits.max_message_bytes),
+        ("grpc.max_send_message_length", 16 * 1024 * 1024),
+        # Several hub processes may share the port (fleet hub serve --workers N).
+        ("grpc.so_reuseport", 1),
+        # Find dead agents behind NAT within about a minute, and let agents ping.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+class Hub:
+    """One hub process. `serve_admin=False` for extra worker processes."""
+
+    def __init__(self, cfg: HubConfig, *, serve_admin: bool = True, migrate: bool = True) -> None:
+        self.cfg = cfg
+        self.serve_admin = serve_admin
+        self.db = Database(cfg.db_url)
+        if migrate:
+            self.db.migrate()
+        self.store = Store(self.db)
+        self.broker = Broker(self.store, cfg.poll_interval_s)
+        self.recorder = Recorder(self.store, cfg.flush_interval_s)
+        self._tasks: list[asyncio.Task] = []
+        self._agent_server: grpc.aio.Server | None = None
+        self._admin_server: grpc.aio.Server | None = None
+
+    def _credentials(self, client_auth: bool) -> grpc.ServerCredentials:
+        d = self.cfg.certs_dir
+        assert d is not None
+        return grpc.ssl_server_credentials(
+            [((d / "hub-key.pem").read_bytes(), (d / "hub.pem").read_bytes())],
+            root_certificates=(d / "ca.pem").read_bytes() if client_auth else None,
+            require_client_auth=client_auth,
+        )
+
+    def _bind(self, server: grpc.aio.Server, address: str, client_auth: bool) -> int:
+        if self.cfg.insecure:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, self._credentials(client_auth))
+        if port == 0:
+            raise OSError(f"cannot listen on {address}: the address is in use or not local")
+        return port
+
+    async def start(self) -> Ports:
+        await self.broker.start()
+        opts = _server_options(self.cfg)
+        self._agent_server = grpc.aio.server(options=opts)
+        agent_pb2_grpc.add_AgentLinkServicer_to_server(
+            AgentLinkService(
+                self.store,
+                self.broker,
+                self.recorder,
+                self.cfg.limits,
+                self.cfg.heartbeat_interval_s,
+                require_identity=not self.cfg.insecure,
+            ),
+            self._agent_server,
+        )
+        agent_port = self._bind(self._agent_server, self.cfg.agent_listen, client_auth=True)
+        admin_port = None
+        if self.serve_admin:
+            self._admin_server = grpc.aio.server(
+                options=[("grpc.so_reuseport", 0)], interceptors=[BearerTokenInterceptor(self.cfg.admin_token)]
+            )
+            admin_pb2_grpc.add_AdminServicer_to_server(
+                AdminService(self.store, self.cfg.liveness, self.broker.poke), self._admin_server
+            )
+            admin_port = self._bind(self._admin_server, self.cfg.admin_listen, client_auth=False)
+        self._tasks = [
+            asyncio.create_task(self.broker.run(), name="broker"),
+            asyncio.create_task(self.recorder.run(), name="recorder"),
+        ]
+        await self._agent_server.start()
+        if self._admin_server is not None:
+            await self._admin_server.start()
+        log.info("hub serving agents on port %d%s", agent_port, f", admin on port {admin_port}" if admin_port else "")
+        return Ports(agent_port, admin_port)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        servers = [s for s in (self._agent_server, self._admin_server) if s is not None]
+        await asyncio.gather(*(s.stop(grace) for s in servers))
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.recorder.flush()
+        await self.db.close()
+
+    async def wait(self) -> None:
+        assert self._agent_server is not None
+        await self._agent_server.wait_for_termination()
