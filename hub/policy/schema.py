@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from hub.policy.units import (
@@ -61,9 +61,9 @@ def _gpu_type(value: object) -> str:
     return value
 
 
-Country = Annotated[str, AfterValidator(_country)]
-Jurisdiction = Annotated[str, AfterValidator(_jurisdiction)]
-GpuType = Annotated[str, AfterValidator(_gpu_type)]
+Country = Annotated[str, BeforeValidator(_country)]
+Jurisdiction = Annotated[str, BeforeValidator(_jurisdiction)]
+GpuType = Annotated[str, BeforeValidator(_gpu_type)]
 Name = Annotated[str, Field(pattern=_NAME_RE, min_length=1, max_length=63)]
 RegionName = Annotated[str, Field(pattern=_NAME_RE, min_length=1, max_length=63)]
 

@@ -1,0 +1,88 @@
+"""`fleet-agent`: the edge agent's command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from edge_agent.config import ConfigError, load
+
+
+def _gpu(text: str) -> dict:
+    try:
+        model, mem, *count = text.rsplit(":", 2)
+        return {"model": model, "memory_gib": float(mem), "count": int(count[0]) if count else 1}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected MODEL:MEMORY_GIB[:COUNT], e.g. 'NVIDIA L4:24:2'") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fleet-agent", description="The edge agent: dials the hub, applies placements, reports.")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    r = sub.add_parser("run", help="connect to the hub and serve until interrupted")
+    r.add_argument("--config", type=Path, help="YAML file with any of the settings below (flags win)")
+    r.add_argument("--hub", help="hub agent address HOST:PORT")
+    r.add_argument("--site")
+    r.add_argument("--node", default=os.environ.get("NODE_NAME"), help="node name (default: $NODE_NAME)")
+    r.add_argument("--data-dir", type=Path, help="local state directory")
+    r.add_argument("--ca", type=Path)
+    r.add_argument("--cert", type=Path)
+    r.add_argument("--key", type=Path)
+    r.add_argument("--server-name", help="name to verify in the hub certificate")
+    r.add_argument("--insecure", action="store_true", default=None, help="plaintext (local development only)")
+    r.add_argument("--region")
+    r.add_argument("--country")
+    r.add_argument("--jurisdiction")
+    r.add_argument("--gpu", action="append", type=_gpu, help="declare GPUs when none are detected: MODEL:GIB[:COUNT]")
+    r.add_argument("--no-gpu-probe", action="store_true", help="do not ask NVML/torch; use --gpu only")
+    r.add_argument("-v", "--verbose", action="store_true")
+    m = sub.add_parser("make-model", help="build a small randomly initialised Llama model with a local tokenizer")
+    m.add_argument("--size", choices=["tiny", "small", "1b"], default="tiny")
+    m.add_argument("dir", type=Path)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    debug = os.environ.get("FLEET_DEBUG") == "1"
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.cmd == "make-model":
+            try:
+                from edge_agent.runtime.make_model import make_model
+            except ImportError as exc:
+                print(f"error: the inference runtime is not installed ({exc})", file=sys.stderr)
+                return 1
+            print(make_model(args.size, args.dir))
+            return 0
+        overrides = {
+            "hub": args.hub, "site": args.site, "node": args.node, "data_dir": args.data_dir,
+            "ca": args.ca, "cert": args.cert, "key": args.key, "server_name": args.server_name,
+            "insecure": args.insecure, "region": args.region, "country": args.country,
+            "jurisdiction": args.jurisdiction, "gpus": args.gpu,
+        }
+        cfg = load(args.config, overrides)
+        if cfg.insecure:
+            print("WARNING: --insecure: talking to the hub in plaintext without a certificate.", file=sys.stderr)
+        from edge_agent.agent import run_forever
+
+        run_forever(cfg, probe_gpus=not args.no_gpu_probe)
+        return 0
+    except ConfigError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        print("  next: fix the settings above; `fleet-agent run --help` lists them", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

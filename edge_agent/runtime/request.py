@@ -1,0 +1,260 @@
+"""Request-facing types: sampling parameters, per-request stats, stream handles.
+
+A :class:`RequestHandle` is what :meth:`Engine.submit` returns. The engine
+thread pushes :class:`TokenEvent` objects into it; callers read them with a
+plain ``for`` loop (blocking), ``async for`` (asyncio, woken thread-safely),
+or wait for the whole :class:`Completion`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens and when to stop."""
+
+    max_tokens: int = 16
+    """Maximum number of generated tokens."""
+    temperature: float = 0.0
+    """0 means greedy (argmax); otherwise logits are divided by it before sampling."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
+    ignore_eos: bool = False
+    """Keep generating past EOS (benchmarks use this for fixed-length outputs)."""
+    stop_token_ids: tuple[int, ...] = ()
+    """Extra token ids that end the request (finish reason ``stop``)."""
+    seed: int | None = None
+    """Per-request RNG seed for reproducible sampling."""
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+class FinishReason(str, enum.Enum):
+    """Why a request ended (OpenAI's ``stop``/``length`` plus ours)."""
+
+    STOP = "stop"
+    LENGTH = "length"
+    ABORT = "abort"
+    REJECTED = "rejected"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a request was refused admission; the HTTP layer maps it to 503 + Retry-After."""
+
+    reason: str
+    retry_after_s: float
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token as streamed to the caller."""
+
+    index: int
+    """0-based position in the output."""
+    token_id: int
+    text: str
+    """Newly decodable text (may be empty while a multi-byte character is incomplete)."""
+    time_ns: int
+    """``time.perf_counter_ns()`` when the token was produced."""
+
+
+@dataclass
+class RequestStats:
+    """Per-request timing and cost facts, all from ``time.perf_counter_ns``.
+
+    Raw timestamps are stored; the latency figures are derived properties
+    (names follow vLLM's metrics where the meaning is the same).
+    """
+
+    request_id: str
+    priority: int
+    arrival_ns: int
+    prompt_tokens: int
+    admitted_ns: int | None = None
+    """First admission into the running batch."""
+    first_token_ns: int | None = None
+    token_ns: list[int] = field(default_factory=list)
+    """Production time of every output token."""
+    finished_ns: int | None = None
+    output_tokens: int = 0
+    gpu_seconds: float = 0.0
+    """Device-seconds attributed to this request: the sum over the batch steps it
+    took part in of step time / rows in that step (CPU-seconds on a CPU)."""
+    preemptions: int = 0
+    finish_reason: FinishReason | None = None
+
+    @property
+    def queue_time_s(self) -> float | None:
+        """Arrival to first admission (``request_queue_time_seconds``)."""
+        return None if self.admitted_ns is None else (self.admitted_ns - self.arrival_ns) / 1e9
+
+    @property
+    def ttft_s(self) -> float | None:
+        """Arrival to first token, queueing and prefill included."""
+        return None if self.first_token_ns is None else (self.first_token_ns - self.arrival_ns) / 1e9
+
+    @property
+    def itl_s(self) -> list[float]:
+        """Gaps between consecutive tokens (``inter_token_latency_seconds``)."""
+        return [(b - a) / 1e9 for a, b in zip(self.token_ns, self.token_ns[1:])]
+
+    @property
+    def e2e_s(self) -> float | None:
+        """Arrival to finish (``e2e_request_latency_seconds``)."""
+        return None if self.finished_ns is None else (self.finished_ns - self.arrival_ns) / 1e9
+
+    @property
+    def tpot_s(self) -> float | None:
+        """(e2e - TTFT) / (N - 1), None with fewer than two tokens."""
+        if self.output_tokens < 2 or self.first_token_ns is None or not self.token_ns:
+            return None
+        return (self.token_ns[-1] - self.first_token_ns) / 1e9 / (self.output_tokens - 1)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The finished result of a request."""
+
+    request_id: str
+    token_ids: list[int]
+    text: str
+    finish_reason: FinishReason
+    stats: RequestStats
+    rejection: Rejection | None = None
+
+
+class RequestHandle:
+    """A caller's view of one submitted request: stream it, wait for it, cancel it.
+
+    Thread-safe: the engine thread writes, any thread or event loop reads.
+    """
+
+    def __init__(self, request_id: str, stats: RequestStats, cancel: Callable[[str], bool]) -> None:
+        self.request_id = request_id
+        self.stats = stats
+        self.rejection: Rejection | None = None
+        self._cancel = cancel
+        self._cond = threading.Condition()
+        self._events: list[TokenEvent] = []
+        self._finish: FinishReason | None = None
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    # -- engine side -------------------------------------------------------
+    def _push(self, event: TokenEvent) -> None:
+        with self._cond:
+            self._events.append(event)
+            self._cond.notify_all()
+            waiters = list(self._waiters)
+        self._wake(waiters)
+
+    def _finished(self, reason: FinishReason, rejection: Rejection | None = None) -> None:
+        with self._cond:
+            if self._finish is not None:
+                return
+            self.rejection = rejection
+            self._finish = reason
+            self.stats.finish_reason = reason
+            self._cond.notify_all()
+            waiters = list(self._waiters)
+        self._wake(waiters)
+
+    @staticmethod
+    def _wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]) -> None:
+        for loop, ev in waiters:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(ev.set)
+
+    # -- caller side -------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        with self._cond:
+            return self._finish is not None
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        with self._cond:
+            return self._finish
+
+    def cancel(self) -> bool:
+        """Abort the request; its KV slot is freed at the engine's next step."""
+        return self._cancel(self.request_id)
+
+    def __iter__(self) -> Iterator[TokenEvent]:
+        """Blocking iteration over tokens as they are produced."""
+        i = 0
+        while True:
+            with self._cond:
+                while i >= len(self._events) and self._finish is None:
+                    self._cond.wait()
+                batch = self._events[i:]
+                finished = self._finish is not None
+            yield from batch
+            i += len(batch)
+            if finished and not batch:
+                return
+
+    async def __aiter__(self) -> AsyncIterator[TokenEvent]:
+        """Asyncio iteration; the engine thread wakes this loop thread-safely."""
+        loop = asyncio.get_running_loop()
+        ev = asyncio.Event()
+        with self._cond:
+            self._waiters.append((loop, ev))
+        try:
+            i = 0
+            while True:
+                with self._cond:
+                    batch = self._events[i:]
+                    finished = self._finish is not None
+                    if not batch and not finished:
+                        ev.clear()
+                if batch:
+                    for e in batch:
+                        yield e
+                    i += len(batch)
+                    continue
+                if finished:
+                    return
+                await ev.wait()
+        finally:
+            with self._cond:
+                self._waiters.remove((loop, ev))
+
+    def result(self, timeout: float | None = None) -> Completion:
+        """Block until the request ends and return it."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._finish is not None, timeout):
+                raise TimeoutError(f"request {self.request_id} not finished after {timeout} s")
+        return self._completion()
+
+    async def wait(self) -> Completion:
+        """Await the end of the request."""
+        async for _ in self:
+            pass
+        return self._completion()
+
+    def _completion(self) -> Completion:
+        with self._cond:
+            events = list(self._events)
+            assert self._finish is not None
+            return Completion(
+                request_id=self.request_id,
+                token_ids=[e.token_id for e in events],
+                text="".join(e.text for e in events),
+                finish_reason=self._finish,
+                stats=self.stats,
+                rejection=self.rejection,
+            )

@@ -1,0 +1,218 @@
+"""Priority-aware admission: a pure policy, tested without an engine.
+
+Conventions (Gateway API Inference Extension): priority is an integer,
+higher wins, negative means sheddable. Each request may carry a deadline
+for its first token (arrival + TTFT SLO) and a time-per-output-token SLO.
+
+Every engine iteration calls :func:`schedule` with plain views of the
+running and waiting requests and gets back a :class:`Decision`:
+
+* **order**: waiting requests by (priority desc, deadline asc, arrival asc),
+  or by arrival alone in FIFO mode (the baseline the benchmark compares to);
+* **batch limit**: the largest batch whose measured step time fits the
+  tightest TPOT objective among running requests (:class:`StepTimeModel`);
+* **preemption**: a waiting request that cannot be admitted evicts the
+  lowest-priority running request of a strictly lower class when waiting for
+  a slot to free naturally would miss its deadline (KV freed, the victim is
+  resumed later by recomputing its prefix);
+* **shedding**: sheddable requests beyond ``shed_queue_depth`` waiting ahead
+  of them (or past their deadline) are rejected with a reason and a
+  retry-after estimate; everyone beyond ``max_waiting`` is rejected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from edge_agent.runtime.request import Rejection
+
+
+@dataclass(frozen=True)
+class SeqView:
+    """What the policy needs to know about one request."""
+
+    id: str
+    priority: int
+    arrival_ns: int
+    deadline_ns: int | None = None
+    """Time by which the first token is due (arrival + TTFT SLO); None = no SLO."""
+    tpot_slo_s: float | None = None
+    """Time-per-output-token objective while running; None = none."""
+    remaining_tokens: int = 1
+    """Output tokens still to generate at most."""
+    started: bool = False
+    """Has produced tokens already (a preempted request waiting to resume)."""
+
+    @property
+    def sheddable(self) -> bool:
+        return self.priority < 0
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Knobs of the admission policy."""
+
+    max_batch: int = 32
+    """Upper bound on running requests (the number of KV slots)."""
+    max_waiting: int = 4096
+    """Waiting requests beyond this many are rejected whatever their class."""
+    shed_queue_depth: int = 64
+    """A sheddable request with this many or more requests waiting ahead is rejected."""
+    priority_order: bool = True
+    """False = FIFO by arrival, no preemption (the baseline)."""
+    preemption: bool = True
+    """Allow evicting lower classes for higher ones."""
+    default_step_s: float = 0.05
+    """Assumed decode step time before any step was measured (seconds)."""
+
+
+class StepTimeModel:
+    """Measured decode-step time per batch size (EWMA), with interpolation."""
+
+    def __init__(self, alpha: float = 0.2) -> None:
+        self.alpha = alpha
+        self._t: dict[int, float] = {}
+
+    def observe(self, batch: int, seconds: float) -> None:
+        """Fold one measured step of ``batch`` rows into the estimate."""
+        old = self._t.get(batch)
+        self._t[batch] = seconds if old is None else old + self.alpha * (seconds - old)
+
+    def predict(self, batch: int) -> float | None:
+        """Estimated step seconds at ``batch`` rows; None before any measurement.
+
+        Linear between measured sizes; beyond the largest one, extrapolated
+        along the line through the two largest (never below the largest).
+        """
+        if not self._t or batch < 1:
+            return None
+        if batch in self._t:
+            return self._t[batch]
+        sizes = sorted(self._t)
+        lo = [b for b in sizes if b < batch]
+        hi = [b for b in sizes if b > batch]
+        if lo and hi:
+            a, b = lo[-1], hi[0]
+            return self._t[a] + (self._t[b] - self._t[a]) * (batch - a) / (b - a)
+        if hi:  # below the smallest measured size
+            return self._t[hi[0]]
+        if len(sizes) == 1:
+            return self._t[sizes[0]]
+        a, b = sizes[-2], sizes[-1]
+        slope = max(0.0, (self._t[b] - self._t[a]) / (b - a))
+        return self._t[b] + slope * (batch - b)
+
+    def snapshot(self) -> dict[int, float]:
+        return dict(self._t)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the engine does this iteration."""
+
+    admit: list[str] = field(default_factory=list)
+    """Waiting requests to start (in this order)."""
+    preempt: list[str] = field(default_factory=list)
+    """Running requests to evict (KV freed, back to waiting)."""
+    reject: list[tuple[str, Rejection]] = field(default_factory=list)
+    batch_limit: int = 0
+
+
+def order_key(s: SeqView, priority_order: bool = True) -> tuple[float, ...]:
+    """Sort key for admission: priority desc, deadline asc, arrival asc (or arrival only)."""
+    if not priority_order:
+        return (s.arrival_ns,)
+    deadline = s.deadline_ns if s.deadline_ns is not None else math.inf
+    return (-s.priority, deadline, s.arrival_ns)
+
+
+def batch_limit(running: Sequence[SeqView], cfg: SchedulerConfig, steps: StepTimeModel) -> int:
+    """Largest batch whose predicted step time meets the tightest TPOT SLO among ``running``."""
+    slos = [s.tpot_slo_s for s in running if s.tpot_slo_s is not None]
+    if not slos or steps.predict(1) is None:
+        return cfg.max_batch
+    tight = min(slos)
+    best = 1
+    for b in range(1, cfg.max_batch + 1):
+        t = steps.predict(b)
+        if t is not None and t <= tight:
+            best = b
+    return best
+
+
+def _victim_key(s: SeqView) -> tuple[float, ...]:
+    # Evict the lowest class first, then the latest deadline, then the newest.
+    deadline = s.deadline_ns if s.deadline_ns is not None else math.inf
+    return (s.priority, -deadline, -s.arrival_ns)
+
+
+def schedule(
+    now_ns: int,
+    running: Sequence[SeqView],
+    waiting: Sequence[SeqView],
+    free_slots: int,
+    cfg: SchedulerConfig,
+    steps: StepTimeModel,
+) -> Decision:
+    """Decide admissions, preemptions and rejections for one iteration (pure)."""
+    ordered = sorted(waiting, key=lambda s: order_key(s, cfg.priority_order))
+    limit = batch_limit(running, cfg, steps)
+    step_s = steps.predict(max(1, len(running))) or cfg.default_step_s
+    remaining_avg = (sum(s.remaining_tokens for s in running) / len(running)) if running else 1.0
+
+    reject: list[tuple[str, Rejection]] = []
+    candidates: list[SeqView] = []
+    for ahead, s in enumerate(ordered):
+        if ahead >= cfg.max_waiting and not s.started:
+            reject.append((s.id, Rejection("queue full", _retry_after(ahead - cfg.max_waiting, limit, remaining_avg, step_s))))
+        elif s.sheddable and not s.started and (
+            len(candidates) >= cfg.shed_queue_depth or (s.deadline_ns is not None and now_ns > s.deadline_ns)
+        ):
+            why = "deadline passed while queued" if len(candidates) < cfg.shed_queue_depth else "saturated"
+            reject.append((s.id, Rejection(f"sheddable request shed: {why}",
+                                           _retry_after(len(candidates) - cfg.shed_queue_depth, limit, remaining_avg, step_s))))
+        else:
+            candidates.append(s)
+
+    live = list(running)
+    preempt: list[str] = []
+    # Shrink to the latency-driven batch limit, evicting lower classes only.
+    if cfg.preemption and cfg.priority_order and len(live) > limit:
+        top = max(s.priority for s in live)
+        for v in sorted((s for s in live if s.priority < top), key=_victim_key):
+            if len(live) <= limit:
+                break
+            live.remove(v)
+            preempt.append(v.id)
+    free = free_slots + len(preempt)
+    natural_wait_s = (min(s.remaining_tokens for s in live) * step_s) if live else 0.0
+
+    admit: list[str] = []
+    for s in candidates:
+        if free > 0 and len(live) < limit:
+            admit.append(s.id)
+            live.append(s)
+            free -= 1
+            continue
+        if not (cfg.preemption and cfg.priority_order):
+            continue
+        victims = sorted((r for r in live if r.priority < s.priority and r.id not in admit), key=_victim_key)
+        if not victims:
+            continue
+        urgent = s.deadline_ns is None or now_ns + int((natural_wait_s + step_s) * 1e9) >= s.deadline_ns
+        if not urgent:
+            continue
+        v = victims[0]
+        live.remove(v)
+        preempt.append(v.id)
+        admit.append(s.id)
+        live.append(s)
+    return Decision(admit=admit, preempt=preempt, reject=reject, batch_limit=limit)
+
+
+def _retry_after(excess: int, limit: int, remaining_avg: float, step_s: float) -> float:
+    """Seconds until ``excess + 1`` queued requests have drained, at least 1 s."""
+    waves = max(1, math.ceil((excess + 1) / max(1, limit)))
+    return max(1.0, round(waves * remaining_avg * step_s, 1))

@@ -1,0 +1,1 @@
+"""`fleet`: the hub's command line."""

@@ -1,0 +1,163 @@
+"""`fleet`: entry point, argument parsing and error handling.
+
+Errors print one line and the next thing to run; FLEET_DEBUG=1 shows the
+traceback too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from google.protobuf.struct_pb2 import Struct
+
+from hub.cli import certs_cmd, views
+from hub.cli.client import Admin, resolve
+from hub.cli.errors import CliError
+from hub.cli.output import FORMATS
+from protos.fleet.v1 import admin_pb2
+
+
+def _client_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hub", help="admin address HOST:PORT (default: FLEET_HUB or the fleetconfig)")
+    p.add_argument("--token", help="admin bearer token (default: FLEET_TOKEN or the fleetconfig)")
+    p.add_argument("--ca", help="CA that signed the hub's certificate (default: FLEET_CA or the fleetconfig)")
+    p.add_argument("-o", "--output", choices=FORMATS, default="table", help="output format (default: table)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fleet", description="Edge-fleet federation manager for LLM inference: the hub CLI.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    hub = sub.add_parser("hub", help="run the hub").add_subparsers(dest="hub_cmd", required=True)
+    serve = hub.add_parser("serve", help="serve agents and the admin API until interrupted")
+    serve.add_argument("--data-dir", default="~/.fleet/hub", help="state directory (SQLite store, admin token)")
+    serve.add_argument("--db", help="database URL: sqlite:///PATH (default: DATA_DIR/fleet.db) or postgresql://...")
+    serve.add_argument("--listen", default="0.0.0.0:7443", help="agent address (default 0.0.0.0:7443)")
+    serve.add_argument("--admin-listen", default="127.0.0.1:7444", help="admin API address (default 127.0.0.1:7444)")
+    serve.add_argument("--certs", help="directory from `fleet certs init` (CA, hub certificate)")
+    serve.add_argument("--insecure", action="store_true", help="plaintext, no client certificates (local development only)")
+    serve.add_argument("--workers", type=int, default=1, help="hub processes sharing the agent port (default 1)")
+    serve.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between agent heartbeats (default 5)")
+
+    certs = sub.add_parser("certs", help="mint the fleet CA and certificates").add_subparsers(dest="certs_cmd", required=True)
+    for name, text in (("init", "create the CA and the hub certificate"), ("hub", "reissue the hub certificate"),
+                       ("agent", "issue a node's client certificate")):
+        c = certs.add_parser(name, help=text)
+        c.add_argument("--dir", default="~/.fleet/certs", help="certificate directory (default ~/.fleet/certs)")
+        if name in ("init", "hub"):
+            c.add_argument("--hub-host", action="append", help="DNS name or IP agents use to reach the hub (repeatable)")
+        if name == "init":
+            c.add_argument("--force", action="store_true", help="replace an existing CA")
+        if name == "agent":
+            c.add_argument("--site", required=True)
+            c.add_argument("--node", required=True)
+
+    get = sub.add_parser("get", help="list sites, nodes or desired objects")
+    get.add_argument("what", choices=["sites", "nodes", "objects"])
+    get.add_argument("--site", default="", help="only this site (nodes)")
+    get.add_argument("--kind", default="", help="only this kind (objects)")
+    _client_flags(get)
+
+    desc = sub.add_parser("describe", help="everything about one site or node")
+    desc.add_argument("what", choices=["site", "node"])
+    desc.add_argument("name", help="SITE, or SITE/NODE for a node")
+    _client_flags(desc)
+
+    put = sub.add_parser("set", help="publish a desired-state object (e.g. a Config) to agents")
+    put.add_argument("kind", help="object kind, e.g. Config")
+    put.add_argument("name")
+    put.add_argument("values", nargs="*", metavar="KEY=VALUE", help="spec entries; VALUE parsed as JSON when it can be")
+    put.add_argument("--site", default="", help="only this site (default: every site)")
+    put.add_argument("--node", default="", help="only this node (default: every node)")
+    _client_flags(put)
+
+    rm = sub.add_parser("delete", help="delete a desired-state object")
+    rm.add_argument("kind")
+    rm.add_argument("name")
+    _client_flags(rm)
+
+    demo = sub.add_parser("demo", help="a hub and four edge sites on this machine, end to end")
+    demo.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    demo.add_argument("--agents-timeout", type=float, default=60.0, help="seconds to wait for agents (default 60)")
+    return p
+
+
+def _spec(values: list[str]) -> Struct:
+    s = Struct()
+    for kv in values:
+        if "=" not in kv:
+            raise CliError(f"{kv!r} is not KEY=VALUE", "e.g. `fleet set Config settings logLevel=debug`", code=2)
+        k, v = kv.split("=", 1)
+        try:
+            s.update({k: json.loads(v)})
+        except json.JSONDecodeError:
+            s.update({k: v})
+    return s
+
+
+def dispatch(args) -> int:
+    if args.cmd == "hub":
+        from hub.cli.serve import serve
+
+        return serve(args)
+    if args.cmd == "certs":
+        return certs_cmd.run(args)
+    if args.cmd == "demo":
+        from hub.cli.demo import run_demo
+
+        return run_demo(args)
+    admin = Admin(resolve(args.hub, args.token, args.ca))
+    try:
+        if args.cmd == "get":
+            return views.get(admin, args.what, args.output, site=args.site, kind=args.kind)
+        if args.cmd == "describe":
+            return views.describe(admin, args.what, args.name, args.output)
+        if args.cmd == "set":
+            resp = admin.PutObject(admin_pb2.PutObjectRequest(
+                kind=args.kind, name=args.name, spec=_spec(args.values),
+                target=admin_pb2.ObjectTarget(site=args.site, node=args.node)))
+            print(f"{resp.object.kind}/{resp.object.name} set at version {resp.object.version}; "
+                  f"watch it apply: fleet get objects")
+            return 0
+        if args.cmd == "delete":
+            resp = admin.DeleteObject(admin_pb2.DeleteObjectRequest(kind=args.kind, name=args.name))
+            print(f"{args.kind}/{args.name} deleted at version {resp.version}")
+            return 0
+    finally:
+        admin.close()
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    debug = os.environ.get("FLEET_DEBUG") == "1"
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO if args.verbose or args.cmd == "hub" else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return dispatch(args)
+    except CliError as exc:
+        if debug:
+            raise
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"  next: {exc.hint}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last resort, still no traceback by default
+        if debug:
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("  next: rerun with FLEET_DEBUG=1 for the traceback, and report it", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
