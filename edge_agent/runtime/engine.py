@@ -1,0 +1,456 @@
+"""The in-process inference engine: continuous batching on a slot KV cache.
+
+One engine thread owns the model and the cache. Each iteration it
+
+1. takes newly submitted requests and cancellations (a cancelled request's
+   KV slot is freed in this same iteration),
+2. asks the pure :func:`~edge_agent.runtime.scheduler.schedule` policy what
+   to admit, preempt and reject,
+3. prefills admitted requests in one padded batch (long prompts in chunks of
+   at most ``max_prefill_tokens``; a preempted request is resumed by
+   recomputing its prompt and the tokens it had produced),
+4. runs one batched decode step for every running request, each at its own
+   position with its own mask, and streams the tokens out.
+
+Requests therefore join and leave the batch at every step. Each phase is
+timed with ``time.perf_counter_ns`` and its duration is split evenly among
+the rows of that phase (``RequestStats.gpu_seconds``) so cost can be
+attributed later. Torch releases the GIL inside kernels, so callers'
+threads and event loops keep running while a step computes.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from edge_agent.runtime.kv_cache import KVCache, KVUsage
+from edge_agent.runtime.model import LlamaModel, load_model
+from edge_agent.runtime.request import (
+    Completion,
+    FinishReason,
+    Rejection,
+    RequestHandle,
+    RequestStats,
+    SamplingParams,
+    TokenEvent,
+)
+from edge_agent.runtime.sampling import sample
+from edge_agent.runtime.scheduler import SchedulerConfig, SeqView, StepTimeModel, schedule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Engine sizing and policy."""
+
+    max_batch: int = 32
+    """KV slots = the most requests running at once."""
+    max_len: int = 1024
+    """Most tokens (prompt + output) one request may hold; capped by the model's context."""
+    max_prefill_tokens: int = 512
+    """Padded tokens per prefill batch; longer prompts are prefilled in chunks."""
+    scheduler: SchedulerConfig | None = None
+    """Admission policy; its ``max_batch`` is overridden by this ``max_batch``."""
+    device: str | None = None
+    """``cuda``/``cpu``; default CUDA when present."""
+    dtype: str | None = None
+    """Weight and cache dtype (``float32``, ``bfloat16``...); default per :func:`load_model`."""
+    idle_wait_s: float = 0.05
+    """How long the idle loop sleeps between checks (it is woken early by submits)."""
+
+
+@dataclass
+class _Seq:
+    """Engine-side state of one request."""
+
+    handle: RequestHandle
+    prompt: list[int]
+    params: SamplingParams
+    priority: int
+    deadline_ns: int | None
+    tpot_slo_s: float | None
+    generator: torch.Generator | None
+    output: list[int] = field(default_factory=list)
+    slot: int | None = None
+    computed: int = 0
+    """Tokens whose K/V are in the slot."""
+    prefix_offset: int = 0
+    read_offset: int = 0
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt + self.output
+
+    @property
+    def prefill_target(self) -> int:
+        """Tokens to have in cache before decoding: all but the last produced one."""
+        return len(self.prompt) if not self.output else len(self.prompt) + len(self.output) - 1
+
+    def view(self) -> SeqView:
+        return SeqView(
+            id=self.handle.request_id,
+            priority=self.priority,
+            arrival_ns=self.handle.stats.arrival_ns,
+            deadline_ns=self.deadline_ns,
+            tpot_slo_s=self.tpot_slo_s,
+            remaining_tokens=self.params.max_tokens - len(self.output),
+            started=bool(self.output),
+        )
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """Engine-wide gauges and counters."""
+
+    running: int
+    waiting: int
+    kv: KVUsage
+    steps: int
+    prompt_tokens_total: int
+    generation_tokens_total: int
+    step_times: dict[int, float]
+    """Measured decode step seconds by batch size (EWMA)."""
+    errors: list[str]
+    """Recent engine-loop errors (the loop keeps running)."""
+
+
+class Engine:
+    """Continuous-batching engine over one model on one device."""
+
+    def __init__(
+        self,
+        model_dir: Path | str | None = None,
+        config: EngineConfig | None = None,
+        *,
+        model: LlamaModel | None = None,
+        tokenizer: object | None = None,
+        eos_token_ids: Sequence[int] | None = None,
+    ) -> None:
+        """Load ``model_dir`` (or use ``model``) and preallocate the KV cache.
+
+        ``tokenizer`` is a ``tokenizers.Tokenizer``; by default the
+        directory's ``tokenizer.json`` when present (without one, submit
+        token ids). EOS ids come from config.json and generation_config.json.
+        """
+        self.config = config or EngineConfig()
+        if model is None:
+            if model_dir is None:
+                raise ValueError("give model_dir or model")
+            dtype = getattr(torch, self.config.dtype) if self.config.dtype else None
+            model = load_model(model_dir, device=self.config.device, dtype=dtype)
+        self.model = model
+        shape = model.shape
+        self.max_len = min(self.config.max_len, shape.max_position_embeddings)
+        self.cache = KVCache(
+            shape.num_layers, self.config.max_batch, self.max_len, shape.num_kv_heads, shape.head_dim,
+            model.device, model.dtype,
+        )
+        self.tokenizer = tokenizer
+        eos = set(eos_token_ids or shape.eos_token_ids)
+        if model_dir is not None:
+            d = Path(model_dir)
+            if tokenizer is None and (d / "tokenizer.json").exists():
+                from tokenizers import Tokenizer
+
+                self.tokenizer = Tokenizer.from_file(str(d / "tokenizer.json"))
+            gen = d / "generation_config.json"
+            if eos_token_ids is None and gen.exists():
+                e = json.loads(gen.read_text()).get("eos_token_id")
+                eos |= set(e if isinstance(e, list) else [] if e is None else [e])
+        self.eos_token_ids = frozenset(eos)
+        base = self.config.scheduler or SchedulerConfig()
+        self.sched_config = SchedulerConfig(**{**base.__dict__, "max_batch": self.config.max_batch})
+        self.step_times = StepTimeModel()
+        self._lock = threading.Lock()
+        self._inbox: collections.deque[_Seq] = collections.deque()
+        self._cancels: set[str] = set()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._waiting: dict[str, _Seq] = {}
+        self._running: dict[str, _Seq] = {}
+        self._ids = itertools.count()
+        self._steps = 0
+        self._prompt_total = 0
+        self._gen_total = 0
+        self._errors: collections.deque[str] = collections.deque(maxlen=10)
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self) -> Engine:
+        """Start the engine thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="edge-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the thread; unfinished requests end with ``abort``."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        with self._lock:
+            leftovers = list(self._inbox) + list(self._waiting.values()) + list(self._running.values())
+            self._inbox.clear()
+        self._waiting.clear()
+        for s in leftovers:
+            self._finish(s, FinishReason.ABORT)
+        self._running.clear()
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # -- API -----------------------------------------------------------------
+    def submit(
+        self,
+        prompt: str | Sequence[int],
+        params: SamplingParams | None = None,
+        *,
+        priority: int = 0,
+        ttft_slo_s: float | None = None,
+        tpot_slo_s: float | None = None,
+        request_id: str | None = None,
+    ) -> RequestHandle:
+        """Queue a request; thread-safe. Returns its handle at once.
+
+        Raises ValueError for an empty prompt or one that leaves no room for
+        output within ``max_len`` (the HTTP layer maps it to 400).
+        """
+        params = params or SamplingParams()
+        arrival = time.perf_counter_ns()
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this model has no tokenizer.json: submit token ids")
+            ids = list(self.tokenizer.encode(prompt).ids)  # type: ignore[attr-defined]
+        else:
+            ids = [int(t) for t in prompt]
+        if not ids:
+            raise ValueError("empty prompt")
+        if len(ids) >= self.max_len:
+            raise ValueError(f"prompt has {len(ids)} tokens; this engine holds at most {self.max_len - 1}")
+        if any(t < 0 or t >= self.model.shape.vocab_size for t in ids):
+            raise ValueError("prompt token id out of the vocabulary")
+        rid = request_id or f"req-{next(self._ids)}"
+        stats = RequestStats(request_id=rid, priority=priority, arrival_ns=arrival, prompt_tokens=len(ids))
+        handle = RequestHandle(rid, stats, self.cancel)
+        gen = None
+        if params.seed is not None:
+            gen = torch.Generator(device=self.model.device).manual_seed(params.seed)
+        seq = _Seq(
+            handle=handle, prompt=ids, params=params, priority=priority,
+            deadline_ns=None if ttft_slo_s is None else arrival + int(ttft_slo_s * 1e9),
+            tpot_slo_s=tpot_slo_s, generator=gen,
+        )
+        seq.prefix_offset = seq.read_offset = 0
+        with self._lock:
+            if self._stop.is_set():
+                raise RuntimeError("engine is shut down")
+            self._inbox.append(seq)
+        self._wake.set()
+        return handle
+
+    def cancel(self, request_id: str) -> bool:
+        """Abort a request; its KV slot is freed at the next iteration. Thread-safe."""
+        with self._lock:
+            self._cancels.add(request_id)
+        self._wake.set()
+        return True
+
+    def generate(
+        self, prompts: Sequence[str | Sequence[int]], params: SamplingParams | None = None, **kw: object
+    ) -> list[Completion]:
+        """Submit all ``prompts`` at once and wait for all (sync API for benchmarks)."""
+        handles = [self.submit(p, params, **kw) for p in prompts]  # type: ignore[arg-type]
+        return [h.result() for h in handles]
+
+    def kv_usage(self) -> KVUsage:
+        return self.cache.usage()
+
+    def stats(self) -> EngineStats:
+        with self._lock:
+            waiting = len(self._waiting) + len(self._inbox)
+        return EngineStats(
+            running=len(self._running), waiting=waiting, kv=self.cache.usage(), steps=self._steps,
+            prompt_tokens_total=self._prompt_total, generation_tokens_total=self._gen_total,
+            step_times=self.step_times.snapshot(), errors=list(self._errors),
+        )
+
+    # -- the loop --------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                worked = self.step()
+            except Exception as exc:  # the loop never dies; the batch that failed is ended
+                log.exception("engine step failed")
+                self._errors.append(f"{type(exc).__name__}: {exc}")
+                for s in list(self._running.values()):
+                    self._finish(s, FinishReason.ERROR)
+                worked = True
+            if not worked:
+                self._wake.wait(self.config.idle_wait_s)
+                self._wake.clear()
+
+    def step(self) -> bool:
+        """Run one iteration; returns False when there was nothing to do.
+
+        Called by the engine thread; tests may call it directly on an engine
+        that was never started.
+        """
+        self._intake()
+        if not self._waiting and not self._running:
+            return False
+        now = time.perf_counter_ns()
+        decision = schedule(
+            now, [s.view() for s in self._running.values()], [s.view() for s in self._waiting.values()],
+            self.cache.free_slots, self.sched_config, self.step_times,
+        )
+        for rid, rej in decision.reject:
+            self._finish(self._waiting.pop(rid), FinishReason.REJECTED, rej)
+        for rid in decision.preempt:
+            s = self._running.pop(rid)
+            self._release(s)
+            s.computed = 0
+            s.handle.stats.preemptions += 1
+            self._waiting[rid] = s
+        for rid in decision.admit:
+            s = self._waiting.pop(rid)
+            s.slot = self.cache.allocate()
+            assert s.slot is not None, "scheduler admitted beyond free slots"
+            if s.handle.stats.admitted_ns is None:
+                s.handle.stats.admitted_ns = now
+            self._running[rid] = s
+        self._prefill()
+        self._decode()
+        self._steps += 1
+        return True
+
+    def _intake(self) -> None:
+        with self._lock:
+            while self._inbox:
+                s = self._inbox.popleft()
+                self._waiting[s.handle.request_id] = s
+            cancels, self._cancels = self._cancels, set()
+        for rid in cancels:
+            s = self._waiting.pop(rid, None) or self._running.pop(rid, None)
+            if s is not None:
+                self._finish(s, FinishReason.ABORT)
+
+    def _release(self, s: _Seq) -> None:
+        if s.slot is not None:
+            self.cache.free(s.slot)
+            s.slot = None
+
+    def _finish(self, s: _Seq, reason: FinishReason, rejection: Rejection | None = None) -> None:
+        rid = s.handle.request_id
+        self._running.pop(rid, None)
+        self._waiting.pop(rid, None)
+        self._release(s)
+        s.handle.stats.finished_ns = time.perf_counter_ns()
+        s.handle._finished(reason, rejection)
+
+    # -- prefill ---------------------------------------------------------------
+    def _prefill(self) -> None:
+        todo = [s for s in self._running.values() if s.computed < s.prefill_target]
+        if not todo:
+            return
+        todo.sort(key=lambda s: (-s.priority, s.handle.stats.arrival_ns))
+        budget = self.config.max_prefill_tokens
+        rows: list[tuple[_Seq, int]] = []
+        width = 0
+        for s in todo:
+            need = s.prefill_target - s.computed
+            w = max(width, min(need, budget))
+            if rows and (len(rows) + 1) * w > budget:
+                break
+            width = w
+            rows.append((s, min(need, budget)))
+        dev = self.model.device
+        scratch = self.cache.scratch_position
+        tokens = torch.zeros((len(rows), width), dtype=torch.long)
+        positions = torch.full((len(rows), width), scratch, dtype=torch.long)
+        for i, (s, n) in enumerate(rows):
+            tokens[i, :n] = torch.tensor(s.tokens[s.computed : s.computed + n])
+            positions[i, :n] = torch.arange(s.computed, s.computed + n)
+        kv_len = max(s.computed + n for s, n in rows)
+        slots = torch.tensor([s.slot for s, _ in rows], dtype=torch.long)
+        last = torch.tensor([n - 1 for _, n in rows], dtype=torch.long)
+        t0 = time.perf_counter_ns()
+        logits = self.model(tokens.to(dev), positions.to(dev), slots.to(dev), self.cache, kv_len, last.to(dev))
+        sampled_rows = [i for i, (s, n) in enumerate(rows) if not s.output and s.computed + n == s.prefill_target]
+        picked = sample(logits[sampled_rows], [rows[i][0].params for i in sampled_rows],
+                        [rows[i][0].generator for i in sampled_rows]) if sampled_rows else []
+        t1 = time.perf_counter_ns()
+        share = (t1 - t0) / 1e9 / len(rows)
+        for s, n in rows:
+            s.computed += n
+            s.handle.stats.gpu_seconds += share
+            self.cache.set_length(s.slot, s.computed)  # type: ignore[arg-type]
+            if not s.output and s.computed == s.prefill_target:
+                self._prompt_total += len(s.prompt)
+        for i, tok in zip(sampled_rows, picked):
+            self._emit(rows[i][0], tok, t1)
+
+    # -- decode -----------------------------------------------------------------
+    def _decode(self) -> None:
+        batch = [s for s in self._running.values() if s.output and s.computed == len(s.tokens) - 1]
+        if not batch:
+            return
+        dev = self.model.device
+        tokens = torch.tensor([[s.output[-1]] for s in batch], dtype=torch.long)
+        positions = torch.tensor([[s.computed] for s in batch], dtype=torch.long)
+        slots = torch.tensor([s.slot for s in batch], dtype=torch.long)
+        kv_len = max(s.computed for s in batch) + 1
+        t0 = time.perf_counter_ns()
+        logits = self.model(tokens.to(dev), positions.to(dev), slots.to(dev), self.cache, kv_len)
+        picked = sample(logits, [s.params for s in batch], [s.generator for s in batch])
+        t1 = time.perf_counter_ns()
+        self.step_times.observe(len(batch), (t1 - t0) / 1e9)
+        share = (t1 - t0) / 1e9 / len(batch)
+        for s, tok in zip(batch, picked):
+            s.computed += 1
+            s.handle.stats.gpu_seconds += share
+            self.cache.set_length(s.slot, s.computed)  # type: ignore[arg-type]
+            self._emit(s, tok, t1)
+
+    def _emit(self, s: _Seq, tok: int, t_ns: int) -> None:
+        s.output.append(tok)
+        st = s.handle.stats
+        if st.first_token_ns is None:
+            st.first_token_ns = t_ns
+        st.token_ns.append(t_ns)
+        st.output_tokens = len(s.output)
+        self._gen_total += 1
+        s.handle._push(TokenEvent(index=len(s.output) - 1, token_id=tok, text=self._detok(s), time_ns=t_ns))
+        p = s.params
+        if (tok in self.eos_token_ids and not p.ignore_eos) or tok in p.stop_token_ids:
+            self._finish(s, FinishReason.STOP)
+        elif len(s.output) >= p.max_tokens or len(s.tokens) >= self.max_len:
+            self._finish(s, FinishReason.LENGTH)
+
+    def _detok(self, s: _Seq) -> str:
+        """Incremental detokenisation (holds back incomplete UTF-8 sequences)."""
+        if self.tokenizer is None:
+            return ""
+        dec = self.tokenizer.decode  # type: ignore[attr-defined]
+        ids = s.output
+        prefix = dec(ids[s.prefix_offset : s.read_offset])
+        full = dec(ids[s.prefix_offset :])
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            s.prefix_offset, s.read_offset = s.read_offset, len(ids)
+            return full[len(prefix) :]
+        return ""
