@@ -19,6 +19,19 @@ def _gpu(text: str) -> dict:
         raise argparse.ArgumentTypeError(f"{text!r}: expected MODEL:MEMORY_GIB[:COUNT], e.g. 'NVIDIA L4:24:2'") from None
 
 
+def _exit_with_parent(pid: int) -> None:
+    """Get SIGTERM when the process that started us dies, even by SIGKILL (Linux)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != pid:  # the parent died before prctl took effect
+        sys.exit(0)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fleet-agent", description="The edge agent: dials the hub, applies placements, reports.")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -38,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--jurisdiction")
     r.add_argument("--gpu", action="append", type=_gpu, help="declare GPUs when none are detected: MODEL:GIB[:COUNT]")
     r.add_argument("--no-gpu-probe", action="store_true", help="do not ask NVML/torch; use --gpu only")
+    r.add_argument("--exit-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
     r.add_argument("-v", "--verbose", action="store_true")
     m = sub.add_parser("make-model", help="build a small randomly initialised Llama model with a local tokenizer")
     m.add_argument("--size", choices=["tiny", "small", "1b"], default="tiny")
@@ -61,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print(make_model(args.size, args.dir))
             return 0
+        if args.exit_with_parent:
+            _exit_with_parent(args.exit_with_parent)
         overrides = {
             "hub": args.hub, "site": args.site, "node": args.node, "data_dir": args.data_dir,
             "ca": args.ca, "cert": args.cert, "key": args.key, "server_name": args.server_name,
