@@ -9,20 +9,23 @@ Public API::
     h.result().stats.ttft_s
 """
 
-from edge_agent.runtime.engine import Engine, EngineConfig, EngineStats
-from edge_agent.runtime.kv_cache import KVCache, KVUsage
-from edge_agent.runtime.request import (
-    Completion,
-    FinishReason,
-    Rejection,
-    RequestHandle,
-    RequestStats,
-    SamplingParams,
-    TokenEvent,
-)
-from edge_agent.runtime.scheduler import SchedulerConfig
+from __future__ import annotations
 
-__all__ = [
-    "Completion", "Engine", "EngineConfig", "EngineStats", "FinishReason", "KVCache", "KVUsage",
-    "Rejection", "RequestHandle", "RequestStats", "SamplingParams", "SchedulerConfig", "TokenEvent",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Engine": "engine", "EngineConfig": "engine", "EngineStats": "engine",
+    "KVCache": "kv_cache", "KVUsage": "kv_cache",
+    "Completion": "request", "FinishReason": "request", "Rejection": "request", "RequestHandle": "request",
+    "RequestStats": "request", "SamplingParams": "request", "TokenEvent": "request",
+    "SchedulerConfig": "scheduler",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import lazily, so ``edge_agent.runtime.make_model`` users do not pay for torch at import."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
