@@ -1,0 +1,59 @@
+"""`fleet demo`, the README's main job, end to end as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _agents_of(pid: int) -> list[psutil.Process]:
+    return [
+        p for p in psutil.process_iter(["cmdline"])
+        if p.info["cmdline"] and "edge_agent.cli" in " ".join(p.info["cmdline"])
+        and f"--exit-with-parent {pid}" in " ".join(p.info["cmdline"])
+    ]
+
+
+def test_demo_applies_everywhere_and_exits_cleanly():
+    proc = subprocess.run(
+        [sys.executable, "-m", "hub.cli.main", "demo"], capture_output=True, text=True, timeout=180,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "all 4 agents connected" in out
+    assert "Config/fleet-settings v1 applied on 4/4 nodes" in out
+    assert "Config/de-only-settings v2 applied on 1/1 nodes" in out
+    assert "Traceback" not in out
+    leftovers = [p for p in psutil.process_iter(["cmdline"])
+                 if p.info["cmdline"] and "fleet-demo-" in " ".join(p.info["cmdline"])]
+    assert leftovers == [], f"demo left processes behind: {[p.info['cmdline'] for p in leftovers]}"
+
+
+def test_demo_ctrl_c_stops_every_process_it_started():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hub.cli.main", "demo"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _agents_of(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        agents = _agents_of(proc.pid)
+        assert agents, "the demo never started its agents"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode in (130, 0), out
+    gone, alive = psutil.wait_procs(agents, timeout=10)
+    assert alive == [], f"agents still running after Ctrl-C: {[p.pid for p in alive]}"
+    assert "Traceback" not in out
