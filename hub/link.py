@@ -298,26 +298,27 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         context: grpc.aio.ServicerContext,
     ) -> None:
         reader = asyncio.create_task(self._read(session, request_iterator))
+        writer = asyncio.create_task(self._write(session, context))
         closed = asyncio.create_task(session.closed.wait())
+        tasks = (reader, writer, closed)
         try:
-            while True:
-                get = asyncio.create_task(session.queue.get())
-                done, _ = await asyncio.wait({get, closed, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if get in done:
-                    await context.write(get.result())
-                    continue
-                get.cancel()
-                if reader in done:
-                    exc = reader.exception()
-                    if exc is not None:
-                        raise exc
-                    return  # the agent closed its side
-                if session.close_reason is not None:
-                    raise session.close_reason
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            # A write blocked on a client that never reads must not hold the
+            # stream open: `closed` wins over it and the stream is aborted.
+            if closed in done and session.close_reason is not None:
+                raise session.close_reason
+            for t in (reader, writer):
+                if t in done and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
         finally:
-            for t in (reader, closed):
+            for t in tasks:
                 t.cancel()
-            await asyncio.gather(reader, closed, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    @staticmethod
+    async def _write(session: Session, context: grpc.aio.ServicerContext) -> None:
+        while True:
+            await context.write(await session.queue.get())
 
     async def _read(self, session: Session, request_iterator: AsyncIterator[agent_pb2.AgentMessage]) -> None:
         bucket = TokenBucket(self.limits.messages_per_second, self.limits.burst)
