@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from edge_agent.runtime.decode_runner import DecodeRunner
 from edge_agent.runtime.kv_cache import KVCache, KVUsage
 from edge_agent.runtime.model import LlamaModel, load_model
 from edge_agent.runtime.request import (
@@ -68,6 +69,9 @@ class EngineConfig:
     """Weight and cache dtype (``float32``, ``bfloat16``...); default per :func:`load_model`."""
     idle_wait_s: float = 0.05
     """How long the idle loop sleeps between checks (it is woken early by submits)."""
+    decode_mode: str | None = None
+    """``eager``, ``bucketed`` or ``graphs`` (see :class:`DecodeRunner`); default
+    ``graphs`` on CUDA, ``eager`` on a CPU."""
 
 
 @dataclass
@@ -156,6 +160,8 @@ class Engine:
             shape.num_layers, self.config.max_batch, self.max_len, shape.num_kv_heads, shape.head_dim,
             model.device, model.dtype,
         )
+        mode = self.config.decode_mode or ("graphs" if model.device.type == "cuda" else "eager")
+        self.decoder = DecodeRunner(model, self.cache, mode)
         self.tokenizer = tokenizer
         eos = set(eos_token_ids or shape.eos_token_ids)
         if model_dir is not None:
@@ -369,6 +375,9 @@ class Engine:
         if not todo:
             return
         todo.sort(key=lambda s: (-s.priority, s.handle.stats.arrival_ns))
+        if todo[0].deadline_ns is not None and not todo[0].output:
+            # An urgent first token is not slowed down by prefilling lower classes with it.
+            todo = [s for s in todo if s.priority == todo[0].priority]
         budget = self.config.max_prefill_tokens
         rows: list[tuple[_Seq, int]] = []
         width = 0
@@ -410,13 +419,9 @@ class Engine:
         batch = [s for s in self._running.values() if s.output and s.computed == len(s.tokens) - 1]
         if not batch:
             return
-        dev = self.model.device
-        tokens = torch.tensor([[s.output[-1]] for s in batch], dtype=torch.long)
-        positions = torch.tensor([[s.computed] for s in batch], dtype=torch.long)
-        slots = torch.tensor([s.slot for s in batch], dtype=torch.long)
-        kv_len = max(s.computed for s in batch) + 1
         t0 = time.perf_counter_ns()
-        logits = self.model(tokens.to(dev), positions.to(dev), slots.to(dev), self.cache, kv_len)
+        logits = self.decoder([s.output[-1] for s in batch], [s.computed for s in batch],
+                              [s.slot for s in batch])  # type: ignore[misc]
         picked = sample(logits, [s.params for s in batch], [s.generator for s in batch])
         t1 = time.perf_counter_ns()
         self.step_times.observe(len(batch), (t1 - t0) / 1e9)

@@ -223,3 +223,13 @@ def test_bad_input(make_engine) -> None:  # noqa: ANN001
         eng.step()
     assert r.finish_reason is FinishReason.LENGTH and r.stats.output_tokens == 256 - 249
     assert eng.kv_usage().slots_used == 0
+
+
+def test_bucketed_static_decode_matches(make_engine, solo) -> None:  # noqa: ANN001
+    """The padded, fixed-length decode path used for CUDA graphs gives the same tokens."""
+    eng = make_engine(max_batch=8, decode_mode="bucketed").start()
+    assert eng.decoder.buckets == [1, 2, 4, 8]
+    res = eng.generate(PROMPTS, GREEDY)  # 5 rows run in the 8-row bucket
+    assert [r.token_ids for r in res] == [solo[p] for p in PROMPTS]
+    with pytest.raises(ValueError, match="CUDA"):
+        make_engine(max_batch=2, decode_mode="graphs")
