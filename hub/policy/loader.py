@@ -83,6 +83,8 @@ def _message(error: dict[str, Any], model: type[BaseModel], loc: tuple[PathPart,
     if kind == "literal_error":
         expected = _LITERAL_RE.findall(str((error.get("ctx") or {}).get("expected", "")))
         return f"{value!r} is not one of {', '.join(expected)}{did_you_mean(value, expected)}"
+    if kind == "string_pattern_mismatch":
+        return f"{value!r} is not a valid name: use lower-case letters, digits, '-' and '.', starting and ending with a letter or digit"
     msg = str(error["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):

@@ -272,7 +272,7 @@ class Slo(Spec):
     """95th percentile time to first token seen by the client (network round trip included), e.g. 500ms. Required."""
     tpot_p95: Duration
     """95th percentile time per output token, e.g. 50ms. Required."""
-    e2e_p95: Optional[Duration] = None
+    e2e_p95: Optional[Duration] = Field(default=None, alias="e2eP95")
     """95th percentile end-to-end request latency, e.g. 8s. Default: no end-to-end objective."""
 
 

@@ -1,0 +1,66 @@
+"""What the hub calls. All pure: bundles and placements in, results out.
+
+    result = plan(bundle, previous=current_placement)       # fleet plan / apply
+    result.diff.lines(); result.placement.by_agent()         # show / publish
+    explain(bundle, result.placement, "assistant-eu")        # fleet explain service
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from hub.placement.build import problem_from_bundle
+from hub.placement.constraints import FleetIndex
+from hub.placement.diff import PlanDiff, plan_diff
+from hub.placement.explain import Explanation, explain_service
+from hub.placement.greedy import solve_greedy
+from hub.placement.milp import solve_exact
+from hub.placement.model import Placement, Problem, Weights
+from hub.policy.bundle import Bundle
+
+Solver = Literal["auto", "greedy", "exact"]
+#: ``auto`` uses the exact solver up to this many (workload, pool) candidates.
+EXACT_LIMIT = 4000
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    problem: Problem
+    placement: Placement
+    diff: PlanDiff
+
+
+def solve(problem: Problem, solver: Solver = "auto") -> Placement:
+    """Place ``problem`` with the chosen solver (``auto``: exact when small)."""
+    index = FleetIndex(problem)
+    if solver == "auto":
+        size = sum(len(index.candidates(w)) for w in problem.workloads)
+        solver = "exact" if size <= EXACT_LIMIT else "greedy"
+    if solver == "exact":
+        return solve_exact(problem, index)
+    return solve_greedy(problem, index)
+
+
+def plan(
+    bundle: Bundle,
+    previous: Optional[Placement] = None,
+    *,
+    at: Optional[dt.datetime] = None,
+    weights: Weights = Weights(),
+    solver: Solver = "auto",
+) -> PlanResult:
+    """Placement for ``bundle`` and its diff against ``previous`` (a dry run)."""
+    problem = problem_from_bundle(bundle, at=at, previous=previous, weights=weights)
+    placement = solve(problem, solver)
+    return PlanResult(problem, placement, plan_diff(previous, placement, problem))
+
+
+def explain(
+    bundle: Bundle, placement: Placement, service: str, *, at: Optional[dt.datetime] = None
+) -> list[Explanation]:
+    """Per demand region of ``service``: each site chosen or rejected, and why."""
+    if service not in bundle.services:
+        raise KeyError(f"no Service named {service!r}")
+    return explain_service(problem_from_bundle(bundle, at=at), placement, service)

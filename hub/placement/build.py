@@ -1,0 +1,57 @@
+"""Turn a validated policy bundle into a placement :class:`Problem`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Optional
+
+from hub.placement.model import Placement, Pool, Problem, SiteInfo, Weights, Workload
+from hub.policy.bundle import Bundle
+from hub.policy.validate import perf_profile, rule_of
+
+
+def problem_from_bundle(
+    bundle: Bundle,
+    at: Optional[dt.datetime] = None,
+    previous: Optional[Placement] = None,
+    weights: Weights = Weights(),
+) -> Problem:
+    """Sites (with availability at time ``at``, default now UTC), workloads
+    (one per service and demand region) and residency rules of ``bundle``."""
+    at = at or dt.datetime.now(dt.timezone.utc)
+    sites = []
+    for name in sorted(bundle.sites):
+        spec = bundle.sites[name].spec
+        unavailable = None
+        if spec.cordoned:
+            unavailable = "site is cordoned"
+        else:
+            window = spec.in_maintenance(at)
+            if window is not None:
+                unavailable = (f"in maintenance {window.start.isoformat()} to {window.end.isoformat()}"
+                               + (f" ({window.reason})" if window.reason else ""))
+        pools = tuple(
+            Pool(site=name, name=p.name, node=p.node_name, gpu_type=p.gpu_type, count=p.count,
+                 memory=p.memory, price=p.price, power=p.power)
+            for p in spec.gpu_pools
+        )
+        sites.append(SiteInfo(name=name, region=spec.region, country=spec.country,
+                              jurisdictions=spec.jurisdictions, intensity=spec.grid_intensity,
+                              latency=dict(spec.network_latency), pools=pools, unavailable=unavailable))
+    workloads = []
+    for name in sorted(bundle.services):
+        spec = bundle.services[name].spec
+        version = bundle.models[spec.model].spec.version(spec.version)
+        assert version is not None  # guaranteed by validation
+        pclass = bundle.priority_classes[spec.priority_class].spec
+        profiles = {gt: perf_profile(version, gt) for gt in version.gpu_types}
+        for demand in spec.demand:
+            workloads.append(Workload(
+                service=name, region=demand.region, model=spec.model, version=spec.version,
+                rate=demand.rate, prompt_tokens=demand.mean_prompt_tokens, output_tokens=demand.mean_output_tokens,
+                ttft_slo=spec.slo.ttft_p95, tpot_slo=spec.slo.tpot_p95, e2e_slo=spec.slo.e2e_p95,
+                priority=pclass.value, sheddable=pclass.is_sheddable, data_class=spec.data_class,
+                memory=version.gpu_memory_per_replica, profiles=profiles,  # type: ignore[arg-type]
+            ))
+    rules = {p.spec.data_class: rule_of(p) for p in bundle.residency_policies.values()}
+    return Problem(tuple(sites), tuple(workloads), rules, weights, previous)

@@ -1,0 +1,244 @@
+"""Hard constraints, twice: vectorised over all pools for the solvers, and
+one (workload, pool) at a time with a reason for ``explain``. A test checks
+that both agree.
+
+Order of checks (the first failing one is the reason): residency, site
+availability (cordoned / maintenance), network reach of the demand region,
+GPU type compatibility, GPU memory fit, TPOT, TTFT / e2e with the network
+round trip, pool size. Capacity left after other workloads is dynamic and
+is checked by the solvers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from hub.placement.model import Pool, Problem, SiteInfo, Workload
+from hub.placement.perf import ReplicaCurve, ttft_budget
+from hub.placement.residency import no_rule_reason
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f}ms" if math.isfinite(seconds) else "inf"
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f}GiB"
+
+
+@dataclass
+class Candidates:
+    """Statically feasible (pool, replicas) options of one workload."""
+
+    pool: np.ndarray
+    replicas: np.ndarray
+    gpus_per_replica: np.ndarray
+    rtt: np.ndarray
+    share: np.ndarray
+    """Compute share of one replica on its GPU (1 for multi-GPU replicas)."""
+    fixed_cost: np.ndarray
+    """Latency + churn part of the objective, USD/h."""
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+
+class FleetIndex:
+    """Arrays over every GPU pool of the fleet, and per-workload curves."""
+
+    def __init__(self, problem: Problem):
+        self.problem = problem
+        self.sites: list[SiteInfo] = list(problem.sites)
+        self.site_index = {s.name: i for i, s in enumerate(self.sites)}
+        self.pools: list[Pool] = [p for s in self.sites for p in s.pools]
+        self.pool_index = {(p.site, p.name): i for i, p in enumerate(self.pools)}
+        n = len(self.pools)
+        self.pool_site = np.array([self.site_index[p.site] for p in self.pools], dtype=np.int64).reshape(n)
+        self.memory = np.array([p.memory for p in self.pools], dtype=float).reshape(n)
+        self.count = np.array([p.count for p in self.pools], dtype=np.int64).reshape(n)
+        price = np.array([p.price for p in self.pools], dtype=float).reshape(n)
+        power = np.array([p.power for p in self.pools], dtype=float).reshape(n)
+        intensity = np.array([s.intensity for s in self.sites], dtype=float)[self.pool_site] if n else np.zeros(0)
+        self.price = price
+        self.carbon_kg_h = power / 1000.0 * intensity / 1000.0
+        w = problem.weights
+        self.gpu_cost = w.cost * price + w.carbon_usd_per_kg * self.carbon_kg_h
+        available = np.array([s.unavailable is None for s in self.sites], dtype=bool)
+        self.available = available[self.pool_site] if n else np.zeros(0, dtype=bool)
+        self.by_type: dict[str, np.ndarray] = {}
+        for i, p in enumerate(self.pools):
+            self.by_type.setdefault(p.gpu_type, []).append(i)  # type: ignore[arg-type]
+        self.by_type = {k: np.array(v, dtype=np.int64) for k, v in self.by_type.items()}
+        self._allowed: dict[str, np.ndarray] = {}
+        self._latency: dict[str, np.ndarray] = {}
+        self._curves: dict[tuple, ReplicaCurve] = {}
+        self.previous: dict[tuple[str, str], dict[int, int]] = {}
+        """(service, region) -> {pool: replicas} of the previous placement."""
+        if problem.previous is not None:
+            for a in problem.previous.assignments:
+                idx = self.pool_index.get((a.site, a.pool))
+                if idx is not None:
+                    per_pool = self.previous.setdefault((a.service, a.region), {})
+                    per_pool[idx] = per_pool.get(idx, 0) + a.replicas
+
+    # ---------------------------------------------------------------- masks
+
+    def allowed(self, data_class: str) -> np.ndarray:
+        """Pools on sites where the data class may be processed."""
+        if data_class not in self._allowed:
+            rule = self.problem.rules.get(data_class)
+            if rule is None:
+                per_site = np.zeros(len(self.sites), dtype=bool)
+            else:
+                per_site = np.array(
+                    [rule.verdict(s.name, s.country, s.jurisdictions)[0] for s in self.sites], dtype=bool
+                )
+            self._allowed[data_class] = per_site[self.pool_site] if len(self.pools) else np.zeros(0, dtype=bool)
+        return self._allowed[data_class]
+
+    def latency(self, region: str) -> np.ndarray:
+        """Round trip (s) from ``region`` to each pool's site; NaN where not served."""
+        if region not in self._latency:
+            per_site = np.array([s.latency.get(region, np.nan) for s in self.sites], dtype=float)
+            self._latency[region] = per_site[self.pool_site] if len(self.pools) else np.zeros(0)
+        return self._latency[region]
+
+    def curve(self, w: Workload, gpu_type: str) -> ReplicaCurve:
+        key = (w.rate, w.prompt_tokens, w.output_tokens, w.tpot_slo, w.model, w.version, gpu_type, id(w.profiles[gpu_type]))
+        if key not in self._curves:
+            self._curves[key] = ReplicaCurve(w.rate, w.prompt_tokens, w.output_tokens, w.profiles[gpu_type], w.tpot_slo)
+        return self._curves[key]
+
+    def budget(self, w: Workload, gpu_type: str) -> float:
+        return ttft_budget(self.curve(w, gpu_type), w.ttft_slo, w.e2e_slo)
+
+    # ----------------------------------------------------------- candidates
+
+    def candidates(self, w: Workload) -> Candidates:
+        allowed = self.allowed(w.data_class)
+        lat = self.latency(w.region)
+        parts = []
+        for gpu_type in sorted(w.profiles):
+            idx = self.by_type.get(gpu_type)
+            if idx is None or not len(idx):
+                continue
+            ok = allowed[idx] & self.available[idx] & ~np.isnan(lat[idx])
+            idx = idx[ok]
+            if not len(idx):
+                continue
+            k = np.ceil(w.memory / self.memory[idx] - 1e-9).astype(np.int64)
+            ok = k <= self.count[idx]
+            idx, k = idx[ok], k[ok]
+            curve = self.curve(w, gpu_type)
+            if curve.batch == 0 or not len(idx):
+                continue
+            rtt = lat[idx]
+            n = curve.replicas_many(self.budget(w, gpu_type) - rtt)
+            ok = (n > 0) & (n * k <= self.count[idx])
+            n, k = n[ok], k[ok]
+            share = np.where(k > 1, 1.0, curve.utilisation(n))
+            parts.append((idx[ok], n, k, rtt[ok], share))
+        if not parts:
+            empty_i = np.zeros(0, dtype=np.int64)
+            return Candidates(empty_i, empty_i, empty_i, np.zeros(0), np.zeros(0), np.zeros(0))
+        pool = np.concatenate([p[0] for p in parts])
+        reps = np.concatenate([p[1] for p in parts])
+        k = np.concatenate([p[2] for p in parts])
+        rtt = np.concatenate([p[3] for p in parts])
+        share = np.concatenate([p[4] for p in parts])
+        weights = self.problem.weights
+        fixed = weights.latency_usd_per_rps_s * w.rate * rtt
+        prev = self.previous.get((w.service, w.region))
+        if weights.churn_usd_per_replica:
+            churn = reps.astype(float)
+            if prev:
+                before = np.array([prev.get(int(p), 0) for p in pool], dtype=float)
+                churn = np.maximum(churn - before, 0.0)
+            fixed = fixed + weights.churn_usd_per_replica * churn
+        return Candidates(pool, reps, k, rtt, share, fixed)
+
+    def prepare(self, workloads: list[Workload], max_shards: int = 64) -> tuple[list[Workload], list[Candidates]]:
+        """Candidates per workload; a workload no single pool can take
+        (too much demand for one pool) is split into equal shards until
+        each shard has a candidate or ``max_shards`` is reached."""
+        out_w: list[Workload] = []
+        out_c: list[Candidates] = []
+        todo = list(workloads)
+        while todo:
+            w = todo.pop(0)
+            c = self.candidates(w)
+            if len(c) or w.shards * 2 > max_shards or not self._splittable(w):
+                out_w.append(w)
+                out_c.append(c)
+            else:
+                todo[:0] = list(w.split())
+        return out_w, out_c
+
+    def _splittable(self, w: Workload) -> bool:
+        """True when some pool fails only on size (so less demand could fit)."""
+        allowed = self.allowed(w.data_class) & self.available & ~np.isnan(self.latency(w.region))
+        for p in np.nonzero(allowed)[0]:
+            check = self.check(w, int(p))
+            if check.constraint in ("pool-size", "slo-ttft") and self.pools[p].gpu_type in w.profiles:
+                return True
+        return False
+
+    # -------------------------------------------------------- one by one
+
+    def check(self, w: Workload, pool_idx: int) -> "Check":
+        """Static feasibility of one pool for one workload, with the reason."""
+        pool = self.pools[pool_idx]
+        site = self.sites[self.pool_site[pool_idx]]
+        rule = self.problem.rules.get(w.data_class)
+        if rule is None:
+            return Check(False, "residency", no_rule_reason(w.data_class))
+        ok, why = rule.verdict(site.name, site.country, site.jurisdictions)
+        if not ok:
+            return Check(False, "residency", why)
+        residency = why
+        if site.unavailable is not None:
+            return Check(False, "availability", site.unavailable, residency=residency)
+        rtt = site.latency.get(w.region)
+        if rtt is None:
+            return Check(False, "network", f"site lists no networkLatency for region {w.region!r}", residency=residency)
+        if pool.gpu_type not in w.profiles:
+            return Check(False, "gpu-type", f"{w.model} {w.version} does not run on {pool.gpu_type} "
+                         f"(runs on {', '.join(sorted(w.profiles))})", residency=residency, rtt=rtt)
+        k = math.ceil(w.memory / pool.memory - 1e-9)
+        if k > pool.count:
+            return Check(False, "gpu-memory", f"replica needs {_gib(w.memory)} = {k} x {_gib(pool.memory)} GPUs; "
+                         f"pool has {pool.count}", residency=residency, rtt=rtt)
+        curve = self.curve(w, pool.gpu_type)
+        if curve.batch == 0:
+            return Check(False, "slo-tpot", f"TPOT with one sequence on {pool.gpu_type} is "
+                         f"{_ms(curve.profile.step(1))} > tpotP95 {_ms(w.tpot_slo)}", residency=residency, rtt=rtt)
+        budget = self.budget(w, pool.gpu_type)
+        n = curve.replicas(budget - rtt)
+        if n == 0:
+            return Check(False, "slo-ttft", f"RTT {_ms(rtt)} + prefill {_ms(curve.floor)} leaves no replica count "
+                         f"meeting the TTFT budget {_ms(budget)}", residency=residency, rtt=rtt)
+        if n * k > pool.count:
+            return Check(False, "pool-size", f"needs {n} replicas x {k} GPU = {n * k} GPUs; pool has {pool.count}",
+                         residency=residency, rtt=rtt, replicas=n, gpus_per_replica=k)
+        share = 1.0 if k > 1 else float(curve.utilisation(n))
+        return Check(True, "", "feasible", residency=residency, rtt=rtt, replicas=n, gpus_per_replica=k,
+                     ttft=rtt + curve.predicted_ttft(n), tpot=curve.tpot, share=share)
+
+
+@dataclass(frozen=True)
+class Check:
+    ok: bool
+    constraint: str
+    """Which constraint failed: residency, availability, network, gpu-type, gpu-memory, slo-tpot, slo-ttft, pool-size."""
+    reason: str
+    residency: str = ""
+    rtt: Optional[float] = None
+    replicas: int = 0
+    gpus_per_replica: int = 0
+    ttft: float = math.inf
+    tpot: float = math.inf
+    share: float = 1.0

@@ -1,0 +1,188 @@
+"""Typed inputs and outputs of placement (plain frozen dataclasses).
+
+Units: seconds, bytes, requests/s, USD/hour, watts, gCO2e/kWh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+from hub.placement.perf import PerfProfile
+from hub.placement.residency import ResidencyRule
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A pool of identical GPUs on one node of one site."""
+
+    site: str
+    name: str
+    node: str
+    gpu_type: str
+    count: int
+    memory: float
+    """Bytes per GPU."""
+    price: float
+    """USD per GPU-hour."""
+    power: float
+    """Watts per GPU."""
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    name: str
+    region: str
+    country: str
+    jurisdictions: tuple[str, ...]
+    intensity: float
+    """gCO2e/kWh."""
+    latency: Mapping[str, float]
+    """Round-trip seconds from each demand region."""
+    pools: tuple[Pool, ...]
+    unavailable: Optional[str] = None
+    """Why no new replicas go here (cordoned, maintenance), or None."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The demand of one service from one region: the unit that is placed."""
+
+    service: str
+    region: str
+    model: str
+    version: str
+    rate: float
+    prompt_tokens: float
+    output_tokens: float
+    ttft_slo: float
+    tpot_slo: float
+    e2e_slo: Optional[float]
+    priority: int
+    sheddable: bool
+    data_class: str
+    memory: float
+    """Bytes of GPU memory per replica."""
+    profiles: Mapping[str, PerfProfile]
+    """GPU type -> profile; the keys are the GPU types it runs on."""
+    shard: int = 0
+    """Which equal part of the region's demand this is (0-based)."""
+    shards: int = 1
+    """How many equal parts the region's demand is split into (1 = whole)."""
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.service, self.region, self.shard)
+
+    def split(self) -> tuple["Workload", "Workload"]:
+        """Two halves of this workload's demand (shard i of s becomes 2i and 2i+1 of 2s)."""
+        half = dataclasses.replace(self, rate=self.rate / 2, shards=self.shards * 2)
+        return dataclasses.replace(half, shard=self.shard * 2), dataclasses.replace(half, shard=self.shard * 2 + 1)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Objective weights; everything is converted to USD per hour."""
+
+    cost: float = 1.0
+    """Multiplier on GPU cost (USD/h). Default 1."""
+    carbon_usd_per_kg: float = 0.10
+    """USD per kg CO2e emitted (default 0.10, i.e. 100 USD/t)."""
+    latency_usd_per_rps_s: float = 0.5
+    """USD/h per (req/s x second of round trip); default 0.5 (40 req/s at 20 ms = 0.40 USD/h)."""
+    churn_usd_per_replica: float = 0.2
+    """USD/h-equivalent penalty per replica started somewhere it did not run before. Default 0.2."""
+    unplaced_usd: float = 1000.0
+    """Penalty per unplaced workload (x10 when not sheddable) in the exact solver. Default 1000."""
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Replicas of one workload on one GPU pool of one site."""
+
+    service: str
+    region: str
+    shard: int
+    shards: int
+    model: str
+    version: str
+    site: str
+    pool: str
+    node: str
+    gpu_type: str
+    replicas: int
+    gpus_per_replica: int
+    memory_per_replica: float
+    gpus: tuple[tuple[int, ...], ...]
+    """GPU indices inside the pool, one tuple per replica."""
+    gpu_share: float
+    """Compute share of one replica on its GPU (1.0 for multi-GPU replicas)."""
+    rate: float
+    rtt: float
+    ttft_p95: float
+    """Predicted client-side p95 TTFT (RTT included), seconds."""
+    tpot_p95: float
+    residency: str
+    """Why this site may hold the data (the policy clause that allows it)."""
+
+    def to_spec(self) -> dict[str, Any]:
+        """Plain dict for the agent's desired-state object."""
+        return {
+            "service": self.service, "region": self.region, "shard": self.shard, "shards": self.shards, "model": self.model, "version": self.version,
+            "site": self.site, "pool": self.pool, "node": self.node, "gpuType": self.gpu_type,
+            "replicas": self.replicas, "gpusPerReplica": self.gpus_per_replica,
+            "memoryPerReplicaBytes": self.memory_per_replica,
+            "gpus": [list(g) for g in self.gpus], "gpuShare": self.gpu_share, "rateRps": self.rate,
+            "predictedTtftP95S": self.ttft_p95, "predictedTpotP95S": self.tpot_p95,
+            "residency": self.residency,
+        }
+
+
+@dataclass(frozen=True)
+class Unplaced:
+    service: str
+    region: str
+    reason: str
+    shed: bool
+    """True when the workload is sheddable and was dropped for capacity."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    assignments: tuple[Assignment, ...]
+    unplaced: tuple[Unplaced, ...] = ()
+    solver: str = ""
+    objective: float = 0.0
+    """USD/h-equivalent objective of this placement."""
+    stats: Mapping[str, float] = field(default_factory=dict)
+
+    def by_agent(self) -> dict[tuple[str, str], list[Assignment]]:
+        """(site, node) -> the assignments that agent must run."""
+        out: dict[tuple[str, str], list[Assignment]] = {}
+        for a in self.assignments:
+            out.setdefault((a.site, a.node), []).append(a)
+        return out
+
+    def for_agent(self, site: str, node: str) -> list[Assignment]:
+        return [a for a in self.assignments if a.site == site and a.node == node]
+
+    def to_spec(self) -> dict[str, Any]:
+        return {
+            "solver": self.solver,
+            "objective": self.objective,
+            "assignments": [a.to_spec() for a in self.assignments],
+            "unplaced": [{"service": u.service, "region": u.region, "reason": u.reason, "shed": u.shed} for u in self.unplaced],
+        }
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Everything placement needs; built from a bundle by :mod:`hub.placement.build`."""
+
+    sites: tuple[SiteInfo, ...]
+    workloads: tuple[Workload, ...]
+    rules: Mapping[str, ResidencyRule]
+    """data class -> residency rule (missing = allowed nowhere)."""
+    weights: Weights = Weights()
+    previous: Optional[Placement] = None
