@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from hub.placement.model import Pool, Problem, SiteInfo, Workload
-from hub.placement.perf import ReplicaCurve, ttft_budget
+from hub.placement.perf import ReplicaCurve, build_curves, ttft_budget
 from hub.placement.residency import no_rule_reason
 
 
@@ -42,6 +42,8 @@ class Candidates:
     """Compute share of one replica on its GPU (1 for multi-GPU replicas)."""
     fixed_cost: np.ndarray
     """Latency + churn part of the objective, USD/h."""
+    oversize: int = 0
+    """Pools that failed only because the demand needs more GPUs than they have."""
 
     def __len__(self) -> int:
         return len(self.pool)
@@ -76,6 +78,7 @@ class FleetIndex:
         self._allowed: dict[str, np.ndarray] = {}
         self._latency: dict[str, np.ndarray] = {}
         self._curves: dict[tuple, ReplicaCurve] = {}
+        self._bases: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] = {}
         self.previous: dict[tuple[str, str], dict[int, int]] = {}
         """(service, region) -> {pool: replicas} of the previous placement."""
         if problem.previous is not None:
@@ -93,10 +96,19 @@ class FleetIndex:
             rule = self.problem.rules.get(data_class)
             if rule is None:
                 per_site = np.zeros(len(self.sites), dtype=bool)
-            else:
-                per_site = np.array(
-                    [rule.verdict(s.name, s.country, s.jurisdictions)[0] for s in self.sites], dtype=bool
-                )
+            else:  # one verdict per distinct (country, jurisdictions); named sites individually
+                memo: dict[tuple, bool] = {}
+                named = rule.allow_sites | rule.deny_sites
+                values = []
+                for s in self.sites:
+                    if s.name in named:
+                        values.append(rule.verdict(s.name, s.country, s.jurisdictions)[0])
+                        continue
+                    key = (s.country, s.jurisdictions)
+                    if key not in memo:
+                        memo[key] = rule.verdict(s.name, s.country, s.jurisdictions)[0]
+                    values.append(memo[key])
+                per_site = np.array(values, dtype=bool)
             self._allowed[data_class] = per_site[self.pool_site] if len(self.pools) else np.zeros(0, dtype=bool)
         return self._allowed[data_class]
 
@@ -107,8 +119,25 @@ class FleetIndex:
             self._latency[region] = per_site[self.pool_site] if len(self.pools) else np.zeros(0)
         return self._latency[region]
 
+    @staticmethod
+    def _curve_key(w: Workload, gpu_type: str) -> tuple:
+        return (w.rate, w.prompt_tokens, w.output_tokens, w.profiles[gpu_type], w.tpot_slo)
+
+    def warm(self, workloads: list[Workload]) -> None:
+        """Build the replica curves of many workloads in one vectorised pass."""
+        keys = []
+        seen = set(self._curves)
+        for w in workloads:
+            for gpu_type in w.profiles:
+                key = self._curve_key(w, gpu_type)
+                if key not in seen and gpu_type in self.by_type:
+                    seen.add(key)
+                    keys.append(key)
+        for key, curve in zip(keys, build_curves(keys)):
+            self._curves[key] = curve
+
     def curve(self, w: Workload, gpu_type: str) -> ReplicaCurve:
-        key = (w.rate, w.prompt_tokens, w.output_tokens, w.tpot_slo, w.model, w.version, gpu_type, id(w.profiles[gpu_type]))
+        key = self._curve_key(w, gpu_type)
         if key not in self._curves:
             self._curves[key] = ReplicaCurve(w.rate, w.prompt_tokens, w.output_tokens, w.profiles[gpu_type], w.tpot_slo)
         return self._curves[key]
@@ -118,33 +147,39 @@ class FleetIndex:
 
     # ----------------------------------------------------------- candidates
 
+    def _base(self, data_class: str, region: str, gpu_type: str) -> tuple[np.ndarray, np.ndarray]:
+        """Pools of ``gpu_type`` that are legal, available and reach ``region``, with their RTTs."""
+        key = (data_class, region, gpu_type)
+        base = self._bases.get(key)
+        if base is None:
+            idx = self.by_type.get(gpu_type, np.zeros(0, dtype=np.int64))
+            lat = self.latency(region)
+            ok = self.allowed(data_class)[idx] & self.available[idx] & ~np.isnan(lat[idx])
+            base = self._bases[key] = (idx[ok], lat[idx[ok]])
+        return base
+
     def candidates(self, w: Workload) -> Candidates:
-        allowed = self.allowed(w.data_class)
-        lat = self.latency(w.region)
         parts = []
+        oversize = 0
         for gpu_type in sorted(w.profiles):
-            idx = self.by_type.get(gpu_type)
-            if idx is None or not len(idx):
-                continue
-            ok = allowed[idx] & self.available[idx] & ~np.isnan(lat[idx])
-            idx = idx[ok]
+            idx, rtt = self._base(w.data_class, w.region, gpu_type)
             if not len(idx):
                 continue
             k = np.ceil(w.memory / self.memory[idx] - 1e-9).astype(np.int64)
             ok = k <= self.count[idx]
-            idx, k = idx[ok], k[ok]
+            idx, k, rtt = idx[ok], k[ok], rtt[ok]
             curve = self.curve(w, gpu_type)
             if curve.batch == 0 or not len(idx):
                 continue
-            rtt = lat[idx]
             n = curve.replicas_many(self.budget(w, gpu_type) - rtt)
             ok = (n > 0) & (n * k <= self.count[idx])
+            oversize += int(((n > 0) & ~ok).sum())
             n, k = n[ok], k[ok]
             share = np.where(k > 1, 1.0, curve.utilisation(n))
             parts.append((idx[ok], n, k, rtt[ok], share))
         if not parts:
             empty_i = np.zeros(0, dtype=np.int64)
-            return Candidates(empty_i, empty_i, empty_i, np.zeros(0), np.zeros(0), np.zeros(0))
+            return Candidates(empty_i, empty_i, empty_i, np.zeros(0), np.zeros(0), np.zeros(0), oversize)
         pool = np.concatenate([p[0] for p in parts])
         reps = np.concatenate([p[1] for p in parts])
         k = np.concatenate([p[2] for p in parts])
@@ -159,7 +194,7 @@ class FleetIndex:
                 before = np.array([prev.get(int(p), 0) for p in pool], dtype=float)
                 churn = np.maximum(churn - before, 0.0)
             fixed = fixed + weights.churn_usd_per_replica * churn
-        return Candidates(pool, reps, k, rtt, share, fixed)
+        return Candidates(pool, reps, k, rtt, share, fixed, oversize)
 
     def prepare(self, workloads: list[Workload], max_shards: int = 64) -> tuple[list[Workload], list[Candidates]]:
         """Candidates per workload; a workload no single pool can take
@@ -167,25 +202,17 @@ class FleetIndex:
         each shard has a candidate or ``max_shards`` is reached."""
         out_w: list[Workload] = []
         out_c: list[Candidates] = []
+        self.warm(workloads)
         todo = list(workloads)
         while todo:
             w = todo.pop(0)
             c = self.candidates(w)
-            if len(c) or w.shards * 2 > max_shards or not self._splittable(w):
+            if len(c) or w.shards * 2 > max_shards or not c.oversize:
                 out_w.append(w)
                 out_c.append(c)
             else:
                 todo[:0] = list(w.split())
         return out_w, out_c
-
-    def _splittable(self, w: Workload) -> bool:
-        """True when some pool fails only on size (so less demand could fit)."""
-        allowed = self.allowed(w.data_class) & self.available & ~np.isnan(self.latency(w.region))
-        for p in np.nonzero(allowed)[0]:
-            check = self.check(w, int(p))
-            if check.constraint in ("pool-size", "slo-ttft") and self.pools[p].gpu_type in w.profiles:
-                return True
-        return False
 
     # -------------------------------------------------------- one by one
 

@@ -76,16 +76,16 @@ def _improve(st: SolveState) -> int:
         ci = st.chosen[wi]
         c = st.candidates[wi]
         p = int(c.pool[ci])
-        used_before = st.pools[p].used
+        used_before = int(st.used[p])
         st.unplace(wi)
-        saving = (used_before - st.pools[p].used) * gc[p] + c.fixed_cost[ci]
-        used = {q: s.used for q, s in st.pools.items()}
+        saving = (used_before - st.used[p]) * gc[p] + c.fixed_cost[ci]
+        used = st.used.copy()
         if not place_best(st, wi):
             st.place(wi, ci)
             continue
         nci = st.chosen[wi]
         q = int(c.pool[nci])
-        cost = (st.pools[q].used - used.get(q, 0)) * gc[q] + c.fixed_cost[nci]
+        cost = (st.used[q] - used[q]) * gc[q] + c.fixed_cost[nci]
         if nci != ci and cost < saving - 1e-9:
             kept += 1
             continue

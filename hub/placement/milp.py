@@ -17,7 +17,10 @@ Objective: sum_p gpu_cost_p * (y[p] + sum_{k>1} n k x) + sum fixed_c x +
 penalty u. The memory and compute rows relax bin packing (it ignores fragmentation),
 so the optimum is a lower bound; the chosen candidates are then packed
 onto GPUs by best fit (in decreasing size) and evaluated with the same
-objective as the fast solver, which is what the gap compares.
+objective as the fast solver, which is what the gap compares. Demand
+shards are fixed before the MILP (see ``FleetIndex.prepare``), so it is
+exact for that split; workloads it leaves unplaced go through the fast
+solver's splitting placement afterwards.
 """
 
 from __future__ import annotations
@@ -121,7 +124,10 @@ def solve_exact(problem: Problem, index: FleetIndex | None = None, time_limit: f
     for _, wi, ci in sorted(picks):
         if not st.place(wi, ci):  # fragmentation the relaxation ignored
             missed.append(wi)
-    place_all(st, missed)
+    picked = {wi for _, wi, _ in picks}
+    # Repair: what did not fit, and what the MILP left unplaced because its
+    # shards are fixed, goes through the fast solver's splitting placement.
+    place_all(st, missed + [wi for wi in range(W) if wi not in picked and len(candidates[wi])])
     st.consolidate()
     stats = {"time_build_s": t1 - t0, "time_solve_s": t2 - t1, "milp_bound": float(result.fun),
              "milp_status": float(result.status), "milp_optimal": float(result.status == 0)}

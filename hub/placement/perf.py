@@ -50,7 +50,7 @@ from scipy.special import gammaincc, gammaln
 
 P95_TAIL = 0.05
 _WINDOW = 32
-MAX_REPLICAS = 100_000
+MAX_REPLICAS = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -106,10 +106,13 @@ def ttft_p95(
     n: np.ndarray | float, rate: float, prompt: float, output: float, profile: PerfProfile, batch: int
 ) -> np.ndarray:
     """Server-side p95 TTFT (seconds) with ``n`` replicas; ``inf`` when unstable."""
-    n = np.asarray(n, dtype=float)
+    return _ttft_core(np.asarray(n, dtype=float), rate, prompt / profile.prefill_tps, profile.step(batch), output, batch)
+
+
+def _ttft_core(n, rate, tp, step, output, batch) -> np.ndarray:
+    """:func:`ttft_p95` over broadcastable arrays (tp: prefill s, step: decode step s)."""
     lam = rate / n
-    tp = prompt / profile.prefill_tps
-    hold = tp + output * profile.step(batch)
+    hold = tp + output * step
     a = lam * hold
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         cw = erlang_c(batch, a)
@@ -121,7 +124,7 @@ def ttft_p95(
             rho_p > P95_TAIL, 0.5 * np.log(np.maximum(rho_p, P95_TAIL) / P95_TAIL) / prefill_drain, 0.0
         )
         total = slot_wait + prefill_wait + tp
-    busy = lam * (tp + output * profile.step(batch) / batch)
+    busy = lam * (tp + output * step / batch)
     stable = (a < batch) & (rho_p < 1.0) & (busy < 1.0)
     return np.where(stable, total, np.inf)
 
@@ -139,6 +142,8 @@ class ReplicaCurve:
     output: float
     profile: PerfProfile
     tpot_slo: float
+    raw: np.ndarray | None = field(default=None, repr=False)
+    """Precomputed first window of p95 TTFTs (see :func:`build_curves`)."""
     batch: int = field(init=False)
     n0: int = field(init=False)
     ttft: np.ndarray = field(init=False)
@@ -154,10 +159,23 @@ class ReplicaCurve:
         hold = tp + self.output * self.profile.step(self.batch)
         busy = tp + self.output * self.profile.step(self.batch) / self.batch
         self.n0 = max(1, int(math.floor(max(self.rate * hold / self.batch, self.rate * busy))) + 1)
-        n = np.arange(self.n0, self.n0 + _WINDOW, dtype=float)
-        values = ttft_p95(n, self.rate, self.prompt, self.output, self.profile, self.batch)
-        # running max from the right: conservative monotone envelope
-        self.ttft = np.maximum.accumulate(values[::-1])[::-1]
+        self._raw = self.raw if self.raw is not None else self._values(self.n0, _WINDOW)
+        self._envelope()
+
+    def _values(self, start: int, count: int) -> np.ndarray:
+        n = np.arange(start, start + count, dtype=float)
+        return ttft_p95(n, self.rate, self.prompt, self.output, self.profile, self.batch)
+
+    def _envelope(self) -> None:
+        # running max from the right: a conservative, monotone envelope
+        self.ttft = np.maximum.accumulate(self._raw[::-1])[::-1]
+
+    def _extend(self, budget: float) -> None:
+        """Grow the table (doubling) until it reaches ``budget`` or MAX_REPLICAS."""
+        while self.ttft[-1] > budget and len(self._raw) < MAX_REPLICAS:
+            more = self._values(self.n0 + len(self._raw), len(self._raw))
+            self._raw = np.concatenate([self._raw, more])
+            self._envelope()
 
     @property
     def hold(self) -> float:
@@ -187,6 +205,7 @@ class ReplicaCurve:
         return max(self.output - 1.0, 0.0) * self.tpot
 
     def predicted_ttft(self, replicas: int) -> float:
+        """Server-side p95 TTFT (seconds) with ``replicas`` replicas (monotone envelope)."""
         if self.batch == 0 or replicas < self.n0:
             return math.inf
         i = replicas - self.n0
@@ -204,27 +223,34 @@ class ReplicaCurve:
         if self.batch == 0:
             return out
         ok = budgets > self.floor
+        if ok.any():
+            self._extend(float(budgets[ok].min()))
         idx = np.searchsorted(-self.ttft, -budgets, side="left")
         inside = ok & (idx < len(self.ttft))
         out[inside] = self.n0 + idx[inside]
-        beyond = np.nonzero(ok & ~inside)[0]
-        for i in beyond:  # rare: a budget just above the prefill floor
-            out[i] = self._search(float(budgets[i]))
         return out
 
-    def _search(self, budget: float) -> int:
-        lo, hi = self.n0 + len(self.ttft) - 1, self.n0 + len(self.ttft)
-        while self.predicted_ttft(hi) > budget:
-            lo, hi = hi, hi * 2
-            if hi > MAX_REPLICAS:
-                return 0
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if self.predicted_ttft(mid) <= budget:
-                hi = mid
-            else:
-                lo = mid
-        return hi
+
+def build_curves(specs: list[tuple[float, float, float, PerfProfile, float]]) -> list[ReplicaCurve]:
+    """Many :class:`ReplicaCurve` at once, ``specs`` = (rate, prompt, output,
+    profile, tpot_slo); their first windows are computed in one vectorised call."""
+    rows = []
+    for rate, prompt, output, profile, tpot in specs:
+        batch = profile.effective_batch(tpot)
+        tp = prompt / profile.prefill_tps
+        step = profile.step(batch) if batch else math.inf
+        n0 = 0
+        if batch:
+            hold = tp + output * step
+            busy = tp + output * step / batch
+            n0 = max(1, int(math.floor(max(rate * hold / batch, rate * busy))) + 1)
+        rows.append((rate, tp, step, output, max(batch, 1), n0))
+    if not rows:
+        return []
+    arr = np.array(rows, dtype=float)
+    n = arr[:, 5:6] + np.arange(_WINDOW, dtype=float)[None, :]
+    raw = _ttft_core(np.maximum(n, 1.0), arr[:, 0:1], arr[:, 1:2], arr[:, 2:3], arr[:, 3:4], arr[:, 4:5])
+    return [ReplicaCurve(*spec, raw=raw[i]) for i, spec in enumerate(specs)]
 
 
 def replicas_needed(

@@ -23,6 +23,7 @@ class SolveState:
         self.chosen: dict[int, int] = {}
         """workload number -> candidate number."""
         self.empty = index.count.copy()
+        self.used = np.zeros(len(index.pools), dtype=np.int64)
         self.sizes = sorted({w.memory for w in workloads})
         self.size_index = {s: i for i, s in enumerate(self.sizes)}
         self.fits = np.zeros((len(index.pools), max(1, len(self.sizes))), dtype=np.int64)
@@ -55,6 +56,7 @@ class SolveState:
     def _refresh(self, p: int) -> None:
         state = self.pools[p]
         self.empty[p] = state.empty
+        self.used[p] = state.count - state.empty
         self.compute_open[p] = state.compute_open()
         for s, size in enumerate(self.sizes):
             self.fits[p, s] = state.fits_open(size)
@@ -161,7 +163,18 @@ class SolveState:
             "memory_utilisation": used_mem / cap if cap else 0.0,
         }
         all_stats.update(stats or {})
-        return Placement(tuple(assignments), tuple(unplaced), solver, self.objective(), all_stats)
+        return Placement(tuple(assignments), tuple(self._merge(unplaced)), solver, self.objective(), all_stats)
+
+    def _merge(self, unplaced: list[Unplaced]) -> list[Unplaced]:
+        """One entry per (service, region), however many shards failed."""
+        merged: dict[tuple[str, str], Unplaced] = {}
+        counts: dict[tuple[str, str], int] = {}
+        for u in unplaced:
+            key = (u.service, u.region)
+            counts[key] = counts.get(key, 0) + 1
+            merged.setdefault(key, u)
+        return [u if counts[k] == 1 else Unplaced(u.service, u.region, f"{counts[k]} demand shards: {u.reason}", u.shed)
+                for k, u in merged.items()]
 
     def _unplaced(self, wi: int) -> Unplaced:
         w = self.workloads[wi]
