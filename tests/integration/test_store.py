@@ -1,0 +1,177 @@
+"""The hub store on SQLite and PostgreSQL: migrations, nodes, versions, reports."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, func, inspect, select
+from sqlalchemy.pool import NullPool
+
+from hub.store import Database, Store
+from hub.store import tables as t
+from hub.store.repo import IncomingReport
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def store(db_url):
+    db = Database(db_url)
+    db.migrate()
+    try:
+        yield Store(db)
+    finally:
+        await db.close()
+
+
+def _sync_engine(db: Database):
+    return create_engine(db.sync_url, poolclass=NullPool)
+
+
+def test_migrations_idempotent_and_match_tables(db_url):
+    db = Database(db_url)
+    db.migrate()
+    db.migrate()  # a second run is a no-op, not an error
+    engine = _sync_engine(db)
+    try:
+        with engine.connect() as conn:
+            names = set(inspect(conn).get_table_names())
+            assert {"counters", "nodes", "desired_objects", "applied", "reports", "alembic_version"} <= names
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": False})
+            diffs = compare_metadata(ctx, t.Base.metadata)
+            assert diffs == [], f"migrations and hub/store/tables.py disagree: {diffs}"
+            heads = conn.exec_driver_sql("SELECT version_num FROM alembic_version").fetchall()
+            assert heads == [("0001",)]
+    finally:
+        engine.dispose()
+        asyncio.run(db.close())
+
+
+def test_compare_metadata_would_see_a_drift(db_url):
+    """The agreement check above can fail: a column missing from the migrations is reported."""
+    from sqlalchemy import Column, MetaData, String, Table
+
+    db = Database(db_url)
+    db.migrate()
+    md = MetaData()
+    for table in t.Base.metadata.tables.values():
+        table.to_metadata(md)
+    Table("nodes", md, Column("extra", String(8)), extend_existing=True)
+    engine = _sync_engine(db)
+    try:
+        with engine.connect() as conn:
+            diffs = compare_metadata(MigrationContext.configure(conn), md)
+        assert any(d[0] == "add_column" and d[3].name == "extra" for d in diffs), diffs
+    finally:
+        engine.dispose()
+        asyncio.run(db.close())
+
+
+async def test_register_node_upserts(store):
+    inv = {"region": "eu-central", "country": "DE"}
+    a = await store.register_node("fra", "n1", "0.1.0", inv, T0)
+    assert (a.site, a.node, a.agent_version, a.inventory, a.connected) == ("fra", "n1", "0.1.0", inv, True)
+    assert a.first_seen == a.last_seen == T0
+    await store.mark_disconnected(a.id, T0 + timedelta(seconds=5))
+    assert (await store.get_node("fra", "n1")).connected is False
+
+    later = T0 + timedelta(minutes=1)
+    b = await store.register_node("fra", "n1", "0.2.0", {"region": "eu-west"}, later)
+    assert b.id == a.id, "same (site, node) must be the same row"
+    assert (b.agent_version, b.inventory, b.connected) == ("0.2.0", {"region": "eu-west"}, True)
+    assert b.first_seen == T0 and b.last_seen == later
+
+    c = await store.register_node("fra", "n2", "0.1.0", {}, later)
+    d = await store.register_node("par", "n1", "0.1.0", {}, later)
+    assert len({a.id, c.id, d.id}) == 3
+    assert [(n.site, n.node) for n in await store.list_nodes()] == [("fra", "n1"), ("fra", "n2"), ("par", "n1")]
+    assert [n.node for n in await store.list_nodes("fra")] == ["n1", "n2"]
+    assert await store.get_node("waw", "n1") is None
+
+
+async def test_put_and_delete_bump_one_global_version(store):
+    assert await store.current_version() == 0
+    a = await store.put_object("Config", "a", {"x": 1}, now=T0)
+    b = await store.put_object("Config", "b", {"x": 2}, "fra", now=T0)
+    a2 = await store.put_object("Config", "a", {"x": 3}, now=T0)
+    p = await store.put_object("Placement", "a", {}, "fra", "n1", now=T0)  # same name, other kind: other object
+    assert [a.version, b.version, a2.version, p.version] == [1, 2, 3, 4]
+    assert a2.id == a.id and a2.spec == {"x": 3}
+    assert p.id != a.id
+    gone = await store.delete_object("Config", "b", now=T0)
+    assert gone is not None and gone.deleted and gone.version == 5 and gone.id == b.id
+    assert await store.delete_object("Config", "b", now=T0) is None  # already deleted
+    assert await store.delete_object("Config", "nope", now=T0) is None
+    assert await store.current_version() == 5
+    assert [(o.kind, o.name, o.version) for o in await store.live_objects()] == [("Config", "a", 3), ("Placement", "a", 4)]
+    assert [o.name for o in await store.live_objects("Placement")] == ["a"]
+    # Tombstones are seen by version watchers.
+    assert [(o.id, o.deleted) for o in await store.changed_since(3)] == [(p.id, False), (b.id, True)]
+    # Targeting in the store agrees with ObjectRecord.targets.
+    assert [o.name for o in await store.objects_for("fra", "n1")] == ["a", "a"]
+    assert [o.kind for o in await store.objects_for("fra", "n2")] == ["Config"]
+    # Re-creating a deleted object revives it with a new version and the same id.
+    b2 = await store.put_object("Config", "b", {"x": 9}, now=T0)
+    assert (b2.id, b2.version, b2.deleted) == (b.id, 6, False)
+
+
+async def test_concurrent_puts_never_share_a_version(store):
+    objs = await asyncio.gather(*(store.put_object("Config", f"c{i}", {}, now=T0) for i in range(10)))
+    assert sorted(o.version for o in objs) == list(range(1, 11))
+
+
+def reports(*seqs: int) -> list[IncomingReport]:
+    return [IncomingReport(s, "event", T0, {"seq": s}) for s in seqs]
+
+
+async def test_store_reports_exactly_once(store):
+    n = await store.register_node("fra", "n1", "0.1.0", {}, T0)
+    other = await store.register_node("par", "n1", "0.1.0", {}, T0)
+    r1 = await store.store_reports(n.id, reports(1, 2, 3), T0)
+    assert (r1.new, r1.duplicate) == ((1, 2, 3), ())
+    r2 = await store.store_reports(n.id, reports(2, 3, 4, 5), T0)  # replay overlapping a new tail
+    assert (r2.new, r2.duplicate) == ((4, 5), (2, 3))
+    r3 = await store.store_reports(n.id, reports(1, 2, 3, 4, 5), T0)  # full replay
+    assert (r3.new, r3.duplicate) == ((), (1, 2, 3, 4, 5))
+    assert (await store.store_reports(n.id, [], T0)).new == ()
+    # Another node's seq 1 is a different report.
+    assert (await store.store_reports(other.id, reports(1), T0)).new == (1,)
+
+    stored = await store.reports(n.id)
+    assert [r.seq for r in stored] == [1, 2, 3, 4, 5]
+    assert stored[0].payload == {"seq": 1} and stored[0].created_at == T0
+    node = await store.get_node("fra", "n1")
+    assert node.reports_received == 5, "the counter must match the rows, replays not counted"
+    assert node.reports_duplicate == 2 + 5
+    assert await store.max_report_seq(n.id) == 5
+    assert await store.max_report_seq(other.id) == 1
+    assert await store.report_counts() == {n.id: (5, 5), other.id: (1, 1)}
+    async with store.db.sessions() as s:
+        rows = (await s.execute(select(func.count()).select_from(t.Report))).scalar_one()
+    assert rows == 6
+
+
+async def test_concurrent_replays_store_once(store):
+    n = await store.register_node("fra", "n1", "0.1.0", {}, T0)
+    results = await asyncio.gather(*(store.store_reports(n.id, reports(*range(1, 51)), T0) for _ in range(4)))
+    assert sorted(s for r in results for s in r.new) == list(range(1, 51))
+    node = await store.get_node("fra", "n1")
+    assert (node.reports_received, node.reports_duplicate) == (50, 150)
+    assert (await store.report_counts())[n.id] == (50, 50)
+
+
+async def test_applied_rows_upsert_and_delete(store):
+    from hub.store.repo import AppliedRecord
+
+    n = await store.register_node("fra", "n1", "0.1.0", {}, T0)
+    await store.record_applied([AppliedRecord(n.id, "o1", 1, True, "", T0), AppliedRecord(n.id, "o1", 2, False, "bad", T0),
+                                AppliedRecord(n.id, "o2", 3, True, "", T0)])
+    rows = {r.object_id: (r.version, r.ok, r.error) for r in await store.applied_rows()}
+    assert rows == {"o1": (2, False, "bad"), "o2": (3, True, "")}  # last ack per object wins
+    await store.record_applied([AppliedRecord(n.id, "o1", 4, True, "", T0)], [(n.id, "o2")])
+    rows = {r.object_id: (r.version, r.ok) for r in await store.applied_rows()}
+    assert rows == {"o1": (4, True)}
