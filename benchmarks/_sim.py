@@ -96,7 +96,10 @@ class HubProcess:
     def start(self, timeout: float = 60.0) -> float:
         """Start and wait until every worker serves; returns seconds taken."""
         t0 = time.time()
-        cmd = [sys.executable, "-m", "hub.cli.main", "hub", "serve", "--insecure",
+        # FLEET_BENCH_PROFILE=FILE runs the hub's main process under cProfile (written on SIGTERM).
+        prof = os.environ.get("FLEET_BENCH_PROFILE")
+        pre = ["-m", "cProfile", "-o", prof] if prof else []
+        cmd = [sys.executable, *pre, "-m", "hub.cli.main", "hub", "serve", "--insecure",
                "--workers", str(self.workers), "--data-dir", str(self.data_dir),
                "--listen", self.agent_addr, "--admin-listen", self.admin_addr]
         if self.db:
@@ -178,6 +181,29 @@ def admin_stub(addr: str):
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
 
 
+@contextlib.contextmanager
+def fresh_database(url: str | None):
+    """Yield `url` unchanged for SQLite/None; for PostgreSQL create a fresh
+    database next to the one named (so benchmarks never touch test data) and
+    drop it afterwards."""
+    if not url or not url.startswith("postgres"):
+        yield url
+        return
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    name = f"fleet_bench_{os.getpid()}_{int(time.time())}"
+    admin = u.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield u.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 # ---------------------------------------------------------------------------
 # Simulated agents (run inside agent processes).
 
@@ -228,12 +254,11 @@ class SimAgent:
             self.next_seq += 1
             self.sent_reports += 1
 
-    async def flush_outbox(self, upto: int | None = None) -> None:
+    async def flush_outbox(self, start: int = 0) -> None:
+        """Send the outbox (from seq `start` on) in batches; acks arrive on the reader."""
         from protos.fleet.v1 import agent_pb2
 
-        seqs = sorted(self.outbox)
-        if upto is not None:
-            seqs = [s for s in seqs if s <= upto]
+        seqs = sorted(s for s in self.outbox if s >= start)
         b = self.fleet.cfg.report_batch
         for k in range(0, len(seqs), b):
             batch = [self.outbox[s] for s in seqs[k:k + b] if s in self.outbox]
@@ -438,10 +463,14 @@ class SimFleet:
                 break
             if m[0] == "reports":
                 n = m[1]
+                starts = {}
                 for a in self.agents:
+                    starts[a.i] = a.next_seq
                     a.add_reports(n)
-                # send as a wave from all connected agents
-                await asyncio.gather(*(a.flush_outbox() for a in self.agents if a.resynced), return_exceptions=True)
+                # send the new reports as one wave from all connected agents
+                # (older unacked ones are resent by each agent after a reconnect)
+                await asyncio.gather(*(a.flush_outbox(starts[a.i]) for a in self.agents if a.resynced),
+                                     return_exceptions=True)
             elif m[0] == "results":
                 oid, version = m[1], m[2]
                 send(("results", [a.acks.get((oid, version)) for a in self.agents]))

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._sim import AUTH, AgentFleet, HubProcess, admin_stub, percentile, raise_nofile, setup_logging
+from benchmarks._sim import AUTH, AgentFleet, HubProcess, admin_stub, fresh_database, percentile, raise_nofile, setup_logging
 
 log = logging.getLogger("benchmarks")
 
@@ -65,14 +65,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="hub processes sharing the agent port")
     ap.add_argument("--procs", type=int, default=2, help="agent processes")
     ap.add_argument("--per-channel", type=int, default=100, help="agent streams per HTTP/2 connection")
-    ap.add_argument("--db", help="database URL (default: SQLite in a temporary directory)")
+    ap.add_argument("--db", help="database URL (default: SQLite in a temporary directory; PostgreSQL: a fresh database is made)")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds an agent has to ack before it counts as lost")
     ap.add_argument("--connect-timeout", type=float, default=600.0)
     args = ap.parse_args()
     setup_logging()
     raise_nofile()
-    with tempfile.TemporaryDirectory(prefix="fleet-fanout-") as tmp:
-        hub = HubProcess(Path(tmp), workers=args.workers, db=args.db)
+    with tempfile.TemporaryDirectory(prefix="fleet-fanout-") as tmp, fresh_database(args.db) as db:
+        hub = HubProcess(Path(tmp), workers=args.workers, db=db)
         fleet = None
         try:
             hub_start = hub.start()
@@ -89,6 +89,7 @@ def main() -> None:
             rss_before = hub.tree_rss()
             t_pub = time.time()
             oid, version = asyncio.run(_put(hub.admin_addr, f"fanout-{int(t_pub)}"))
+            put_ms = (time.time() - t_pub) * 1000
             key = f"{oid}@{version}"
             fleet.wait_until(lambda s: s["acked"].get(key, 0) >= st["resynced"], args.timeout, what="for acks")
             agents_done = time.time()
@@ -114,6 +115,7 @@ def main() -> None:
                 "p50_ms": round(percentile(lat, 50), 1) if lat else None,
                 "p99_ms": round(percentile(lat, 99), 1) if lat else None,
                 "max_ms": round(max(lat), 1) if lat else None,
+                "put_rpc_ms": round(put_ms, 1),
                 "agents_acked_ms": round((agents_done - t_pub) * 1000, 1),
                 "all_acked_ms": round(all_acked_ms, 1) if all_acked_ms is not None else None,
                 "hub_nodes_applied": applied,
