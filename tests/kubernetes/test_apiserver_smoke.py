@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client, watch
-from kubernetes.client.rest import ApiException
 
-from tests.kubernetes.envtest import KubeAPIServer
+from tests.kubernetes.envtest import KubeAPIServer, require_kubernetes_client
+
+require_kubernetes_client()
+
+from kubernetes import client, watch  # noqa: E402
+from kubernetes.client.rest import ApiException  # noqa: E402
 
 pytestmark = pytest.mark.kubernetes
 
@@ -138,20 +141,25 @@ def test_rbac_is_enforced_for_service_accounts(
 
 
 class _ConfigMapWatcher:
-    """Watches ConfigMaps in one namespace from a resource version and keeps
-    re-establishing the watch from the last version seen, as an agent would."""
+    """List-then-watch ConfigMaps in one namespace, as an agent would: the
+    watch resumes from the last resource version seen; when that version is
+    gone (410 Expired, as after an API server restart, whose watch cache
+    starts afresh) it lists again and watches from the list's version."""
 
-    def __init__(self, api_client: client.ApiClient, namespace: str, resource_version: str) -> None:
+    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
         self.core = client.CoreV1Api(api_client)
         self.namespace = namespace
-        self.resource_version = resource_version
+        self.resource_version = ""
         self.events: queue.Queue[tuple[str, str]] = queue.Queue()
-        self.connects = 0
+        self.watches = 0
+        self.relists = 0
+        self.expired = 0
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="configmap-watch", daemon=True)
 
     def __enter__(self) -> _ConfigMapWatcher:
+        self._relist()
         self._thread.start()
         return self
 
@@ -160,11 +168,22 @@ class _ConfigMapWatcher:
         self._thread.join(timeout=30)
         assert not self._thread.is_alive(), "watch thread did not stop"
 
+    def _relist(self) -> None:
+        listing = self.core.list_namespaced_config_map(self.namespace, _request_timeout=10)
+        self.relists += 1
+        self.resource_version = listing.metadata.resource_version
+        for cm in listing.items:
+            self.events.put(("LISTED", cm.metadata.name))
+
     def _run(self) -> None:
+        need_relist = False
         while not self._stop.is_set():
             w = watch.Watch()
             try:
-                self.connects += 1
+                if need_relist:
+                    self._relist()
+                    need_relist = False
+                self.watches += 1
                 for event in w.stream(
                     self.core.list_namespaced_config_map,
                     self.namespace,
@@ -177,6 +196,13 @@ class _ConfigMapWatcher:
                     self.events.put((event["type"], obj.metadata.name))
                     if self._stop.is_set():
                         break
+            except ApiException as exc:
+                if exc.status == 410:
+                    self.expired += 1
+                    need_relist = True
+                else:
+                    self.errors.append(f"ApiException {exc.status}: {exc.reason}")
+                    self._stop.wait(0.25)
             except Exception as exc:  # noqa: BLE001 - the loop must survive the outage
                 self.errors.append(f"{type(exc).__name__}: {exc}"[:200])
                 self._stop.wait(0.25)
@@ -198,24 +224,29 @@ class _ConfigMapWatcher:
 def test_watch_resumes_after_apiserver_restart(kube_apiserver: KubeAPIServer, kube_client: client.ApiClient) -> None:
     core = client.CoreV1Api(kube_client)
     ns = make_namespace(core, "watched")
-    rv = core.list_namespaced_config_map(ns).metadata.resource_version
 
     def create(name: str) -> None:
         core.create_namespaced_config_map(ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name)))
 
-    with _ConfigMapWatcher(kube_client, ns, rv) as watcher:
+    with _ConfigMapWatcher(kube_client, ns) as watcher:
         create("before-restart")
         assert watcher.wait_for("before-restart") == ("ADDED", "before-restart")
-        connects_before = watcher.connects
+        watches_before = watcher.watches
 
         kube_apiserver.restart_apiserver(downtime=1.0)
 
+        # Created while the watcher may still be reconnecting: it arrives by
+        # the resumed watch or by the relist after 410, never lost.
+        create("during-reconnect")
+        assert watcher.wait_for("during-reconnect")[0] in {"ADDED", "LISTED"}
+        # By now the watch is re-established: a new object arrives as a watch event.
         create("after-restart")
         assert watcher.wait_for("after-restart") == ("ADDED", "after-restart")
-        assert watcher.connects > connects_before
+        assert watcher.watches > watches_before
+        assert watcher.errors, "the restart should have broken the watch at least once"
     # The data outlived the API server process: it lives in etcd.
     names = {cm.metadata.name for cm in core.list_namespaced_config_map(ns).items}
-    assert {"before-restart", "after-restart"} <= names
+    assert {"before-restart", "during-reconnect", "after-restart"} <= names
 
 
 def test_kubectl_is_an_independent_client(kube_apiserver: KubeAPIServer, kube_client: client.ApiClient) -> None:
