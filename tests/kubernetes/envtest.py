@@ -28,6 +28,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -285,7 +286,10 @@ class _Proc:
     def start(self) -> None:
         prefix: list[str] = []
         setpriv = shutil.which("setpriv")
-        if setpriv:  # SIGKILL the child if the test process dies abruptly
+        # SIGKILL the child if the test process dies without tearing down.
+        # The signal follows the *thread* that forks, so only from the main
+        # thread: a worker thread's exit would otherwise kill the server.
+        if setpriv and threading.current_thread() is threading.main_thread():
             prefix = [setpriv, "--pdeathsig", "KILL", "--"]
         with self.log_path.open("ab") as log:
             log.write(f"--- start {time.strftime('%H:%M:%S')}: {' '.join(self.argv)}\n".encode())
