@@ -320,6 +320,18 @@ class Engine:
         self._intake()
         if not self._waiting and not self._running:
             return False
+        self._schedule()
+        self._prefill()
+        if self._intake() and any(s.deadline_ns is not None and not s.output for s in self._waiting.values()):
+            # Requests with a TTFT objective that arrived during the prefill phase
+            # do not wait for the decode step too.
+            self._schedule()
+            self._prefill()
+        self._decode()
+        self._steps += 1
+        return True
+
+    def _schedule(self) -> None:
         now = time.perf_counter_ns()
         decision = schedule(
             now, [s.view() for s in self._running.values()], [s.view() for s in self._waiting.values()],
@@ -340,13 +352,11 @@ class Engine:
             if s.handle.stats.admitted_ns is None:
                 s.handle.stats.admitted_ns = now
             self._running[rid] = s
-        self._prefill()
-        self._decode()
-        self._steps += 1
-        return True
 
-    def _intake(self) -> None:
+    def _intake(self) -> bool:
+        """Move submitted requests to waiting and apply cancels; True if anything arrived."""
         with self._lock:
+            arrived = bool(self._inbox)
             while self._inbox:
                 s = self._inbox.popleft()
                 self._waiting[s.handle.request_id] = s
@@ -355,6 +365,7 @@ class Engine:
             s = self._waiting.pop(rid, None) or self._running.pop(rid, None)
             if s is not None:
                 self._finish(s, FinishReason.ABORT)
+        return arrived
 
     def _release(self, s: _Seq) -> None:
         if s.slot is not None:
@@ -375,10 +386,11 @@ class Engine:
         if not todo:
             return
         todo.sort(key=lambda s: (-s.priority, s.handle.stats.arrival_ns))
-        if todo[0].deadline_ns is not None and not todo[0].output:
-            # An urgent first token is not slowed down by prefilling lower classes with it.
-            todo = [s for s in todo if s.priority == todo[0].priority]
         budget = self.config.max_prefill_tokens
+        if todo[0].deadline_ns is not None and not todo[0].output:
+            # An urgent first token is neither chunked nor slowed down by lower classes.
+            todo = [s for s in todo if s.priority == todo[0].priority]
+            budget = max(budget, todo[0].prefill_target - todo[0].computed)
         rows: list[tuple[_Seq, int]] = []
         width = 0
         for s in todo:

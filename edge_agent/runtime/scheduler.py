@@ -11,10 +11,11 @@ running and waiting requests and gets back a :class:`Decision`:
   or by arrival alone in FIFO mode (the baseline the benchmark compares to);
 * **batch limit**: the largest batch whose measured step time fits the
   tightest TPOT objective among running requests (:class:`StepTimeModel`);
+  it holds back (and evicts) lower classes only, never peers of that request;
 * **preemption**: a waiting request that cannot be admitted evicts the
-  lowest-priority running request of a strictly lower class when waiting for
-  a slot to free naturally would miss its deadline (KV freed, the victim is
-  resumed later by recomputing its prefix);
+  lowest-priority running request of a strictly lower class, unless a slot
+  frees naturally within ``preempt_after_steps`` steps without missing its
+  deadline (KV freed, the victim is resumed later by recomputing its prefix);
 * **shedding**: sheddable requests beyond ``shed_queue_depth`` waiting ahead
   of them (or past their deadline) are rejected with a reason and a
   retry-after estimate; everyone beyond ``max_waiting`` is rejected.
@@ -66,6 +67,9 @@ class SchedulerConfig:
     """Allow evicting lower classes for higher ones."""
     default_step_s: float = 0.05
     """Assumed decode step time before any step was measured (seconds)."""
+    preempt_after_steps: float = 1.0
+    """A higher class waits for a slot to free naturally only if that takes at most
+    this many decode steps (and its deadline is safe); otherwise it preempts."""
 
 
 class StepTimeModel:
@@ -189,9 +193,14 @@ def schedule(
     free = free_slots + len(preempt)
     natural_wait_s = (min(s.remaining_tokens for s in live) * step_s) if live else 0.0
 
+    # The limit protects the tightest TPOT objective from lower classes; its peers
+    # and higher classes are still admitted while slots last.
+    with_slo = [s for s in running if s.tpot_slo_s is not None]
+    protected = max((s.priority for s in with_slo if s.tpot_slo_s == min(r.tpot_slo_s for r in with_slo)),
+                    default=None)  # type: ignore[type-var]
     admit: list[str] = []
     for s in candidates:
-        if free > 0 and len(live) < limit:
+        if free > 0 and (len(live) < limit or (protected is not None and s.priority >= protected)):
             admit.append(s.id)
             live.append(s)
             free -= 1
@@ -201,7 +210,11 @@ def schedule(
         victims = sorted((r for r in live if r.priority < s.priority and r.id not in admit), key=_victim_key)
         if not victims:
             continue
-        urgent = s.deadline_ns is None or now_ns + int((natural_wait_s + step_s) * 1e9) >= s.deadline_ns
+        urgent = (
+            s.deadline_ns is None
+            or natural_wait_s > cfg.preempt_after_steps * step_s
+            or now_ns + int((natural_wait_s + step_s) * 1e9) >= s.deadline_ns
+        )
         if not urgent:
             continue
         v = victims[0]

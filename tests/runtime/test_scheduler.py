@@ -53,6 +53,15 @@ def test_batch_limit_follows_tightest_tpot_slo() -> None:
     assert batch_limit([seq("a", tpot_slo_s=0.001)], cfg, m) == 1
 
 
+def test_batch_limit_holds_back_lower_classes_not_peers() -> None:
+    m = steps(b1=0.010, b2=0.020, b3=0.030)
+    running = [seq("chat", 10, tpot_slo_s=0.021), seq("chat2", 10)]
+    waiting = [seq("peer", 10, arrival=1), seq("bulk", 0, arrival=0)]
+    d = schedule(0, running, waiting, free_slots=4, cfg=SchedulerConfig(max_batch=6), steps=m)
+    assert d.batch_limit == 2
+    assert d.admit == ["peer"]  # a peer's first token is not traded for the class's own TPOT
+
+
 def test_running_over_limit_evicts_lower_classes_only() -> None:
     m = steps(b1=0.010, b2=0.020, b3=0.030, b4=0.040)
     running = [seq("urgent", 10, tpot_slo_s=0.021), seq("batch-old", 0, arrival=1),
@@ -60,6 +69,16 @@ def test_running_over_limit_evicts_lower_classes_only() -> None:
     d = schedule(0, running, [], free_slots=0, cfg=SchedulerConfig(max_batch=4), steps=m)
     assert d.batch_limit == 2
     assert d.preempt == ["batch-new", "batch-old"]
+
+
+def test_long_natural_wait_preempts_even_with_slack() -> None:
+    m = steps(b2=0.01)
+    running = [seq("bg", 0, arrival=1, remaining_tokens=30), seq("bg2", 0, arrival=2, remaining_tokens=50)]
+    waiting = [seq("chat", 10, arrival=3, deadline=60_000 * MS)]
+    d = schedule(0, running, waiting, 0, SchedulerConfig(max_batch=2), m)
+    assert d.preempt == ["bg2"] and d.admit == ["chat"]  # latest arrival of the lowest class goes
+    lazy = SchedulerConfig(max_batch=2, preempt_after_steps=100)
+    assert not schedule(0, running, waiting, 0, lazy, m).preempt
 
 
 def test_urgent_high_priority_preempts_lowest_class() -> None:
@@ -72,10 +91,13 @@ def test_urgent_high_priority_preempts_lowest_class() -> None:
 
 def test_no_preemption_when_a_slot_frees_in_time_or_class_is_not_higher() -> None:
     m = steps(b2=0.01)
-    running = [seq("bg", 0, remaining_tokens=2), seq("bg2", 0, remaining_tokens=50)]
+    running = [seq("bg", 0, arrival=1, remaining_tokens=1), seq("bg2", 0, arrival=2, remaining_tokens=50)]
     relaxed = [seq("chat", 10, arrival=3, deadline=5_000 * MS)]
     d = schedule(0, running, relaxed, 0, SchedulerConfig(max_batch=2), m)
-    assert not d.preempt and not d.admit  # "bg" ends in ~20 ms, well before the deadline
+    assert not d.preempt and not d.admit  # "bg" ends at the next step, well before the deadline
+    tight = [seq("chat", 10, arrival=3, deadline=15 * MS)]
+    d = schedule(0, running, tight, 0, SchedulerConfig(max_batch=2), m)
+    assert d.preempt == ["bg2"]  # ...but that step plus prefill would miss this deadline
     peer = [seq("peer", 0, arrival=3, deadline=1 * MS)]
     d = schedule(0, running, peer, 0, SchedulerConfig(max_batch=2), m)
     assert not d.preempt and not d.admit

@@ -1,0 +1,339 @@
+"""Benchmarks of the in-process inference engine; each prints ONE JSON line.
+
+    python -m benchmarks.runtime --scenario throughput   # engine vs sequential generate
+    python -m benchmarks.runtime --scenario priority     # interactive TTFT under a batch burst
+    python -m benchmarks.runtime --scenario overhead     # HTTP path (not built yet)
+    python -m benchmarks.runtime --scenario gpu --size 1b   # see benchmarks/gpu_check.sh
+
+Models are made locally (:func:`edge_agent.runtime.make_model.make_model`)
+into ``~/.cache/edge-fleet/models/<size>-seed<seed>`` when absent. Baselines
+run in the same process on the same weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+MODEL_CACHE = Path(os.environ.get("EDGE_FLEET_MODEL_CACHE", Path.home() / ".cache" / "edge-fleet" / "models"))
+H100_SXM_HBM_BYTES_PER_S = 3.35e12
+"""H100 SXM HBM3 bandwidth (NVIDIA datasheet: 3.35 TB/s)."""
+
+
+def model_dir(size: str, seed: int = 0, dtype: str | None = None) -> Path:
+    """The locally made model of ``size``, built on first use."""
+    from edge_agent.runtime.make_model import make_model
+
+    d = MODEL_CACHE / f"{size}-seed{seed}"
+    if not (d / "config.json").exists() or not (d / "tokenizer.json").exists():
+        make_model(size, d, seed=seed, dtype=dtype)  # type: ignore[arg-type]
+    return d
+
+
+def make_prompts(n: int, tokens: int, vocab: int, seed: int) -> list[list[int]]:
+    """``n`` distinct prompts of ``tokens`` token ids each (BOS first)."""
+    rng = random.Random(seed)
+    return [[1] + [rng.randrange(10, vocab) for _ in range(tokens - 1)] for _ in range(n)]
+
+
+def pct(xs: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) of xs by nearest rank."""
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, int(round(q * (len(s) - 1)))))]
+
+
+def hf_generate(hf: Any, prompts: Sequence[Sequence[int]], max_tokens: int, pad_id: int) -> tuple[list[list[int]], float]:
+    """Sequential transformers ``generate`` (greedy, fixed length); returns outputs and seconds."""
+    import torch
+
+    outs: list[list[int]] = []
+    dev = hf.device
+    t0 = time.perf_counter()
+    for p in prompts:
+        ids = torch.tensor([list(p)], device=dev)
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                          min_new_tokens=max_tokens, do_sample=False, pad_token_id=pad_id)
+        outs.append(out[0, len(p):].tolist())
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return outs, time.perf_counter() - t0
+
+
+def hf_generate_batched(hf: Any, prompts: Sequence[Sequence[int]], max_tokens: int, pad_id: int) -> float:
+    """One padded batch through ``generate`` (all prompts equal length here); returns seconds."""
+    import torch
+
+    ids = torch.tensor([list(p) for p in prompts], device=hf.device)
+    t0 = time.perf_counter()
+    hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens, min_new_tokens=max_tokens,
+                do_sample=False, pad_token_id=pad_id)
+    if hf.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def run_engine_batch(engine: Any, prompts: Sequence[Sequence[int]], max_tokens: int) -> tuple[list[Any], float]:
+    """Submit all prompts concurrently; returns completions and wall seconds."""
+    from edge_agent.runtime.request import SamplingParams
+
+    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+    t0 = time.perf_counter()
+    res = engine.generate(prompts, params)
+    return res, time.perf_counter() - t0
+
+
+# -- throughput ---------------------------------------------------------------------
+def scenario_throughput(args: argparse.Namespace) -> dict[str, Any]:
+    """``requests`` concurrent requests: engine tokens/s vs sequential ``generate``."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from edge_agent.runtime.engine import Engine, EngineConfig
+
+    d = model_dir(args.size)
+    engine = Engine(d, EngineConfig(max_batch=args.requests, max_len=args.prompt_tokens + args.max_tokens + 8,
+                                    device=args.device)).start()
+    try:
+        vocab = engine.model.shape.vocab_size
+        prompts = make_prompts(args.requests, args.prompt_tokens, vocab, seed=1)
+        run_engine_batch(engine, prompts[:2], 4)  # warm-up
+        res, wall = run_engine_batch(engine, prompts, args.max_tokens)
+    finally:
+        engine.shutdown()
+    eng_tokens = sum(r.stats.output_tokens for r in res)
+    hf = LlamaForCausalLM.from_pretrained(d, dtype=engine.model.dtype).to(engine.model.device).eval()
+    pad = hf.generation_config.pad_token_id or 0
+    n_hf = min(args.hf_requests, len(prompts))
+    with torch.inference_mode():
+        hf_generate(hf, prompts[:1], 4, pad)  # warm-up
+        hf_out, hf_wall = hf_generate(hf, prompts[:n_hf], args.max_tokens, pad)
+    hf_tps = n_hf * args.max_tokens / hf_wall
+    matches = sum(r.token_ids == o for r, o in zip(res, hf_out))
+    return {
+        "scenario": "throughput", "model": args.size, "device": str(engine.model.device),
+        "params_m": round(engine.model.shape.param_count() / 1e6, 1), "requests": args.requests,
+        "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
+        "engine_tokens_per_s": round(eng_tokens / wall, 1), "engine_wall_s": round(wall, 2),
+        "generate_tokens_per_s": round(hf_tps, 1), "generate_requests_timed": n_hf,
+        "speedup": round(eng_tokens / wall / hf_tps, 2), "goal_speedup": 5.0,
+        "greedy_match_with_generate": f"{matches}/{n_hf}",
+        "engine_ttft_p50_s": round(pct([r.stats.ttft_s for r in res], 0.5), 3),
+        "engine_gpu_seconds_total": round(sum(r.stats.gpu_seconds for r in res), 3),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+# -- priority -----------------------------------------------------------------------
+def _interactive_load(engine: Any, prompts: list[list[int]], gap_s: float, max_tokens: int, start_delay_s: float,
+                      slo: tuple[float, float]) -> list[Any]:
+    """Submit interactive requests every ``gap_s`` seconds from a client thread; wait for all."""
+    from edge_agent.runtime.request import SamplingParams
+
+    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+    time.sleep(start_delay_s)
+    handles = []
+    for p in prompts:
+        handles.append(engine.submit(p, params, priority=10, ttft_slo_s=slo[0], tpot_slo_s=slo[1]))
+        time.sleep(gap_s)
+    return [h.result() for h in handles]
+
+
+def _priority_run(d: Path, args: argparse.Namespace, fifo: bool, loaded: bool) -> dict[str, Any]:
+    from edge_agent.runtime.engine import Engine, EngineConfig
+    from edge_agent.runtime.request import SamplingParams
+    from edge_agent.runtime.scheduler import SchedulerConfig
+
+    sched = SchedulerConfig(priority_order=not fifo, preemption=not fifo)
+    cfg = EngineConfig(max_batch=args.max_batch, max_len=512, max_prefill_tokens=args.prefill_chunk,
+                       scheduler=sched, device=args.device)
+    engine = Engine(d, cfg).start()
+    try:
+        vocab = engine.model.shape.vocab_size
+        inter = make_prompts(args.interactive, args.interactive_prompt_tokens, vocab, seed=2)
+        burst = make_prompts(args.interactive * args.burst_factor, args.batch_prompt_tokens, vocab, seed=3)
+        run_engine_batch(engine, burst[: args.max_batch], 4)  # warm-up, also measures step times
+        bulk = []
+        t0 = time.perf_counter()
+        if loaded:
+            bp = SamplingParams(max_tokens=args.batch_max_tokens, ignore_eos=True)
+            bulk = [engine.submit(p, bp, priority=0) for p in burst]
+        out = _interactive_load(engine, inter, args.gap_s, args.interactive_max_tokens, args.start_delay_s,
+                                (args.ttft_slo_s, args.tpot_slo_s))
+        bulk_res = [h.result() for h in bulk]
+        wall = time.perf_counter() - t0
+    finally:
+        engine.shutdown()
+    ttfts = [r.stats.ttft_s for r in out]
+    return {
+        "ttft_p50_s": pct(ttfts, 0.5), "ttft_p95_s": pct(ttfts, 0.95),
+        "tpot_p95_s": pct([r.stats.tpot_s for r in out if r.stats.tpot_s is not None] or [0.0], 0.95),
+        "batch_done": sum(r.finish_reason.value == "length" for r in bulk_res),
+        "preemptions": sum(r.stats.preemptions for r in bulk_res), "wall_s": wall,
+        "interactive_running_during_burst": bool(bulk_res) and all(
+            r.stats.finished_ns < max(b.stats.finished_ns for b in bulk_res) for r in out),
+    }
+
+
+def scenario_priority(args: argparse.Namespace) -> dict[str, Any]:
+    """A burst of ``burst_factor`` x batch-class requests while interactive requests arrive."""
+    d = model_dir(args.size)
+    unloaded = _priority_run(d, args, fifo=False, loaded=False)
+    loaded = _priority_run(d, args, fifo=False, loaded=True)
+    fifo_unloaded = _priority_run(d, args, fifo=True, loaded=False)
+    fifo_loaded = _priority_run(d, args, fifo=True, loaded=True)
+    r = lambda x: round(x, 3)  # noqa: E731
+    return {
+        "scenario": "priority", "model": args.size, "interactive": args.interactive,
+        "batch_burst": args.interactive * args.burst_factor, "max_batch": args.max_batch,
+        "engine_ttft_p95_unloaded_s": r(unloaded["ttft_p95_s"]), "engine_ttft_p95_loaded_s": r(loaded["ttft_p95_s"]),
+        "engine_ratio": r(loaded["ttft_p95_s"] / unloaded["ttft_p95_s"]), "goal_engine_ratio": 1.5,
+        "fifo_ttft_p95_unloaded_s": r(fifo_unloaded["ttft_p95_s"]), "fifo_ttft_p95_loaded_s": r(fifo_loaded["ttft_p95_s"]),
+        "fifo_ratio": r(fifo_loaded["ttft_p95_s"] / fifo_unloaded["ttft_p95_s"]),
+        "engine_interactive_tpot_p95_s": r(loaded["tpot_p95_s"]),
+        "engine_batch_completed": loaded["batch_done"], "engine_batch_preemptions": loaded["preemptions"],
+        "engine_interactive_served_during_burst": loaded["interactive_running_during_burst"],
+        "engine_loaded_wall_s": r(loaded["wall_s"]), "fifo_loaded_wall_s": r(fifo_loaded["wall_s"]),
+    }
+
+
+# -- gpu ----------------------------------------------------------------------------------
+def decode_step_time(engine: Any, batch: int, steps: int) -> float:
+    """Median seconds of one decode step at ``batch`` rows through the engine's decode runner."""
+    import torch
+
+    from edge_agent.runtime.sampling import sample  # noqa: F401  (same post-processing as the engine)
+
+    dev = engine.model.device
+    slots = list(range(batch))
+    times = []
+    for i in range(steps + 3):
+        t0 = time.perf_counter()
+        logits = engine.decoder([5] * batch, [10 + i] * batch, slots)
+        logits.argmax(-1).tolist()  # the engine syncs here too
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[3:])
+
+
+def scenario_gpu(args: argparse.Namespace) -> dict[str, Any]:
+    """1B-class throughput vs ``generate`` and batch-1 decode step vs the HBM bound.
+
+    On a CPU this runs the same code (eager decode) with the size given, so
+    it is tested without a GPU; the bandwidth bound is then not meaningful.
+    """
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from edge_agent.runtime.engine import Engine, EngineConfig
+
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    dtype = "bfloat16" if cuda else "float32"
+    d = model_dir(args.size, dtype="bfloat16" if args.size == "1b" else None)
+    max_len = args.prompt_tokens + args.max_tokens + 8
+    t_load = time.perf_counter()
+    engine = Engine(d, EngineConfig(max_batch=args.requests, max_len=max_len, dtype=dtype,
+                                    device="cuda" if cuda else "cpu")).start()
+    load_s = time.perf_counter() - t_load
+    try:
+        vocab = engine.model.shape.vocab_size
+        prompts = make_prompts(args.requests, args.prompt_tokens, vocab, seed=1)
+        t_cap = time.perf_counter()
+        engine.decoder.capture_all()
+        capture_s = time.perf_counter() - t_cap
+        run_engine_batch(engine, prompts, 4)  # warm-up
+        res, wall = run_engine_batch(engine, prompts, args.max_tokens)
+        eng_tps = sum(r.stats.output_tokens for r in res) / wall
+        step1 = decode_step_time(engine, 1, args.steps)
+        step_full = decode_step_time(engine, args.requests, args.steps)
+        decode_mode = engine.decoder.mode
+    finally:
+        engine.shutdown()
+    weight_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
+    bound = weight_bytes / H100_SXM_HBM_BYTES_PER_S
+    del engine
+    hf = LlamaForCausalLM.from_pretrained(d, dtype=getattr(torch, dtype)).to("cuda" if cuda else "cpu").eval()
+    pad = hf.generation_config.pad_token_id or 0
+    n_seq = min(args.hf_requests, len(prompts))
+    with torch.inference_mode():
+        hf_generate(hf, prompts[:1], 4, pad)
+        hf_out, hf_wall = hf_generate(hf, prompts[:n_seq], args.max_tokens, pad)
+        hf_batch_wall = hf_generate_batched(hf, prompts, args.max_tokens, pad)
+    hf_seq_tps = n_seq * args.max_tokens / hf_wall
+    hf_batch_tps = len(prompts) * args.max_tokens / hf_batch_wall
+    matches = sum(r.token_ids == o for r, o in zip(res, hf_out))
+    r4 = lambda x: round(x, 4)  # noqa: E731
+    return {
+        "scenario": "gpu", "model": args.size, "dtype": dtype,
+        "device": torch.cuda.get_device_name() if cuda else "cpu", "decode_mode": decode_mode,
+        "params_m": round(sum(p.numel() for p in hf.parameters()) / 1e6, 1), "requests": args.requests,
+        "max_tokens": args.max_tokens, "load_s": round(load_s, 2), "graph_capture_s": round(capture_s, 2),
+        "engine_tokens_per_s": round(eng_tps, 1),
+        "generate_seq_tokens_per_s": round(hf_seq_tps, 1), "generate_batch_tokens_per_s": round(hf_batch_tps, 1),
+        "speedup_vs_generate_seq": round(eng_tps / hf_seq_tps, 2),
+        "speedup_vs_generate_batch": round(eng_tps / hf_batch_tps, 2), "goal_speedup_vs_generate_batch": 20.0,
+        "decode_step_b1_s": r4(step1), f"decode_step_b{args.requests}_s": r4(step_full),
+        "weight_bytes": weight_bytes, "hbm_bound_b1_s": r4(bound),
+        "b1_step_over_bound": round(step1 / bound, 2), "goal_b1_step_over_bound": 2.0,
+        "greedy_match_with_generate": f"{matches}/{n_seq}",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.runtime", description=__doc__.splitlines()[0])
+    p.add_argument("--scenario", choices=["throughput", "priority", "overhead", "gpu"], required=True)
+    p.add_argument("--size", default=None, help="model size (default: small; 1b for --scenario gpu)")
+    p.add_argument("--device", default=None, help="cpu/cuda (default: CUDA when present)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--requests", type=int, default=32)
+    p.add_argument("--prompt-tokens", type=int, default=24)
+    p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--hf-requests", type=int, default=None,
+                   help="sequential generate calls timed; tokens/s is per call, so a subset suffices (default 8; gpu 4)")
+    p.add_argument("--steps", type=int, default=20, help="decode steps timed (gpu)")
+    # priority
+    p.add_argument("--interactive", type=int, default=10)
+    p.add_argument("--burst-factor", type=int, default=10)
+    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--interactive-prompt-tokens", type=int, default=96)
+    p.add_argument("--interactive-max-tokens", type=int, default=16)
+    p.add_argument("--batch-prompt-tokens", type=int, default=32)
+    p.add_argument("--batch-max-tokens", type=int, default=32)
+    p.add_argument("--prefill-chunk", type=int, default=64)
+    p.add_argument("--gap-s", type=float, default=0.5)
+    p.add_argument("--start-delay-s", type=float, default=0.5)
+    p.add_argument("--ttft-slo-s", type=float, default=1.0)
+    p.add_argument("--tpot-slo-s", type=float, default=0.15)
+    args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.size is None:
+        args.size = "1b" if args.scenario == "gpu" else "small"
+    if args.hf_requests is None:
+        args.hf_requests = 4 if args.scenario == "gpu" else 8
+    if args.scenario == "overhead":
+        out: dict[str, Any] = {"scenario": "overhead", "skipped": "HTTP layer not built yet"}
+    elif args.scenario == "throughput":
+        out = scenario_throughput(args)
+    elif args.scenario == "priority":
+        out = scenario_priority(args)
+    else:
+        out = scenario_gpu(args)
+    out["loadavg_1m"] = round(os.getloadavg()[0], 2)  # this CPU is shared: say how busy it was
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""The benchmark module's code paths run (on the tiny model) and report real figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import runtime as bench
+
+
+@pytest.fixture
+def tiny_cache(monkeypatch: pytest.MonkeyPatch, tiny_dir: Path) -> None:
+    monkeypatch.setattr(bench, "model_dir", lambda size, seed=0, dtype=None: tiny_dir)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
+    assert bench.main(list(argv)) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    return json.loads(lines[0])
+
+
+def test_gpu_scenario_cpu_path(tiny_cache: None, capsys: pytest.CaptureFixture[str]) -> None:
+    out = run(capsys, "--scenario", "gpu", "--size", "tiny", "--device", "cpu", "--requests", "4",
+              "--prompt-tokens", "8", "--max-tokens", "8", "--hf-requests", "2", "--steps", "2")
+    assert out["scenario"] == "gpu" and out["decode_mode"] == "eager" and out["device"] == "cpu"
+    assert out["greedy_match_with_generate"] == "2/2"
+    assert out["engine_tokens_per_s"] > 0 and out["generate_batch_tokens_per_s"] > 0
+    assert out["decode_step_b1_s"] > 0 and out["weight_bytes"] > 4e6 * 4 * 0.9
+
+
+def test_throughput_scenario_small_run(tiny_cache: None, capsys: pytest.CaptureFixture[str]) -> None:
+    out = run(capsys, "--scenario", "throughput", "--size", "tiny", "--requests", "4", "--max-tokens", "6",
+              "--prompt-tokens", "8", "--hf-requests", "2")
+    assert out["greedy_match_with_generate"] == "2/2"
+    assert out["speedup"] == pytest.approx(out["engine_tokens_per_s"] / out["generate_tokens_per_s"], rel=0.02)
+
+
+def test_overhead_scenario_says_it_is_skipped(capsys: pytest.CaptureFixture[str]) -> None:
+    out = run(capsys, "--scenario", "overhead")
+    assert out["scenario"] == "overhead" and "skipped" in out
+
+
+def test_percentile() -> None:
+    assert bench.pct([5, 1, 3, 2, 4], 0.5) == 3
+    assert bench.pct(list(range(101)), 0.95) == 95
