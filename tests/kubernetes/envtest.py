@@ -393,8 +393,15 @@ class KubeAPIServer:
         (self.workdir / "tokens.csv").write_text(f'{self.admin_token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
         (self.workdir / "tokens.csv").chmod(0o600)
         self._start_etcd()
-        self.port = free_port()
-        self.start_apiserver()
+        for attempt in range(3):  # the free port may be taken before the server binds it
+            self.port = free_port()
+            try:
+                self.start_apiserver()
+                break
+            except RuntimeError:
+                self.stop_apiserver()
+                if attempt == 2:
+                    raise
         self.kubeconfig = self.write_kubeconfig(self.workdir / "admin.kubeconfig", token=self.admin_token)
         self.version = self.request_json("GET", "/version").get("gitVersion", "")
 
