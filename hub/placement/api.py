@@ -34,13 +34,15 @@ class PlanResult:
 
 def solve(problem: Problem, solver: Solver = "auto") -> Placement:
     """Place ``problem`` with the chosen solver (``auto``: exact when small)."""
-    index = FleetIndex(problem)
     if solver == "auto":
+        index = FleetIndex(problem)
         size = sum(len(index.candidates(w)) for w in problem.workloads)
         solver = "exact" if size <= EXACT_LIMIT else "greedy"
+        if solver == "exact":
+            return solve_exact(problem, index)
     if solver == "exact":
-        return solve_exact(problem, index)
-    return solve_greedy(problem, index)
+        return solve_exact(problem)
+    return solve_greedy(problem)
 
 
 def plan(

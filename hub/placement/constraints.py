@@ -52,8 +52,11 @@ class Candidates:
 class FleetIndex:
     """Arrays over every GPU pool of the fleet, and per-workload curves."""
 
-    def __init__(self, problem: Problem):
+    def __init__(self, problem: Problem, max_candidates: Optional[int] = None):
+        """``max_candidates`` keeps only that many cheapest options per workload
+        (by its stand-alone GPU share cost); None keeps all (exact solver)."""
         self.problem = problem
+        self.max_candidates = max_candidates
         self.sites: list[SiteInfo] = list(problem.sites)
         self.site_index = {s.name: i for i, s in enumerate(self.sites)}
         self.pools: list[Pool] = [p for s in self.sites for p in s.pools]
@@ -78,7 +81,7 @@ class FleetIndex:
         self._allowed: dict[str, np.ndarray] = {}
         self._latency: dict[str, np.ndarray] = {}
         self._curves: dict[tuple, ReplicaCurve] = {}
-        self._bases: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._bases: dict[tuple, tuple[np.ndarray, ...]] = {}
         self.previous: dict[tuple[str, str], dict[int, int]] = {}
         """(service, region) -> {pool: replicas} of the previous placement."""
         if problem.previous is not None:
@@ -147,33 +150,34 @@ class FleetIndex:
 
     # ----------------------------------------------------------- candidates
 
-    def _base(self, data_class: str, region: str, gpu_type: str) -> tuple[np.ndarray, np.ndarray]:
-        """Pools of ``gpu_type`` that are legal, available and reach ``region``, with their RTTs."""
-        key = (data_class, region, gpu_type)
+    def _base(self, data_class: str, region: str, gpu_type: str, memory: float) -> tuple[np.ndarray, ...]:
+        """Pools of ``gpu_type`` that are legal, available, reach ``region`` and
+        can hold a replica of ``memory`` bytes: (pools, RTTs, GPUs per replica, GPU counts)."""
+        key = (data_class, region, gpu_type, memory)
         base = self._bases.get(key)
         if base is None:
             idx = self.by_type.get(gpu_type, np.zeros(0, dtype=np.int64))
             lat = self.latency(region)
-            ok = self.allowed(data_class)[idx] & self.available[idx] & ~np.isnan(lat[idx])
-            base = self._bases[key] = (idx[ok], lat[idx[ok]])
+            idx = idx[self.allowed(data_class)[idx] & self.available[idx] & ~np.isnan(lat[idx])]
+            k = np.ceil(memory / self.memory[idx] - 1e-9).astype(np.int64)
+            ok = k <= self.count[idx]
+            idx = idx[ok]
+            base = self._bases[key] = (idx, lat[idx], k[ok], self.count[idx])
         return base
 
     def candidates(self, w: Workload) -> Candidates:
         parts = []
         oversize = 0
         for gpu_type in sorted(w.profiles):
-            idx, rtt = self._base(w.data_class, w.region, gpu_type)
+            idx, rtt, k, count = self._base(w.data_class, w.region, gpu_type, w.memory)
             if not len(idx):
                 continue
-            k = np.ceil(w.memory / self.memory[idx] - 1e-9).astype(np.int64)
-            ok = k <= self.count[idx]
-            idx, k, rtt = idx[ok], k[ok], rtt[ok]
             curve = self.curve(w, gpu_type)
-            if curve.batch == 0 or not len(idx):
+            if curve.batch == 0:
                 continue
             n = curve.replicas_many(self.budget(w, gpu_type) - rtt)
-            ok = (n > 0) & (n * k <= self.count[idx])
-            oversize += int(((n > 0) & ~ok).sum())
+            ok = (n > 0) & (n * k <= count)
+            oversize += int(np.count_nonzero(n)) - int(np.count_nonzero(ok))
             n, k = n[ok], k[ok]
             share = np.where(k > 1, 1.0, curve.utilisation(n))
             parts.append((idx[ok], n, k, rtt[ok], share))
@@ -187,6 +191,11 @@ class FleetIndex:
         share = np.concatenate([p[4] for p in parts])
         weights = self.problem.weights
         fixed = weights.latency_usd_per_rps_s * w.rate * rtt
+        if self.max_candidates is not None and len(pool) > self.max_candidates:
+            fraction = np.where(k > 1, reps * k, reps * np.maximum(share, w.memory / self.memory[pool]))
+            keep = np.argpartition(fraction * self.gpu_cost[pool] + fixed, self.max_candidates)[: self.max_candidates]
+            keep.sort()
+            pool, reps, k, rtt, share, fixed = pool[keep], reps[keep], k[keep], rtt[keep], share[keep], fixed[keep]
         prev = self.previous.get((w.service, w.region))
         if weights.churn_usd_per_replica:
             churn = reps.astype(float)

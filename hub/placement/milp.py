@@ -1,26 +1,29 @@
-"""Exact reference solver: a mixed-integer program solved by HiGHS through
-``scipy.optimize.milp``. For small instances (tens of sites and services).
+"""Exact reference solver: a GPU-level mixed-integer program solved by
+HiGHS through ``scipy.optimize.milp``. For small instances (tens of sites
+and services); it is the yardstick for the fast solver's optimality gap.
 
-Variables: ``x[w,c]`` binary (workload w uses candidate c), ``u[w]`` binary
-(w unplaced, penalised), ``y[p]`` integer GPUs of pool p shared by
-single-GPU replicas. Constraints::
+Variables, for each workload w and candidate c (a pool p with replica
+count n_c and GPUs per replica k_c) and each GPU g of p::
 
-    sum_c x[w,c] + u[w] = 1                                   each workload
-    sum_{c on p, k=1} n_c * mem_w * x[w,c] <= y[p] * mem_p     memory of p
-    sum_{c on p, k=1} n_c * share_c * x[w,c] <= y[p]            compute of p
-    sum_{c on p, k=1, big} n_c * x[w,c] <= y[p]                 big replicas of p
+    x[w,c] in {0,1}     w uses candidate c
+    u[w]   in {0,1}     w is left unplaced (penalised)
+    o[p,g] in {0,1}     GPU g of pool p is in use (paid for)
+    r[w,c,g] in 0..n_c  replicas of c on GPU g          (k_c = 1)
+    e[w,c,g] in {0,1}   GPU g is one of c's dedicated GPUs (k_c > 1)
 
-where *big* replicas (over half a GPU's memory or compute) never share.
-    y[p] + sum_{c on p, k>1} n_c * k_c * x[w,c] <= count_p      GPUs of p
+Constraints::
 
-Objective: sum_p gpu_cost_p * (y[p] + sum_{k>1} n k x) + sum fixed_c x +
-penalty u. The memory and compute rows relax bin packing (it ignores fragmentation),
-so the optimum is a lower bound; the chosen candidates are then packed
-onto GPUs by best fit (in decreasing size) and evaluated with the same
-objective as the fast solver, which is what the gap compares. Demand
-shards are fixed before the MILP (see ``FleetIndex.prepare``), so it is
-exact for that split; workloads it leaves unplaced go through the fast
-solver's splitting placement afterwards.
+    sum_c x[w,c] + u[w] = 1
+    sum_g r[w,c,g] = n_c x[w,c]             sum_g e[w,c,g] = n_c k_c x[w,c]
+    sum_{w,c} mem_w/mem_p r[w,c,g] + sum e[w,c,g] <= o[p,g]     memory of g
+    sum_{w,c} share_c r[w,c,g]   + sum e[w,c,g] <= o[p,g]       compute of g
+    o[p,g] >= o[p,g+1]                                          symmetry
+
+Objective: sum o[p,g] * gpu_cost_p + sum fixed_c x[w,c] + penalty u[w],
+the same objective the fast solver's result is evaluated with. Demand
+shards are fixed before the MILP (``FleetIndex.prepare``): it is exact for
+that split. Workloads it leaves unplaced then go through the fast solver's
+splitting placement, so both solvers may use the same demand splitting.
 """
 
 from __future__ import annotations
@@ -37,98 +40,104 @@ from hub.placement.model import Placement, Problem
 from hub.placement.state import SolveState
 
 
-def solve_exact(problem: Problem, index: FleetIndex | None = None, time_limit: float = 30.0) -> Placement:
+class _Builder:
+    def __init__(self) -> None:
+        self.cost: list[float] = []
+        self.upper: list[float] = []
+        self.rows: list[int] = []
+        self.cols: list[int] = []
+        self.vals: list[float] = []
+        self.lo: list[float] = []
+        self.hi: list[float] = []
+
+    def var(self, cost: float, upper: float) -> int:
+        self.cost.append(cost)
+        self.upper.append(upper)
+        return len(self.cost) - 1
+
+    def row(self, terms: list[tuple[int, float]], lo: float, hi: float) -> None:
+        r = len(self.lo)
+        for col, val in terms:
+            self.rows.append(r)
+            self.cols.append(col)
+            self.vals.append(val)
+        self.lo.append(lo)
+        self.hi.append(hi)
+
+
+def solve_exact(problem: Problem, index: FleetIndex | None = None, time_limit: float = 60.0) -> Placement:
     t0 = time.perf_counter()
     index = index or FleetIndex(problem)
     workloads, candidates = index.prepare(list(problem.workloads))
     weights = problem.weights
-    W = len(workloads)
-    offsets = np.cumsum([0] + [len(c) for c in candidates])
-    X = int(offsets[-1])
+    b = _Builder()
     pools = sorted({int(p) for c in candidates for p in c.pool})
-    pcol = {p: X + W + i for i, p in enumerate(pools)}
-    nvar = X + W + len(pools)
-
-    cost = np.zeros(nvar)
-    integrality = np.ones(nvar)
-    lower = np.zeros(nvar)
-    upper = np.ones(nvar)
-    for wi, c in enumerate(candidates):
-        s = slice(offsets[wi], offsets[wi + 1])
-        whole = np.where(c.gpus_per_replica > 1, c.replicas * c.gpus_per_replica, 0)
-        cost[s] = c.fixed_cost + whole * index.gpu_cost[c.pool]
-        cost[X + wi] = weights.unplaced_usd * (1 if workloads[wi].sheddable else 10)
-    for p, col in pcol.items():
-        cost[col] = index.gpu_cost[p]
-        upper[col] = index.count[p]
-
-    rows, cols, vals = [], [], []
-    lo, hi = [], []
-    r = 0
-    for wi in range(W):  # assignment
-        for j in range(offsets[wi], offsets[wi + 1]):
-            rows.append(r), cols.append(j), vals.append(1.0)
-        rows.append(r), cols.append(X + wi), vals.append(1.0)
-        lo.append(1.0), hi.append(1.0)
-        r += 1
-    mem_row = {p: r + i for i, p in enumerate(pools)}
-    gpu_row = {p: r + len(pools) + i for i, p in enumerate(pools)}
-    comp_row = {p: r + 2 * len(pools) + i for i, p in enumerate(pools)}
-    big_row = {p: r + 3 * len(pools) + i for i, p in enumerate(pools)}
-    for p in pools:
-        rows.append(mem_row[p]), cols.append(pcol[p]), vals.append(-1.0)  # memory in GPUs of p
-        rows.append(gpu_row[p]), cols.append(pcol[p]), vals.append(1.0)
-        rows.append(comp_row[p]), cols.append(pcol[p]), vals.append(-1.0)
-        rows.append(big_row[p]), cols.append(pcol[p]), vals.append(-1.0)
-    for wi, c in enumerate(candidates):
-        for j in range(len(c)):
-            p = int(c.pool[j])
-            col = int(offsets[wi] + j)
-            if c.gpus_per_replica[j] > 1:
-                rows.append(gpu_row[p]), cols.append(col), vals.append(float(c.replicas[j] * c.gpus_per_replica[j]))
-            else:
-                rows.append(mem_row[p]), cols.append(col), vals.append(float(c.replicas[j] * workloads[wi].memory / index.memory[p]))
-                rows.append(comp_row[p]), cols.append(col), vals.append(float(c.replicas[j] * c.share[j]))
-                if c.share[j] > 0.5 or workloads[wi].memory > 0.5 * index.memory[p]:
-                    rows.append(big_row[p]), cols.append(col), vals.append(float(c.replicas[j]))
-    for p in pools:
-        lo.append(-np.inf), hi.append(0.0)
-    for p in pools:
-        lo.append(-np.inf), hi.append(float(index.count[p]))
-    for p in pools:
-        lo.append(-np.inf), hi.append(0.0)
-    for p in pools:
-        lo.append(-np.inf), hi.append(0.0)
-    nrows = r + 4 * len(pools)
-
+    opened = {p: [b.var(float(index.gpu_cost[p]), 1.0) for _ in range(int(index.count[p]))] for p in pools}
+    mem_terms: dict[tuple[int, int], list[tuple[int, float]]] = {(p, g): [] for p in pools for g in range(len(opened[p]))}
+    comp_terms: dict[tuple[int, int], list[tuple[int, float]]] = {key: [] for key in mem_terms}
+    xs: list[list[int]] = []
+    per_gpu: dict[tuple[int, int], list[int]] = {}
+    for wi, (w, c) in enumerate(zip(workloads, candidates)):
+        unplaced = b.var(weights.unplaced_usd * (1 if w.sheddable else 10) / w.shards, 1.0)
+        row = [(unplaced, 1.0)]
+        xcols = []
+        for ci in range(len(c)):
+            p, n, k = int(c.pool[ci]), int(c.replicas[ci]), int(c.gpus_per_replica[ci])
+            x = b.var(float(c.fixed_cost[ci]), 1.0)
+            xcols.append(x)
+            row.append((x, 1.0))
+            link = [(x, -float(n * k if k > 1 else n))]
+            cols = []
+            for g in range(len(opened[p])):
+                if k > 1:
+                    e = b.var(0.0, 1.0)
+                    mem_terms[(p, g)].append((e, 1.0))
+                    comp_terms[(p, g)].append((e, 1.0))
+                else:
+                    e = b.var(0.0, float(n))
+                    mem_terms[(p, g)].append((e, w.memory / float(index.memory[p])))
+                    comp_terms[(p, g)].append((e, float(c.share[ci])))
+                link.append((e, 1.0))
+                cols.append(e)
+            per_gpu[(wi, ci)] = cols
+            b.row(link, 0.0, 0.0)
+        xs.append(xcols)
+        b.row(row, 1.0, 1.0)
+    for (p, g), terms in mem_terms.items():
+        b.row(terms + [(opened[p][g], -1.0)], -np.inf, 0.0)
+        b.row(comp_terms[(p, g)] + [(opened[p][g], -1.0)], -np.inf, 0.0)
+        if g + 1 < len(opened[p]):
+            b.row([(opened[p][g], 1.0), (opened[p][g + 1], -1.0)], 0.0, np.inf)
     t1 = time.perf_counter()
-    constraints = []
-    if nrows:
-        A = coo_matrix((vals, (rows, cols)), shape=(nrows, nvar)).tocsr()
-        constraints = [LinearConstraint(A, np.array(lo), np.array(hi))]
-    result = milp(cost, constraints=constraints, integrality=integrality, bounds=Bounds(lower, upper),
+    nvar = len(b.cost)
+    A = coo_matrix((b.vals, (b.rows, b.cols)), shape=(len(b.lo), nvar)).tocsr()
+    result = milp(np.array(b.cost), constraints=[LinearConstraint(A, np.array(b.lo), np.array(b.hi))],
+                  integrality=np.ones(nvar), bounds=Bounds(np.zeros(nvar), np.array(b.upper)),
                   options={"time_limit": time_limit, "mip_rel_gap": 1e-6})
     t2 = time.perf_counter()
     if result.x is None:
         raise RuntimeError(f"MILP solver failed: {result.message}")
-    x = np.round(result.x)
+    sol = np.round(result.x).astype(np.int64)
 
     st = SolveState(index, workloads, candidates)
-    picks = []
-    for wi, c in enumerate(candidates):
-        chosen = np.nonzero(x[offsets[wi]:offsets[wi + 1]] > 0.5)[0]
-        if len(chosen):
-            ci = int(chosen[0])
-            picks.append((-float(c.replicas[ci] * c.gpus_per_replica[ci]) * workloads[wi].memory, wi, ci))
-    missed = []
-    for _, wi, ci in sorted(picks):
-        if not st.place(wi, ci):  # fragmentation the relaxation ignored
-            missed.append(wi)
-    picked = {wi for _, wi, _ in picks}
-    # Repair: what did not fit, and what the MILP left unplaced because its
-    # shards are fixed, goes through the fast solver's splitting placement.
-    place_all(st, missed + [wi for wi in range(W) if wi not in picked and len(candidates[wi])])
-    st.consolidate()
-    stats = {"time_build_s": t1 - t0, "time_solve_s": t2 - t1, "milp_bound": float(result.fun),
-             "milp_status": float(result.status), "milp_optimal": float(result.status == 0)}
+    placed = set()
+    for wi, xcols in enumerate(xs):
+        for ci, x in enumerate(xcols):
+            if sol[x] != 1:
+                continue
+            c = candidates[wi]
+            p, k = int(c.pool[ci]), int(c.gpus_per_replica[ci])
+            gpu_counts = [int(sol[col]) for col in per_gpu[(wi, ci)]]
+            if k > 1:
+                chosen = [g for g, v in enumerate(gpu_counts) if v]
+                gpus = [tuple(chosen[j * k:(j + 1) * k]) for j in range(len(chosen) // k)]
+            else:
+                gpus = [(g,) for g, v in enumerate(gpu_counts) for _ in range(v)]
+            st.pool(p).commit(wi, gpus, workloads[wi].memory, float(c.share[ci]))
+            st.chosen[wi] = ci
+            st.refresh(p)
+            placed.add(wi)
+    place_all(st, [wi for wi in range(len(workloads)) if wi not in placed and len(candidates[wi])])
+    stats = {"time_build_s": t1 - t0, "time_solve_s": t2 - t1, "milp_bound": float(getattr(result, "mip_dual_bound", result.fun) or result.fun),
+             "milp_status": float(result.status), "milp_optimal": float(result.status == 0), "milp_vars": float(nvar)}
     return st.to_placement("exact", stats)

@@ -159,6 +159,7 @@ class ReplicaCurve:
         hold = tp + self.output * self.profile.step(self.batch)
         busy = tp + self.output * self.profile.step(self.batch) / self.batch
         self.n0 = max(1, int(math.floor(max(self.rate * hold / self.batch, self.rate * busy))) + 1)
+        self._busy_coef = self.rate * busy
         self._raw = self.raw if self.raw is not None else self._values(self.n0, _WINDOW)
         self._envelope()
 
@@ -169,6 +170,7 @@ class ReplicaCurve:
     def _envelope(self) -> None:
         # running max from the right: a conservative, monotone envelope
         self.ttft = np.maximum.accumulate(self._raw[::-1])[::-1]
+        self._neg = -self.ttft
 
     def _extend(self, budget: float) -> None:
         """Grow the table (doubling) until it reaches ``budget`` or MAX_REPLICAS."""
@@ -192,8 +194,7 @@ class ReplicaCurve:
         n = np.maximum(np.asarray(replicas, dtype=float), 1.0)
         if self.batch == 0:
             return np.ones_like(n)
-        per_request = self.floor + self.output * self.profile.step(self.batch) / self.batch
-        return np.minimum(self.rate / n * per_request, 1.0)
+        return np.minimum(self._busy_coef / n, 1.0)
 
     @property
     def tpot(self) -> float:
@@ -219,16 +220,19 @@ class ReplicaCurve:
     def replicas_many(self, budgets: np.ndarray) -> np.ndarray:
         """Vectorised :meth:`replicas` over an array of TTFT budgets (seconds)."""
         budgets = np.asarray(budgets, dtype=float)
-        out = np.zeros(budgets.shape, dtype=np.int64)
-        if self.batch == 0:
-            return out
-        ok = budgets > self.floor
-        if ok.any():
-            self._extend(float(budgets[ok].min()))
-        idx = np.searchsorted(-self.ttft, -budgets, side="left")
-        inside = ok & (idx < len(self.ttft))
-        out[inside] = self.n0 + idx[inside]
-        return out
+        if self.batch == 0 or not len(budgets):
+            return np.zeros(budgets.shape, dtype=np.int64)
+        lowest = float(budgets.min())
+        if self.floor < lowest < self.ttft[-1]:
+            self._extend(lowest)
+        elif lowest <= self.floor and self.ttft[-1] > self.floor:
+            feasible = budgets[budgets > self.floor]
+            if len(feasible):
+                self._extend(float(feasible.min()))
+        idx = np.searchsorted(self._neg, -budgets, side="left")
+        n = self.n0 + idx
+        n[(idx >= len(self.ttft)) | (budgets <= self.floor)] = 0
+        return n
 
 
 def build_curves(specs: list[tuple[float, float, float, PerfProfile, float]]) -> list[ReplicaCurve]:

@@ -4,6 +4,7 @@ GPU layout of every touched pool; turns into a :class:`Placement`."""
 from __future__ import annotations
 
 from collections import Counter
+import copy
 from typing import Optional
 
 import numpy as np
@@ -22,6 +23,9 @@ class SolveState:
         self.pools: dict[int, PoolState] = {}
         self.chosen: dict[int, int] = {}
         """workload number -> candidate number."""
+        self.stats: dict[str, float] = {}
+        self.beta = 0.0
+        """Greedy scoring blend: 0 = marginal GPUs opened, 1 = stand-alone GPU share."""
         self.empty = index.count.copy()
         self.used = np.zeros(len(index.pools), dtype=np.int64)
         self.sizes = sorted({w.memory for w in workloads})
@@ -51,7 +55,33 @@ class SolveState:
         state = self.pools.get(p)
         if state is None:
             state = self.pools[p] = PoolState(float(self.index.memory[p]), int(self.index.count[p]))
+        if self._journal is not None and p not in self._journal:
+            self._journal[p] = copy.deepcopy(state)
         return state
+
+    # A journal makes a tentative change undoable: pools are copied the first
+    # time they are touched, choices are remembered.
+    _journal: Optional[dict[int, PoolState]] = None
+    _journal_chosen: Optional[dict[int, int]] = None
+
+    def begin(self) -> None:
+        self._journal = {}
+        self._journal_chosen = dict(self.chosen)
+
+    def commit(self) -> None:
+        self._journal = self._journal_chosen = None
+
+    def rollback(self) -> None:
+        assert self._journal is not None and self._journal_chosen is not None
+        journal = self._journal
+        self.chosen = self._journal_chosen
+        self._journal = self._journal_chosen = None
+        for p, state in journal.items():
+            self.pools[p] = state
+            self._refresh(p)
+
+    def refresh(self, p: int) -> None:
+        self._refresh(p)
 
     def _refresh(self, p: int) -> None:
         state = self.pools[p]
@@ -90,7 +120,7 @@ class SolveState:
     def unplace(self, wi: int) -> None:
         ci = self.chosen.pop(wi)
         p = int(self.candidates[wi].pool[ci])
-        self.pools[p].remove(wi)
+        self.pool(p).remove(wi)
         self._refresh(p)
 
     def consolidate(self) -> int:
@@ -114,7 +144,7 @@ class SolveState:
 
     def unplaced_penalty(self) -> float:
         weight = self.index.problem.weights.unplaced_usd
-        return sum(weight * (1 if w.sheddable else 10) for wi, w in enumerate(self.workloads)
+        return sum(weight * (1 if w.sheddable else 10) / w.shards for wi, w in enumerate(self.workloads)
                    if wi not in self.chosen and wi not in self.replaced)
 
     def gpu_totals(self) -> tuple[int, float, float, float, float]:
@@ -128,6 +158,9 @@ class SolveState:
             used_mem += state.used_memory()
             cap += u * state.memory
         return gpus, cost, carbon, used_mem, cap
+
+    def _compute_used(self) -> float:
+        return sum(r[3] for s in self.pools.values() for rs in s.residents for r in rs)
 
     def to_placement(self, solver: str, stats: Optional[dict] = None) -> Placement:
         index = self.index
@@ -161,6 +194,7 @@ class SolveState:
         all_stats = {
             "gpus": gpus, "cost_usd_h": cost, "carbon_kg_h": carbon,
             "memory_utilisation": used_mem / cap if cap else 0.0,
+            "compute_utilisation": self._compute_used() / gpus if gpus else 0.0,
         }
         all_stats.update(stats or {})
         return Placement(tuple(assignments), tuple(self._merge(unplaced)), solver, self.objective(), all_stats)
