@@ -66,6 +66,10 @@ if (( ! force )) && up_to_date; then
   exit 0
 fi
 
+# The usual place of an upstream Go install, for shells whose PATH lacks it.
+if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
+  export PATH="$PATH:/usr/local/go/bin"
+fi
 if ! command -v go >/dev/null 2>&1; then
   log "Go is not installed (needed once to build kube-apiserver $kube_version; see tools/kube/README.md)"
   exit 3
