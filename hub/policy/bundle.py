@@ -116,7 +116,7 @@ class Bundle:
         located = []
         for index, item in enumerate(items):
             kind = item.get("kind") if isinstance(item, dict) else None
-            if kind not in RESOURCE_TYPES:
+            if not isinstance(kind, str) or kind not in RESOURCE_TYPES:
                 problems.append(Problem("<bundle>", 0, f"[{index}]", f"unknown kind {kind!r}"))
                 continue
             try:

@@ -103,7 +103,7 @@ def _resource_from(doc: Document, problems: list[Problem]) -> Optional[Located]:
     if kind is None:
         problems.append(doc.problem((), f"missing 'kind' (one of {', '.join(KINDS)})"))
         return None
-    if kind not in RESOURCE_TYPES:
+    if not isinstance(kind, str) or kind not in RESOURCE_TYPES:
         problems.append(doc.problem(("kind",), f"{kind!r} is not a known kind{did_you_mean(kind, KINDS) or ' (one of ' + ', '.join(KINDS) + ')'}"))
         return None
     model = RESOURCE_TYPES[kind]
@@ -120,10 +120,36 @@ def _resource_from(doc: Document, problems: list[Problem]) -> Optional[Located]:
     return Located(resource=resource, document=doc)
 
 
+def _identity(doc: Document) -> Optional[tuple[str, str, Optional[str]]]:
+    """(kind, name, dataClass) read leniently from a document that failed validation."""
+    data = doc.data if isinstance(doc.data, dict) else {}
+    meta = data.get("metadata")
+    spec = data.get("spec")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    data_class = spec.get("dataClass") if isinstance(spec, dict) else None
+    kind = data.get("kind")
+    if isinstance(kind, str) and isinstance(name, str):
+        return kind, name, data_class if isinstance(data_class, str) else None
+    return None
+
+
 def _build(documents: list[Document], problems: list[Problem]) -> Bundle:
-    located = [r for r in (_resource_from(d, problems) for d in documents) if r is not None]
+    located = []
+    broken: set[tuple[str, str]] = set()
+    broken_classes: set[str] = set()
+    for doc in documents:
+        item = _resource_from(doc, problems)
+        if item is not None:
+            located.append(item)
+            continue
+        identity = _identity(doc)
+        if identity is not None:
+            broken.add(identity[:2])
+            if identity[0] == "ResidencyPolicy" and identity[2]:
+                broken_classes.add(identity[2])
     bundle = Bundle.from_located(located, problems)
-    problems.extend(cross_validate(bundle))
+    # References to documents that failed on their own are not reported again.
+    problems.extend(cross_validate(bundle, broken, broken_classes))
     return bundle
 
 

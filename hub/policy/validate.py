@@ -47,7 +47,12 @@ def _ms(seconds: float) -> str:
     return format_duration(round(seconds, 4)) if math.isfinite(seconds) else "inf"
 
 
-def cross_validate(bundle: Bundle) -> list[Problem]:
+def cross_validate(
+    bundle: Bundle, broken: set[tuple[str, str]] = frozenset(), broken_classes: set[str] = frozenset()  # type: ignore[assignment]
+) -> list[Problem]:
+    """Cross-resource problems. ``broken`` (kind, name) resources and
+    ``broken_classes`` failed their own validation: references to them are
+    not reported again, and checks that need them are skipped."""
     problems: list[Problem] = []
     rules: dict[str, ResidencyRule] = {}
     for name in sorted(bundle.residency_policies):
@@ -64,18 +69,22 @@ def cross_validate(bundle: Bundle) -> list[Problem]:
                     problems.append(bundle.problem("ResidencyPolicy", name, ("spec", side, "sites", index),
                                                    f"{site!r} is not a known Site{did_you_mean(site, bundle.sites)}"))
     for name in sorted(bundle.services):
-        problems.extend(_check_service(bundle, bundle.services[name], rules))
+        problems.extend(_check_service(bundle, bundle.services[name], rules, broken, broken_classes))
     return problems
 
 
-def _check_service(bundle: Bundle, service: Service, rules: dict[str, ResidencyRule]) -> list[Problem]:
+def _check_service(
+    bundle: Bundle, service: Service, rules: dict[str, ResidencyRule], broken: set, broken_classes: set
+) -> list[Problem]:
     out: list[Problem] = []
     spec = service.spec
 
     def at(path: tuple, message: str) -> None:
         out.append(bundle.problem("Service", service.name, path, message))
 
-    if spec.priority_class not in bundle.priority_classes:
+    if spec.data_class in broken_classes or ("Model", spec.model) in broken:
+        return out
+    if spec.priority_class not in bundle.priority_classes and ("PriorityClass", spec.priority_class) not in broken:
         at(("spec", "priorityClass"), f"{spec.priority_class!r} is not a known PriorityClass"
            f"{did_you_mean(spec.priority_class, bundle.priority_classes)}")
     rule = rules.get(spec.data_class)
@@ -94,6 +103,8 @@ def _check_service(bundle: Bundle, service: Service, rules: dict[str, ResidencyR
            f"{did_you_mean(spec.version, names) or ' (it has ' + ', '.join(names) + ')'}")
         return out
 
+    if any(kind == "Site" for kind, _ in broken):
+        return out  # the fleet is incomplete: reachability would be judged on part of it
     # Model hardware fit anywhere in the fleet.
     hosts = [
         (site, pool)
