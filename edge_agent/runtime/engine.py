@@ -181,6 +181,7 @@ class Engine:
         self._lock = threading.Lock()
         self._inbox: collections.deque[_Seq] = collections.deque()
         self._cancels: set[str] = set()
+        self._live: set[str] = set()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._waiting: dict[str, _Seq] = {}
@@ -234,8 +235,9 @@ class Engine:
     ) -> RequestHandle:
         """Queue a request; thread-safe. Returns its handle at once.
 
-        Raises ValueError for an empty prompt or one that leaves no room for
-        output within ``max_len`` (the HTTP layer maps it to 400).
+        Raises ValueError (the HTTP layer maps it to 400) for an empty prompt,
+        token ids outside the vocabulary, prompt + ``max_tokens`` beyond
+        ``max_len``, or a ``request_id`` already in flight.
         """
         params = params or SamplingParams()
         arrival = time.perf_counter_ns()
@@ -251,6 +253,11 @@ class Engine:
             raise ValueError(f"prompt has {len(ids)} tokens; this engine holds at most {self.max_len - 1}")
         if any(t < 0 or t >= self.model.shape.vocab_size for t in ids):
             raise ValueError("prompt token id out of the vocabulary")
+        if len(ids) + params.max_tokens > self.max_len:
+            raise ValueError(
+                f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the context of "
+                f"{self.max_len} tokens; lower max_tokens to at most {self.max_len - len(ids)}"
+            )
         rid = request_id or f"req-{next(self._ids)}"
         stats = RequestStats(request_id=rid, priority=priority, arrival_ns=arrival, prompt_tokens=len(ids))
         handle = RequestHandle(rid, stats, self.cancel)
@@ -262,10 +269,12 @@ class Engine:
             deadline_ns=None if ttft_slo_s is None else arrival + int(ttft_slo_s * 1e9),
             tpot_slo_s=tpot_slo_s, generator=gen,
         )
-        seq.prefix_offset = seq.read_offset = 0
         with self._lock:
             if self._stop.is_set():
                 raise RuntimeError("engine is shut down")
+            if rid in self._live:
+                raise ValueError(f"request id {rid!r} is already in flight")
+            self._live.add(rid)
             self._inbox.append(seq)
         self._wake.set()
         return handle
@@ -326,7 +335,7 @@ class Engine:
             # Requests with a TTFT objective that arrived during the prefill phase
             # do not wait for the decode step too.
             self._schedule()
-            self._prefill()
+            self._prefill(urgent_only=True)
         self._decode()
         self._steps += 1
         return True
@@ -378,16 +387,25 @@ class Engine:
         self._waiting.pop(rid, None)
         self._release(s)
         s.handle.stats.finished_ns = time.perf_counter_ns()
+        with self._lock:
+            self._live.discard(rid)
         s.handle._finished(reason, rejection)
 
     # -- prefill ---------------------------------------------------------------
-    def _prefill(self) -> None:
+    def _prefill(self, urgent_only: bool = False) -> None:
+        """Prefill (a chunk of) admitted requests in one padded batch.
+
+        ``urgent_only``: only if the first in line has a TTFT objective.
+        """
         todo = [s for s in self._running.values() if s.computed < s.prefill_target]
         if not todo:
             return
         todo.sort(key=lambda s: (-s.priority, s.handle.stats.arrival_ns))
         budget = self.config.max_prefill_tokens
-        if todo[0].deadline_ns is not None and not todo[0].output:
+        urgent = todo[0].deadline_ns is not None and not todo[0].output
+        if urgent_only and not urgent:
+            return
+        if urgent:
             # An urgent first token is neither chunked nor slowed down by lower classes.
             todo = [s for s in todo if s.priority == todo[0].priority]
             budget = max(budget, todo[0].prefill_target - todo[0].computed)

@@ -86,8 +86,9 @@ class ExternalServer:
         """Stream a completion (``prompt``) or chat completion (``messages``); yields text deltas.
 
         Pass a :class:`StreamResult` as ``result`` to receive the stats, which
-        are complete when the iteration ends (also after an early ``break``:
-        the request then ends with ``abort`` and the connection is closed).
+        are complete when the iteration ends. To stop early, iterate inside
+        ``contextlib.aclosing(...)`` and ``break``: the connection is closed at
+        once (the server frees the request) and the stats end with ``abort``.
         """
         if (prompt is None) == (messages is None):
             raise ValueError("give exactly one of prompt or messages")

@@ -67,9 +67,11 @@ class SchedulerConfig:
     """Allow evicting lower classes for higher ones."""
     default_step_s: float = 0.05
     """Assumed decode step time before any step was measured (seconds)."""
-    preempt_after_steps: float = 1.0
+    preempt_after_steps: float = 0.0
     """A higher class waits for a slot to free naturally only if that takes at most
-    this many decode steps (and its deadline is safe); otherwise it preempts."""
+    this many decode steps (and its deadline is safe); otherwise it preempts.
+    0 (default) preempts at once: recomputing a victim's prefix is cheaper than
+    the higher class's wait. Raise it to save recompute when SLOs are loose."""
 
 
 class StepTimeModel:

@@ -217,12 +217,18 @@ def test_bad_input(make_engine) -> None:  # noqa: ANN001
         eng.submit([10**7])
     with pytest.raises(ValueError, match="max_tokens"):
         SamplingParams(max_tokens=0)
-    # A request hitting max_len ends with "length" and frees its slot.
-    r = eng.submit(list(range(1, 250)), SamplingParams(max_tokens=50, ignore_eos=True))
+    with pytest.raises(ValueError, match="at most 7"):
+        eng.submit(list(range(1, 250)), SamplingParams(max_tokens=50))
+    # A request filling the context exactly ends with "length" and frees its slot.
+    r = eng.submit(list(range(1, 250)), SamplingParams(max_tokens=7, ignore_eos=True), request_id="full")
+    with pytest.raises(ValueError, match="in flight"):
+        eng.submit("x", request_id="full")
     while not r.done:
         eng.step()
-    assert r.finish_reason is FinishReason.LENGTH and r.stats.output_tokens == 256 - 249
+    assert r.finish_reason is FinishReason.LENGTH and r.stats.output_tokens == 7
     assert eng.kv_usage().slots_used == 0
+    eng.submit("x", SamplingParams(max_tokens=1), request_id="full").cancel()  # the id is free again
+    eng.step()
 
 
 def test_bucketed_static_decode_matches(make_engine, solo) -> None:  # noqa: ANN001

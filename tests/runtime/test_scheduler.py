@@ -93,11 +93,13 @@ def test_no_preemption_when_a_slot_frees_in_time_or_class_is_not_higher() -> Non
     m = steps(b2=0.01)
     running = [seq("bg", 0, arrival=1, remaining_tokens=1), seq("bg2", 0, arrival=2, remaining_tokens=50)]
     relaxed = [seq("chat", 10, arrival=3, deadline=5_000 * MS)]
-    d = schedule(0, running, relaxed, 0, SchedulerConfig(max_batch=2), m)
+    patient = SchedulerConfig(max_batch=2, preempt_after_steps=1)
+    d = schedule(0, running, relaxed, 0, patient, m)
     assert not d.preempt and not d.admit  # "bg" ends at the next step, well before the deadline
     tight = [seq("chat", 10, arrival=3, deadline=15 * MS)]
-    d = schedule(0, running, tight, 0, SchedulerConfig(max_batch=2), m)
+    d = schedule(0, running, tight, 0, patient, m)
     assert d.preempt == ["bg2"]  # ...but that step plus prefill would miss this deadline
+    assert schedule(0, running, relaxed, 0, SchedulerConfig(max_batch=2), m).preempt == ["bg2"]  # default: at once
     peer = [seq("peer", 0, arrival=3, deadline=1 * MS)]
     d = schedule(0, running, peer, 0, SchedulerConfig(max_batch=2), m)
     assert not d.preempt and not d.admit
