@@ -146,6 +146,8 @@ class Unplaced:
     reason: str
     shed: bool
     """True when the workload is sheddable and was dropped for capacity."""
+    fraction: float = 1.0
+    """Share of the region's demand left unplaced (less than 1 when only some shards are)."""
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,7 @@ class Placement:
             "solver": self.solver,
             "objective": self.objective,
             "assignments": [a.to_spec() for a in self.assignments],
-            "unplaced": [{"service": u.service, "region": u.region, "reason": u.reason, "shed": u.shed} for u in self.unplaced],
+            "unplaced": [{"service": u.service, "region": u.region, "reason": u.reason, "shed": u.shed, "fraction": u.fraction} for u in self.unplaced],
         }
 
 

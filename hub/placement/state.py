@@ -171,7 +171,7 @@ class SolveState:
                 continue
             ci = self.chosen.get(wi)
             if ci is None:
-                unplaced.append(self._unplaced(wi))
+                unplaced.append((self._unplaced(wi), w.shards))
                 continue
             c = self.candidates[wi]
             p = int(c.pool[ci])
@@ -199,16 +199,20 @@ class SolveState:
         all_stats.update(stats or {})
         return Placement(tuple(assignments), tuple(self._merge(unplaced)), solver, self.objective(), all_stats)
 
-    def _merge(self, unplaced: list[Unplaced]) -> list[Unplaced]:
-        """One entry per (service, region), however many shards failed."""
-        merged: dict[tuple[str, str], Unplaced] = {}
-        counts: dict[tuple[str, str], int] = {}
-        for u in unplaced:
+    def _merge(self, unplaced: list[tuple[Unplaced, int]]) -> list[Unplaced]:
+        """One entry per (service, region), however many of its shards failed."""
+        merged: dict[tuple[str, str], tuple[Unplaced, int, float]] = {}
+        for u, shards in unplaced:
             key = (u.service, u.region)
-            counts[key] = counts.get(key, 0) + 1
-            merged.setdefault(key, u)
-        return [u if counts[k] == 1 else Unplaced(u.service, u.region, f"{counts[k]} demand shards: {u.reason}", u.shed)
-                for k, u in merged.items()]
+            first, count, fraction = merged.get(key, (u, 0, 0.0))
+            merged[key] = (first, count + 1, fraction + 1.0 / shards)
+        out = []
+        for u, count, fraction in merged.values():
+            if fraction < 1.0 - 1e-9 or count > 1:
+                reason = f"{fraction:.0%} of the demand ({count} shard(s)) unplaced: {u.reason}"
+                u = Unplaced(u.service, u.region, reason, u.shed, min(fraction, 1.0))
+            out.append(u)
+        return out
 
     def _unplaced(self, wi: int) -> Unplaced:
         w = self.workloads[wi]

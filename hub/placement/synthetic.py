@@ -84,8 +84,11 @@ def synthetic_problem(
     weights: Weights = Weights(),
     unavailable_share: float = 0.03,
     load: float = 1.0,
+    gpu_scale: int = 1,
 ) -> Problem:
-    """A random but plausible fleet of ``sites`` sites and ``services`` services."""
+    """A random but plausible fleet of ``sites`` sites and ``services`` services.
+
+    ``load`` scales demand, ``gpu_scale`` multiplies every pool's GPU count."""
     rng = random.Random(seed)
     names = list(REGIONS)
     site_infos = []
@@ -101,7 +104,7 @@ def synthetic_problem(
         for j in range(1 if rng.random() < 0.6 else 2):
             gpu = _pick(rng, GPU_MIX)
             mem, price, power = GPUS[gpu]
-            count = rng.choice([1, 2, 2, 4, 4, 8])
+            count = rng.choice([1, 2, 2, 4, 4, 8]) * gpu_scale
             pools.append(Pool(name, f"{gpu.lower()}-{j}", f"{name}-node-{j}", gpu, count, mem,
                               round(price * rng.uniform(0.9, 1.1), 3), power))
         juris = JURISDICTIONS.get(country, ("EU", "EEA"))
