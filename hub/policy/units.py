@@ -90,7 +90,7 @@ def format_duration(seconds: float) -> str:
 
 
 def format_memory(nbytes: float) -> str:
-    for unit in ("TiB", "GiB", "MiB", "KiB"):
+    for unit in ("TiB", "TB", "GiB", "GB", "MiB", "MB", "KiB", "KB"):
         size = MEMORY_UNITS[unit]
         if nbytes >= size and float(nbytes / size).is_integer():
             return f"{int(nbytes / size)}{unit}"

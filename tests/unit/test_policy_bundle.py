@@ -25,7 +25,7 @@ def test_canonical_json_round_trips_and_is_stable(bundle: Bundle) -> None:
     assert [i["kind"] for i in items] == sorted((i["kind"] for i in items), key=["Site", "Model", "Service",
                                                 "ResidencyPolicy", "PriorityClass"].index)
     site = next(i for i in items if i["metadata"]["name"] == "fra-1")
-    assert site["spec"]["gpuPools"][0]["memory"] == "24000000000B"
+    assert site["spec"]["gpuPools"][0]["memory"] == "24GB"
     assert site["spec"]["gpuPools"][0]["price"] == "$0.85/h"
     assert site["spec"]["networkLatency"]["eu-central"].endswith("ms")
     assert diff(bundle, again).empty
