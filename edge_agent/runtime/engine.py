@@ -97,6 +97,10 @@ class _Seq:
         return self.prompt + self.output
 
     @property
+    def num_tokens(self) -> int:
+        return len(self.prompt) + len(self.output)
+
+    @property
     def prefill_target(self) -> int:
         """Tokens to have in cache before decoding: all but the last produced one."""
         return len(self.prompt) if not self.output else len(self.prompt) + len(self.output) - 1
@@ -197,6 +201,7 @@ class Engine:
     def start(self) -> Engine:
         """Start the engine thread (idempotent)."""
         if self._thread is None:
+            self.decoder.capture_all()  # CUDA graphs, before any request (no-op otherwise)
             self._thread = threading.Thread(target=self._loop, name="edge-engine", daemon=True)
             self._thread.start()
         return self
@@ -446,7 +451,7 @@ class Engine:
 
     # -- decode -----------------------------------------------------------------
     def _decode(self) -> None:
-        batch = [s for s in self._running.values() if s.output and s.computed == len(s.tokens) - 1]
+        batch = [s for s in self._running.values() if s.output and s.computed == s.num_tokens - 1]
         if not batch:
             return
         t0 = time.perf_counter_ns()
@@ -474,7 +479,7 @@ class Engine:
         p = s.params
         if (tok in self.eos_token_ids and not p.ignore_eos) or tok in p.stop_token_ids:
             self._finish(s, FinishReason.STOP)
-        elif len(s.output) >= p.max_tokens or len(s.tokens) >= self.max_len:
+        elif len(s.output) >= p.max_tokens or s.num_tokens >= self.max_len:
             self._finish(s, FinishReason.LENGTH)
 
     def _detok(self, s: _Seq) -> str:
