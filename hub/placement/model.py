@@ -126,6 +126,17 @@ class Assignment:
     residency: str
     """Why this site may hold the data (the policy clause that allows it)."""
 
+    @classmethod
+    def from_spec(cls, d: Mapping[str, Any]) -> "Assignment":
+        return cls(
+            service=d["service"], region=d["region"], shard=int(d["shard"]), shards=int(d["shards"]),
+            model=d["model"], version=d["version"], site=d["site"], pool=d["pool"], node=d["node"],
+            gpu_type=d["gpuType"], replicas=int(d["replicas"]), gpus_per_replica=int(d["gpusPerReplica"]),
+            memory_per_replica=float(d["memoryPerReplicaBytes"]), gpus=tuple(tuple(int(i) for i in g) for g in d["gpus"]),
+            gpu_share=float(d["gpuShare"]), rate=float(d["rateRps"]), rtt=float(d.get("rttS", 0.0)),
+            ttft_p95=float(d["predictedTtftP95S"]), tpot_p95=float(d["predictedTpotP95S"]), residency=d["residency"],
+        )
+
     def to_spec(self) -> dict[str, Any]:
         """Plain dict for the agent's desired-state object."""
         return {
@@ -134,7 +145,7 @@ class Assignment:
             "replicas": self.replicas, "gpusPerReplica": self.gpus_per_replica,
             "memoryPerReplicaBytes": self.memory_per_replica,
             "gpus": [list(g) for g in self.gpus], "gpuShare": self.gpu_share, "rateRps": self.rate,
-            "predictedTtftP95S": self.ttft_p95, "predictedTpotP95S": self.tpot_p95,
+            "rttS": self.rtt, "predictedTtftP95S": self.ttft_p95, "predictedTpotP95S": self.tpot_p95,
             "residency": self.residency,
         }
 
@@ -169,7 +180,18 @@ class Placement:
     def for_agent(self, site: str, node: str) -> list[Assignment]:
         return [a for a in self.assignments if a.site == site and a.node == node]
 
+    @classmethod
+    def from_spec(cls, d: Mapping[str, Any]) -> "Placement":
+        """Inverse of :meth:`to_spec` (e.g. the stored current placement)."""
+        return cls(
+            assignments=tuple(Assignment.from_spec(a) for a in d.get("assignments", ())),
+            unplaced=tuple(Unplaced(u["service"], u["region"], u["reason"], bool(u["shed"]), float(u.get("fraction", 1.0)))
+                           for u in d.get("unplaced", ())),
+            solver=str(d.get("solver", "")), objective=float(d.get("objective", 0.0)),
+        )
+
     def to_spec(self) -> dict[str, Any]:
+        """JSON-ready dict of the whole placement (stats left out)."""
         return {
             "solver": self.solver,
             "objective": self.objective,

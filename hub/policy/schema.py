@@ -339,7 +339,7 @@ class ResidencyPolicySpec(Spec):
     description: str = ""
     """Legal basis or notes. Default: empty."""
     allow: Allow = Allow()
-    """Where the data may be processed. Fail-closed: default allows nothing."""
+    """Where the data may be processed. Default: nothing (fail-closed), which validation rejects."""
     deny: Deny = Deny()
     """Exceptions that win over allow. Default: none."""
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
 
 from hub.placement.api import explain, plan
 from hub.placement.consolidate import consolidate_pool
-from hub.placement.model import Weights
+from hub.placement.model import Placement, Weights
 from hub.placement.packing import PoolState
 from hub.placement.verify import violations
 from hub.policy import load_bundle
@@ -59,6 +61,8 @@ def test_each_agent_gets_only_its_own(first) -> None:
         assert first.placement.for_agent(site, node) == items
     spec = first.placement.to_spec()
     assert spec["assignments"][0]["gpus"] and "residency" in spec["assignments"][0]
+    restored = Placement.from_spec(json.loads(json.dumps(spec)))
+    assert restored.assignments == first.placement.assignments and restored.unplaced == first.placement.unplaced
 
 
 def test_replan_without_change_moves_nothing(bundle, first) -> None:
@@ -158,3 +162,15 @@ def test_consolidation_respects_compute_and_big_replicas() -> None:
     pool.commit("big", [(2,)], 80.0, 1.0)
     assert consolidate_pool(pool) == []
     assert pool.used == 3
+
+
+def test_policy_and_placement_stay_pure() -> None:
+    """No I/O layers: nothing from edge_agent, protos or the hub store."""
+    forbidden = ("edge_agent", "protos", "hub.store", "grpc", "sqlalchemy")
+    for package in ("policy", "placement"):
+        for path in (ROOT / "hub" / package).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                for name in names:
+                    assert not name.startswith(forbidden), f"{path.name} imports {name}"
