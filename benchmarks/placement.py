@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -82,9 +83,9 @@ def _gap(sites: int, services: int, seeds: int) -> dict:
 
 def run(sites: int, services: int, seed: int, gap_sites: int, gap_services: int, gap_seeds: int) -> dict:
     problem = synthetic_problem(sites, services, seed=seed)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     placement: Placement = solve_greedy(problem)
-    solve_s = time.perf_counter() - t0
+    solve_s, solve_cpu_s = time.perf_counter() - t0, time.thread_time() - c0
     placed = {(a.service, a.region) for a in placement.assignments}
     base_cost, base_carbon, base_gpus = naive_cost(problem, placed)
     after = totals(placement, problem)
@@ -92,8 +93,9 @@ def run(sites: int, services: int, seed: int, gap_sites: int, gap_services: int,
     result = {
         "benchmark": "placement", "sites": sites, "services": services, "workloads": len(problem.workloads),
         "pools": sum(len(s.pools) for s in problem.sites), "seed": seed,
-        "solve_s": round(solve_s, 3),
-        "solve_breakdown_s": {k: round(v, 3) for k, v in placement.stats.items() if k.startswith("time_")},
+        "solve_s": round(solve_s, 3), "solve_cpu_s": round(solve_cpu_s, 3),
+        "load_average_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
+        "solve_breakdown_cpu_s": {k: round(v, 3) for k, v in placement.stats.items() if k.startswith("time_")},
         "greedy_runs": placement.stats.get("runs"),
         "gpus": after.gpus, "naive_gpus": base_gpus,
         "cost_usd_h": round(after.cost_usd_h, 2), "naive_cost_usd_h": round(base_cost, 2),

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from hub.placement.model import Pool, Problem, SiteInfo, Workload
-from hub.placement.perf import ReplicaCurve, build_curves, ttft_budget
+from hub.placement.perf import NO_REPLICAS, ReplicaCurve, build_curves, ttft_budget
 from hub.placement.residency import no_rule_reason
 
 
@@ -152,7 +152,8 @@ class FleetIndex:
 
     def _base(self, data_class: str, region: str, gpu_type: str, memory: float) -> tuple[np.ndarray, ...]:
         """Pools of ``gpu_type`` that are legal, available, reach ``region`` and
-        can hold a replica of ``memory`` bytes: (pools, RTTs, GPUs per replica, GPU counts)."""
+        can hold a replica of ``memory`` bytes: (pools, RTTs, GPUs per replica,
+        GPU counts, whether every replica fits one GPU)."""
         key = (data_class, region, gpu_type, memory)
         base = self._bases.get(key)
         if base is None:
@@ -162,35 +163,36 @@ class FleetIndex:
             k = np.ceil(memory / self.memory[idx] - 1e-9).astype(np.int64)
             ok = k <= self.count[idx]
             idx = idx[ok]
-            base = self._bases[key] = (idx, lat[idx], k[ok], self.count[idx])
+            k = k[ok]
+            base = self._bases[key] = (idx, lat[idx], k, self.count[idx], bool((k == 1).all()))
         return base
 
     def candidates(self, w: Workload) -> Candidates:
         parts = []
         oversize = 0
         for gpu_type in sorted(w.profiles):
-            idx, rtt, k, count = self._base(w.data_class, w.region, gpu_type, w.memory)
+            idx, rtt, k, count, single = self._base(w.data_class, w.region, gpu_type, w.memory)
             if not len(idx):
                 continue
             curve = self.curve(w, gpu_type)
             if curve.batch == 0:
                 continue
-            n = curve.replicas_many(self.budget(w, gpu_type) - rtt)
-            ok = (n > 0) & (n * k <= count)
-            oversize += int(np.count_nonzero(n)) - int(np.count_nonzero(ok))
-            n, k = n[ok], k[ok]
-            share = np.where(k > 1, 1.0, curve.utilisation(n))
-            parts.append((idx[ok], n, k, rtt[ok], share))
+            n = curve.replicas_raw(ttft_budget(curve, w.ttft_slo, w.e2e_slo) - rtt)  # infeasible: huge
+            ok = n * k <= count
+            if not ok.all():
+                oversize += int(np.count_nonzero(n < NO_REPLICAS)) - int(np.count_nonzero(ok))
+                idx, n, k, rtt = idx[ok], n[ok], k[ok], rtt[ok]
+            share = curve.utilisation(n) if single else np.where(k > 1, 1.0, curve.utilisation(n))
+            parts.append((idx, n, k, rtt, share))
         if not parts:
             empty_i = np.zeros(0, dtype=np.int64)
             return Candidates(empty_i, empty_i, empty_i, np.zeros(0), np.zeros(0), np.zeros(0), oversize)
-        pool = np.concatenate([p[0] for p in parts])
-        reps = np.concatenate([p[1] for p in parts])
-        k = np.concatenate([p[2] for p in parts])
-        rtt = np.concatenate([p[3] for p in parts])
-        share = np.concatenate([p[4] for p in parts])
+        if len(parts) == 1:
+            pool, reps, k, rtt, share = parts[0]
+        else:
+            pool, reps, k, rtt, share = (np.concatenate(arrays) for arrays in zip(*parts))
         weights = self.problem.weights
-        fixed = weights.latency_usd_per_rps_s * w.rate * rtt
+        fixed = (weights.latency_usd_per_rps_s * w.rate) * rtt
         if self.max_candidates is not None and len(pool) > self.max_candidates:
             fraction = np.where(k > 1, reps * k, reps * np.maximum(share, w.memory / self.memory[pool]))
             keep = np.argpartition(fraction * self.gpu_cost[pool] + fixed, self.max_candidates)[: self.max_candidates]

@@ -10,7 +10,7 @@ workloads fill GPUs that are already open. The improvement pass moves a
 workload when that lowers the objective, a second pass tries to empty
 each GPU into GPUs already in use, and consolidation then frees GPUs
 inside pools. The whole run is repeated with other scoring blends (from
-pure marginal cost to stand-alone GPU share) while the time budget allows,
+pure marginal cost to stand-alone GPU share) as often as the problem size allows,
 keeping the best.
 """
 
@@ -26,13 +26,21 @@ from hub.placement.model import Placement, Problem
 from hub.placement.state import SolveState
 
 _TIE = 0.01
+
+
+def _clock() -> float:
+    """CPU time of this thread, for the timings in the stats."""
+    return time.thread_time()
+
+
 _TRIES = 16
 MAX_SHARDS = 64
-#: Scoring blends tried in turn (see SolveState.beta) and the time budget for them.
+#: Scoring blends tried in turn (see SolveState.beta).
 BETAS = (1.0, 0.0, 0.5, 0.25)
 #: At most this many runs (blends, then seeded restarts with perturbed order).
 MAX_RUNS = 48
-BUDGET_S = 0.7
+#: Runs x candidate options budget: small problems get many restarts, large ones one run.
+RUN_WORK = 60_000
 
 
 def _scores(st: SolveState, wi: int, open_only: bool = False) -> np.ndarray:
@@ -120,7 +128,7 @@ def _improve(st: SolveState) -> int:
 MAX_CANDIDATES = None
 
 
-def _close_gpus(st: SolveState, deadline: float) -> int:
+def _close_gpus(st: SolveState) -> int:
     """Try to empty each GPU in use by moving its workloads into GPUs that are
     already in use elsewhere; keep the change when the objective drops."""
     closed = 0
@@ -130,8 +138,6 @@ def _close_gpus(st: SolveState, deadline: float) -> int:
         key=lambda pg: st.pools[pg[0]].memory - st.pools[pg[0]].free[pg[1]],
     )
     for p, g in targets:
-        if time.perf_counter() > deadline:
-            break
         residents = st.pools[p].residents[g]
         movers = sorted({r[0] for r in residents}, key=lambda wi: -st.workloads[wi].memory)
         if not movers or any(st.candidates[wi].gpus_per_replica[st.chosen[wi]] > 1 for wi in movers):
@@ -155,7 +161,7 @@ def _close_gpus(st: SolveState, deadline: float) -> int:
 
 
 def _run(index: FleetIndex, workloads: list, candidates: list, beta: float, improve: bool,
-         deadline: float, rng: random.Random | None = None) -> SolveState:
+         rng: random.Random | None = None, single_moves: bool = True) -> SolveState:
     st = SolveState(index, list(workloads), list(candidates))
     st.beta = beta
     noise = [rng.uniform(0.6, 1.4) if rng else 1.0 for _ in workloads]
@@ -165,17 +171,17 @@ def _run(index: FleetIndex, workloads: list, candidates: list, beta: float, impr
         return float((c.replicas * c.gpus_per_replica).min()) * workloads[i].memory * noise[i] if len(c) else 0.0
 
     order = sorted(range(len(workloads)), key=lambda i: (-workloads[i].priority, -demand(i), len(candidates[i]), i))
-    t0 = time.perf_counter()
+    t0 = _clock()
     place_all(st, order)
-    t1 = time.perf_counter()
-    closed = _close_gpus(st, deadline) if improve else 0
-    moves = _improve(st) if improve and time.perf_counter() < deadline else 0
-    t2 = time.perf_counter()
+    t1 = _clock()
+    closed = _close_gpus(st) if improve else 0
+    moves = _improve(st) if improve and single_moves else 0
+    t2 = _clock()
     consolidated = st.consolidate()
     for wi in range(len(st.workloads)):
         if wi not in st.chosen and wi not in st.replaced:
             place_best(st, wi)
-    t3 = time.perf_counter()
+    t3 = _clock()
     st.stats = {
         "beta": beta, "time_greedy_s": t1 - t0, "time_improve_s": t2 - t1, "time_consolidate_s": t3 - t2,
         "improve_moves": moves, "gpus_closed": closed, "consolidation_moves": consolidated,
@@ -184,36 +190,33 @@ def _run(index: FleetIndex, workloads: list, candidates: list, beta: float, impr
 
 
 def solve_greedy(
-    problem: Problem, index: FleetIndex | None = None, improve: bool = True, budget_s: float = BUDGET_S
+    problem: Problem, index: FleetIndex | None = None, improve: bool = True, max_runs: int | None = None
 ) -> Placement:
     """Fast heuristic placement (see module docstring).
 
-    Improvement passes stop at ``budget_s`` after the start. Runs the greedy with scoring blends ``BETAS``, then seeded restarts with
-    a random blend and a perturbed order, while the time used so far leaves
-    room within ``budget_s`` for another run (at most ``MAX_RUNS``), and
-    keeps the best objective. The first run always completes; results are
-    deterministic for a given problem unless the budget cuts runs short.
+    Runs the greedy with scoring blends ``BETAS``, then seeded restarts with a
+    random blend and a perturbed order, and keeps the best objective. How
+    many runs depends only on the problem's size (``RUN_WORK`` candidate
+    options in all, at most ``MAX_RUNS``), never on the clock, so the same
+    problem always gives the same placement (``fleet plan`` = ``fleet apply``).
     """
-    t0 = time.perf_counter()
+    t0 = _clock()
     index = index or FleetIndex(problem, max_candidates=MAX_CANDIDATES)
     workloads, candidates = index.prepare(list(problem.workloads))
-    t1 = time.perf_counter()
+    t1 = _clock()
+    size = max(1, sum(len(c) for c in candidates))
+    runs_allowed = max(1, min(MAX_RUNS if max_runs is None else max_runs, RUN_WORK // size))
     best: SolveState | None = None
-    runs = 0
     rng = random.Random(0)
-    while runs < MAX_RUNS:
-        started = time.perf_counter()
-        deadline = t0 + budget_s
-        if runs < len(BETAS):
-            st = _run(index, workloads, candidates, BETAS[runs], improve, deadline)
+    # Single-workload moves rarely pay on large fleets once GPUs are closed: small ones only.
+    single_moves = runs_allowed > 1
+    for run in range(runs_allowed):
+        if run < len(BETAS):
+            st = _run(index, workloads, candidates, BETAS[run], improve, single_moves=single_moves)
         else:  # seeded restarts: random blend, perturbed order
-            st = _run(index, workloads, candidates, rng.random(), improve, deadline, rng)
-        runs += 1
+            st = _run(index, workloads, candidates, rng.random(), improve, rng, single_moves)
         if best is None or st.objective() < best.objective() - 1e-9:
             best = st
-        took = time.perf_counter() - started
-        if time.perf_counter() - t0 + took > budget_s:
-            break
     assert best is not None
-    stats = {"time_candidates_s": t1 - t0, "runs": runs, **best.stats, "time_total_s": time.perf_counter() - t0}
+    stats = {"time_candidates_s": t1 - t0, "runs": runs_allowed, **best.stats, "time_total_s": _clock() - t0}
     return best.to_placement("greedy", stats)

@@ -30,6 +30,9 @@ class PoolState:
             self.compute = [1.0] * self.count
             self.residents = [[] for _ in range(self.count)]
 
+    def copy(self) -> "PoolState":
+        return PoolState(self.memory, self.count, list(self.free), list(self.compute), [list(r) for r in self.residents])
+
     @property
     def used(self) -> int:
         return sum(1 for r in self.residents if r)

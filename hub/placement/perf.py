@@ -51,6 +51,8 @@ from scipy.special import gammaincc, gammaln
 P95_TAIL = 0.05
 _WINDOW = 32
 MAX_REPLICAS = 1 << 14
+#: Sentinel replica count meaning "no count meets the SLO" in vectorised paths.
+NO_REPLICAS = 1 << 40
 
 
 @dataclass(frozen=True)
@@ -219,19 +221,22 @@ class ReplicaCurve:
 
     def replicas_many(self, budgets: np.ndarray) -> np.ndarray:
         """Vectorised :meth:`replicas` over an array of TTFT budgets (seconds)."""
-        budgets = np.asarray(budgets, dtype=float)
+        n = self.replicas_raw(np.asarray(budgets, dtype=float))
+        n[n >= NO_REPLICAS] = 0
+        return n
+
+    def replicas_raw(self, budgets: np.ndarray) -> np.ndarray:
+        """Like :meth:`replicas_many`, but ``NO_REPLICAS`` (huge) where infeasible."""
         if self.batch == 0 or not len(budgets):
-            return np.zeros(budgets.shape, dtype=np.int64)
+            return np.full(budgets.shape, NO_REPLICAS, dtype=np.int64)
         lowest = float(budgets.min())
-        if self.floor < lowest < self.ttft[-1]:
-            self._extend(lowest)
-        elif lowest <= self.floor and self.ttft[-1] > self.floor:
-            feasible = budgets[budgets > self.floor]
+        if lowest < self.ttft[-1]:
+            feasible = budgets[budgets > self.floor] if lowest <= self.floor else budgets
             if len(feasible):
                 self._extend(float(feasible.min()))
         idx = np.searchsorted(self._neg, -budgets, side="left")
-        n = self.n0 + idx
-        n[(idx >= len(self.ttft)) | (budgets <= self.floor)] = 0
+        n = idx + self.n0
+        n[idx >= len(self.ttft)] = NO_REPLICAS
         return n
 
 

@@ -4,7 +4,6 @@ GPU layout of every touched pool; turns into a :class:`Placement`."""
 from __future__ import annotations
 
 from collections import Counter
-import copy
 from typing import Optional
 
 import numpy as np
@@ -56,7 +55,7 @@ class SolveState:
         if state is None:
             state = self.pools[p] = PoolState(float(self.index.memory[p]), int(self.index.count[p]))
         if self._journal is not None and p not in self._journal:
-            self._journal[p] = copy.deepcopy(state)
+            self._journal[p] = state.copy()
         return state
 
     # A journal makes a tentative change undoable: pools are copied the first

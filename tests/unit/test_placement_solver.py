@@ -16,7 +16,7 @@ from hub.placement.model import Weights
 from hub.placement.synthetic import synthetic_problem
 from hub.placement.verify import violations
 
-FAST = 0.05  # greedy time budget in tests: a few restarts at most
+FAST = 3  # greedy runs in property tests (the default allows up to 48 on small fleets)
 
 fleets = st.builds(
     synthetic_problem,
@@ -32,7 +32,7 @@ fleets = st.builds(
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fleets)
 def test_random_fleets_never_break_hard_constraints(problem) -> None:
-    placement = solve_greedy(problem, budget_s=FAST)
+    placement = solve_greedy(problem, max_runs=FAST)
     assert violations(problem, placement) == []
     rules = problem.rules
     sites = {s.name: s for s in problem.sites}
@@ -57,7 +57,7 @@ def test_random_fleets_never_break_hard_constraints(problem) -> None:
 @given(sites=st.integers(3, 30), services=st.integers(1, 10), seed=st.integers(0, 10**6))
 def test_every_slo_feasible_workload_is_placed_when_capacity_is_ample(sites: int, services: int, seed: int) -> None:
     problem = synthetic_problem(sites, services, seed=seed, load=0.3, gpu_scale=16)
-    placement = solve_greedy(problem, budget_s=FAST)
+    placement = solve_greedy(problem, max_runs=FAST)
     index = FleetIndex(problem)
     feasible = {w.key[:2] for w in problem.workloads if any(len(c) for c in index.prepare([w])[1])}
     placed = {(a.service, a.region) for a in placement.assignments}
@@ -107,13 +107,13 @@ def test_residency_holds_at_any_weight_even_when_the_illegal_site_is_free() -> N
         for s in base.sites)
     for weights in (Weights(cost=100, carbon_usd_per_kg=100, latency_usd_per_rps_s=100), Weights(cost=0)):
         problem = dataclasses.replace(base, sites=sites, weights=weights)
-        placement = solve_greedy(problem, budget_s=FAST)
+        placement = solve_greedy(problem, max_runs=FAST)
         assert violations(problem, placement) == []
 
 
 def test_higher_priority_wins_scarce_capacity() -> None:
     problem = synthetic_problem(4, 12, seed=11, load=3.0)
-    placement = solve_greedy(problem, budget_s=FAST)
+    placement = solve_greedy(problem, max_runs=FAST)
     prio = {w.service: w.priority for w in problem.workloads}
     capacity_losers = [u for u in placement.unplaced if "capacity" in u.reason]
     if capacity_losers:
