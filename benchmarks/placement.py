@@ -18,6 +18,7 @@ behind each public service at N = 3000 and say nothing useful.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -62,12 +63,27 @@ def naive_cost(problem: Problem, placed: set[tuple[str, str]]) -> tuple[float, f
     return cost, carbon, gpus
 
 
+@contextlib.contextmanager
+def _quiet_stdout():
+    """HiGHS prints debug lines straight to fd 1 at times; keep the one JSON line clean."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
 def _gap(sites: int, services: int, seeds: int) -> dict:
     gaps, skipped, optimal = [], 0, 0
     for seed in range(seeds):
         problem = synthetic_problem(sites, services, seed=1000 + seed)
         fast = solve_greedy(problem)
-        exact = solve_exact(problem, time_limit=60)
+        with _quiet_stdout():
+            exact = solve_exact(problem, time_limit=60)
         if {(u.service, u.region) for u in fast.unplaced} != {(u.service, u.region) for u in exact.unplaced}:
             skipped += 1
             continue
