@@ -32,6 +32,7 @@ from hub.sync import Delta, delta_for, resync
 from protos.fleet.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
+WRITE_DRAIN_S = 1.0  # how long a closing stream waits for a write in flight
 
 
 def _now() -> datetime:
@@ -220,12 +221,26 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         self.limits = limits
         self.heartbeat_interval = heartbeat_interval
         self.require_identity = require_identity
+        # Streams whose handler has not finished (its clean-up writes to the store).
+        self._streams = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until every stream handler has finished its clean-up; False on timeout."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def Connect(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: grpc.aio.ServicerContext
     ) -> None:
         peer = context.peer()
         session: Session | None = None
+        self._streams += 1
+        self._idle.clear()
         try:
             session = await self._open(request_iterator, context)
             await self._serve(session, request_iterator, context)
@@ -241,9 +256,14 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
             log.exception("agent stream %s failed", peer)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error in the hub; see the hub's log")
         finally:
-            if session is not None and self.broker.detach(session):
-                with contextlib.suppress(Exception):
-                    await self.store.mark_disconnected(session.node_id, _now())
+            try:
+                if session is not None and self.broker.detach(session):
+                    with contextlib.suppress(Exception):
+                        await self.store.mark_disconnected(session.node_id, _now())
+            finally:
+                self._streams -= 1
+                if self._streams == 0:
+                    self._idle.set()
 
     async def _open(
         self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: grpc.aio.ServicerContext
@@ -297,8 +317,9 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         request_iterator: AsyncIterator[agent_pb2.AgentMessage],
         context: grpc.aio.ServicerContext,
     ) -> None:
+        inflight: list[asyncio.Future] = []  # the write the writer is waiting on, if any
         reader = asyncio.create_task(self._read(session, request_iterator))
-        writer = asyncio.create_task(self._write(session, context))
+        writer = asyncio.create_task(self._write(session, context, inflight))
         closed = asyncio.create_task(session.closed.wait())
         tasks = (reader, writer, closed)
         try:
@@ -314,11 +335,21 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            # Cancelling the writer does not cancel a message already handed to
+            # gRPC. Aborting while it is in flight makes the status batch fail
+            # (the agent would never learn why its stream ended), so let it
+            # finish unless the agent is not reading at all.
+            if inflight and not inflight[0].done():
+                await asyncio.wait(inflight, timeout=WRITE_DRAIN_S)
 
     @staticmethod
-    async def _write(session: Session, context: grpc.aio.ServicerContext) -> None:
+    async def _write(session: Session, context: grpc.aio.ServicerContext, inflight: list[asyncio.Future]) -> None:
         while True:
-            await context.write(await session.queue.get())
+            msg = await session.queue.get()
+            fut = asyncio.ensure_future(context.write(msg))
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no "never retrieved" noise
+            inflight[:] = [fut]
+            await asyncio.shield(fut)
 
     async def _read(self, session: Session, request_iterator: AsyncIterator[agent_pb2.AgentMessage]) -> None:
         bucket = TokenBucket(self.limits.messages_per_second, self.limits.burst)

@@ -58,6 +58,7 @@ class Hub:
         self._tasks: list[asyncio.Task] = []
         self._agent_server: grpc.aio.Server | None = None
         self._admin_server: grpc.aio.Server | None = None
+        self._link: AgentLinkService | None = None
 
     def _credentials(self, client_auth: bool) -> grpc.ServerCredentials:
         d = self.cfg.certs_dir
@@ -81,17 +82,15 @@ class Hub:
         await self.broker.start()
         opts = _server_options(self.cfg)
         self._agent_server = grpc.aio.server(options=opts)
-        agent_pb2_grpc.add_AgentLinkServicer_to_server(
-            AgentLinkService(
-                self.store,
-                self.broker,
-                self.recorder,
-                self.cfg.limits,
-                self.cfg.heartbeat_interval_s,
-                require_identity=not self.cfg.insecure,
-            ),
-            self._agent_server,
+        self._link = AgentLinkService(
+            self.store,
+            self.broker,
+            self.recorder,
+            self.cfg.limits,
+            self.cfg.heartbeat_interval_s,
+            require_identity=not self.cfg.insecure,
         )
+        agent_pb2_grpc.add_AgentLinkServicer_to_server(self._link, self._agent_server)
         agent_port = self._bind(self._agent_server, self.cfg.agent_listen, client_auth=True)
         admin_port = None
         if self.serve_admin:
@@ -115,6 +114,10 @@ class Hub:
     async def stop(self, grace: float = 2.0) -> None:
         servers = [s for s in (self._agent_server, self._admin_server) if s is not None]
         await asyncio.gather(*(s.stop(grace) for s in servers))
+        # Cancelled stream handlers still mark their nodes disconnected: let them
+        # finish before the store closes, or they open connections nobody closes.
+        if self._link is not None and not await self._link.wait_idle(grace + 5.0):
+            log.warning("some agent streams did not finish their clean-up before shutdown")
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
