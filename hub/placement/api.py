@@ -21,8 +21,10 @@ from hub.placement.model import Placement, Problem, Weights
 from hub.policy.bundle import Bundle
 
 Solver = Literal["auto", "greedy", "exact"]
-#: ``auto`` uses the exact solver up to this many (workload, pool) candidates.
-EXACT_LIMIT = 4000
+#: ``auto`` uses the exact solver up to this many (candidate, GPU) variables.
+EXACT_LIMIT = 20_000
+#: Time limit of the exact solver under ``auto`` (seconds); the fast result is kept if better.
+EXACT_TIME_LIMIT_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -33,16 +35,23 @@ class PlanResult:
 
 
 def solve(problem: Problem, solver: Solver = "auto") -> Placement:
-    """Place ``problem`` with the chosen solver (``auto``: exact when small)."""
-    if solver == "auto":
-        index = FleetIndex(problem)
-        size = sum(len(index.candidates(w)) for w in problem.workloads)
-        solver = "exact" if size <= EXACT_LIMIT else "greedy"
-        if solver == "exact":
-            return solve_exact(problem, index)
+    """Place ``problem`` with the chosen solver.
+
+    ``auto``: on small problems both the exact and the fast solver run and
+    the lower objective wins (the exact one may stop at its time limit);
+    on large ones only the fast solver runs.
+    """
     if solver == "exact":
         return solve_exact(problem)
-    return solve_greedy(problem)
+    if solver == "greedy":
+        return solve_greedy(problem)
+    index = FleetIndex(problem)
+    size = sum(int(index.count[c.pool].sum()) for c in (index.candidates(w) for w in problem.workloads))
+    fast = solve_greedy(problem)
+    if size > EXACT_LIMIT:
+        return fast
+    exact = solve_exact(problem, index, time_limit=EXACT_TIME_LIMIT_S)
+    return exact if exact.objective <= fast.objective + 1e-9 else fast
 
 
 def plan(

@@ -65,19 +65,27 @@ def explain_service(problem: Problem, placement: Placement, service: str) -> lis
     layout = _layout(index, placement)
     out = []
     for w in (w for w in problem.workloads if w.service == service):
-        chosen = {(a.site, a.pool): a for a in placement.assignments if (a.service, a.region) == (w.service, w.region)}
+        chosen: dict[tuple[str, str], list] = {}
+        for a in placement.assignments:
+            if (a.service, a.region) == (w.service, w.region):
+                chosen.setdefault((a.site, a.pool), []).append(a)
+        lat_w = problem.weights.latency_usd_per_rps_s
         chosen_cost = sum(
-            a.replicas * a.gpus_per_replica * min(1.0, a.memory_per_replica / index.memory[index.pool_index[(a.site, a.pool)]])
-            * index.gpu_cost[index.pool_index[(a.site, a.pool)]]
-            for a in chosen.values() if (a.site, a.pool) in index.pool_index
+            _alone(index, index.pool_index[(a.site, a.pool)], a.replicas, a.gpus_per_replica, a.gpu_share, a.memory_per_replica)
+            + lat_w * a.rate * a.rtt
+            for group in chosen.values() for a in group if (a.site, a.pool) in index.pool_index
         )
         best: dict[str, tuple[int, SiteVerdict]] = {}
         for p, pool in enumerate(index.pools):
             site = pool.site
-            a = chosen.get((site, pool.name))
-            if a is not None:
+            group = chosen.get((site, pool.name))
+            if group:
+                a = max(group, key=lambda x: x.ttft_p95)
+                replicas = sum(x.replicas for x in group)
+                gpus = sorted({g for x in group for grp in x.gpus for g in grp})
+                share = f" ({len(group)} demand shards)" if len(group) > 1 else ""
                 verdict = SiteVerdict(site, "chosen", "chosen",
-                                      f"{a.replicas} replica(s) on {pool.gpu_type} GPUs {list(a.gpus)}; predicted p95 TTFT "
+                                      f"{replicas} replica(s){share} on {pool.gpu_type} GPUs {gpus}; predicted p95 TTFT "
                                       f"{a.ttft_p95 * 1000:.0f}ms <= {w.ttft_slo * 1000:.0f}ms, TPOT {a.tpot_p95 * 1000:.0f}ms "
                                       f"<= {w.tpot_slo * 1000:.0f}ms; {a.residency}", pool.name)
             else:
@@ -102,11 +110,21 @@ def _rejected(index: FleetIndex, layout: dict[int, PoolState], w, p: int, check:
         return SiteVerdict(pool.site, "rejected", "capacity",
                            f"needs {check.replicas} replica(s) of {w.memory / 2**30:.1f}GiB; pool has {state.empty} of "
                            f"{state.count} GPUs empty and no room on the others", pool.name)
-    share = check.replicas * check.gpus_per_replica * min(1.0, w.memory / index.memory[p])
-    cost = share * index.gpu_cost[p]
-    return SiteVerdict(pool.site, "rejected", "not-chosen",
-                       f"feasible ({check.replicas} replica(s), p95 TTFT {check.ttft * 1000:.0f}ms, RTT "
-                       f"{(check.rtt or 0) * 1000:.0f}ms) but costlier: {cost:.3f} USD/h-eq for its GPU share vs "
-                       f"{chosen_cost:.3f} chosen" if math.isfinite(chosen_cost) and chosen_cost > 0 else
-                       f"feasible ({check.replicas} replica(s), p95 TTFT {check.ttft * 1000:.0f}ms) but not needed",
-                       pool.name)
+    cost = (_alone(index, p, check.replicas, check.gpus_per_replica, check.share, w.memory)
+            + index.problem.weights.latency_usd_per_rps_s * w.rate * (check.rtt or 0.0))
+    what = (f"feasible ({check.replicas} replica(s), p95 TTFT {check.ttft * 1000:.0f}ms, RTT "
+            f"{(check.rtt or 0) * 1000:.0f}ms)")
+    if not (math.isfinite(chosen_cost) and chosen_cost > 0):
+        return SiteVerdict(pool.site, "rejected", "not-chosen", f"{what} but not needed", pool.name)
+    if cost > chosen_cost + 1e-9:
+        why = f"but costlier: {cost:.3f} vs {chosen_cost:.3f} USD/h-eq for the chosen (GPU share + latency)"
+    else:
+        why = (f"and {cost:.3f} vs {chosen_cost:.3f} USD/h-eq on its own (GPU share + latency), but the fleet-wide "
+               f"objective was lower with the chosen placement (whole GPUs opened, shared with other services)")
+    return SiteVerdict(pool.site, "rejected", "not-chosen", f"{what} {why}", pool.name)
+
+
+def _alone(index: FleetIndex, p: int, replicas: int, k: int, share: float, memory: float) -> float:
+    """USD/h-eq of the GPU share ``replicas`` would take in pool ``p`` (whole GPUs when k > 1)."""
+    per_replica = k if k > 1 else max(share, min(1.0, memory / float(index.memory[p])))
+    return replicas * per_replica * float(index.gpu_cost[p])

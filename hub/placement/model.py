@@ -177,6 +177,11 @@ class Placement:
             out.setdefault((a.site, a.node), []).append(a)
         return out
 
+    def agent_specs(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """(site, node) -> the desired-state spec that agent receives (only its own)."""
+        return {key: {"site": key[0], "node": key[1], "assignments": [a.to_spec() for a in items]}
+                for key, items in sorted(self.by_agent().items())}
+
     def for_agent(self, site: str, node: str) -> list[Assignment]:
         return [a for a in self.assignments if a.site == site and a.node == node]
 
