@@ -51,6 +51,14 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--jurisdiction")
     r.add_argument("--gpu", action="append", type=_gpu, help="declare GPUs when none are detected: MODEL:GIB[:COUNT]")
     r.add_argument("--no-gpu-probe", action="store_true", help="do not ask NVML/torch; use --gpu only")
+    r.add_argument("--kube", action="store_true", default=None,
+                   help="run as a Kubernetes pod: inventory and cordon from Node $NODE_NAME, health endpoints")
+    r.add_argument("--kubeconfig", type=Path, help="kubeconfig file (default: the pod's service account)")
+    r.add_argument("--namespace", help="namespace of managed model servers and events (default: $POD_NAMESPACE)")
+    r.add_argument("--runtime-mode", choices=["local", "external"], default=os.environ.get("FLEET_RUNTIME_MODE") or None,
+                   help="local engine, or external OpenAI-compatible servers (default: $FLEET_RUNTIME_MODE, else local)")
+    r.add_argument("--model-server-image", help="image of managed model servers (external mode)")
+    r.add_argument("--health-port", type=int, help="port of /healthz and /readyz (default 9400 with --kube)")
     r.add_argument("--exit-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
     r.add_argument("-v", "--verbose", action="store_true")
     m = sub.add_parser("make-model", help="build a small randomly initialised Llama model with a local tokenizer")
@@ -82,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             "ca": args.ca, "cert": args.cert, "key": args.key, "server_name": args.server_name,
             "insecure": args.insecure, "region": args.region, "country": args.country,
             "jurisdiction": args.jurisdiction, "gpus": args.gpu,
+            "kubernetes": args.kube, "kubeconfig": args.kubeconfig, "namespace": args.namespace,
+            "runtime_mode": args.runtime_mode, "model_server_image": args.model_server_image,
+            "health_port": args.health_port, "pod_name": os.environ.get("POD_NAME") or None,
         }
         cfg = load(args.config, overrides)
         if cfg.insecure:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -63,6 +64,23 @@ class AgentConfig(BaseModel):
     """Most reports per batch sent to the hub (default 500; the hub accepts up to 1000)."""
     report_window: int = Field(4, ge=1)
     """Batches in flight without an ack (default 4)."""
+    kubernetes: bool = False
+    """Run as a Kubernetes pod: inventory and cordon from this node's Node object
+    (`node` must be the Node's name, $NODE_NAME), health endpoints on `health_port`."""
+    kubeconfig: Path | None = None
+    """kubeconfig file; default: the pod's service account, else $KUBECONFIG or ~/.kube/config."""
+    namespace: str = ""
+    """Namespace of the model servers and Events; default $POD_NAMESPACE, else the
+    pod's or the kubeconfig context's namespace, else "edge-fleet"."""
+    pod_name: str = ""
+    """This agent's Pod ($POD_NAME); its DaemonSet becomes the owner of the model servers. Default: none."""
+    runtime_mode: Literal["local", "external"] = "local"
+    """"local": the in-process engine serves; "external": OpenAI-compatible servers do,
+    which with `kubernetes` the agent runs as Deployments ($FLEET_RUNTIME_MODE; default local)."""
+    model_server_image: str = Field("vllm/vllm-openai:v0.11.0", min_length=1)
+    """Image of the managed model servers in external mode (OpenAI-compatible, takes --model and --port)."""
+    health_port: int | None = Field(None, ge=0, le=65535)
+    """Port of /healthz and /readyz; default 9400 with `kubernetes`, else off; 0 picks a free port."""
 
     @model_validator(mode="after")
     def _tls(self) -> AgentConfig:
