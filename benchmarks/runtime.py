@@ -159,7 +159,7 @@ def _interactive_load(engine: Any, prompts: list[list[int]], gap_s: float, max_t
     return [h.result() for h in handles]
 
 
-def _priority_run(d: Path, args: argparse.Namespace, fifo: bool, loaded: bool) -> dict[str, Any]:
+def _priority_run(d: Path, args: argparse.Namespace, fifo: bool, loaded: bool, n_inter: int, seed: int) -> dict[str, Any]:
     from edge_agent.runtime.engine import Engine, EngineConfig
     from edge_agent.runtime.request import SamplingParams
     from edge_agent.runtime.scheduler import SchedulerConfig
@@ -170,8 +170,8 @@ def _priority_run(d: Path, args: argparse.Namespace, fifo: bool, loaded: bool) -
     engine = Engine(d, cfg).start()
     try:
         vocab = engine.model.shape.vocab_size
-        inter = make_prompts(args.interactive, args.interactive_prompt_tokens, vocab, seed=2)
-        burst = make_prompts(args.interactive * args.burst_factor, args.batch_prompt_tokens, vocab, seed=3)
+        inter = make_prompts(n_inter, args.interactive_prompt_tokens, vocab, seed=100 + seed)
+        burst = make_prompts(n_inter * args.burst_factor, args.batch_prompt_tokens, vocab, seed=200 + seed)
         run_engine_batch(engine, burst[: args.max_batch], 4)  # warm-up, also measures step times
         bulk = []
         t0 = time.perf_counter()
@@ -184,13 +184,12 @@ def _priority_run(d: Path, args: argparse.Namespace, fifo: bool, loaded: bool) -
         wall = time.perf_counter() - t0
     finally:
         engine.shutdown()
-    ttfts = [r.stats.ttft_s for r in out]
     return {
-        "ttft_p50_s": pct(ttfts, 0.5), "ttft_p95_s": pct(ttfts, 0.95),
-        "tpot_p95_s": pct([r.stats.tpot_s for r in out if r.stats.tpot_s is not None] or [0.0], 0.95),
+        "ttft": [r.stats.ttft_s for r in out],
+        "tpot": [r.stats.tpot_s for r in out if r.stats.tpot_s is not None],
         "batch_done": sum(r.finish_reason.value == "length" for r in bulk_res),
         "preemptions": sum(r.stats.preemptions for r in bulk_res), "wall_s": wall,
-        "interactive_running_during_burst": bool(bulk_res) and all(
+        "during_burst": bool(bulk_res) and all(
             r.stats.finished_ns < max(b.stats.finished_ns for b in bulk_res) for r in out),
     }
 
@@ -201,30 +200,41 @@ def scenario_priority(args: argparse.Namespace) -> dict[str, Any]:
     Interactive requests (priority 10, TTFT and TPOT objectives) arrive every
     ``gap_s``; batch-class requests (priority 0) arrive all at once. Measured
     unloaded (interactive only) and loaded, with the engine's policy and with
-    FIFO order (no priority, no preemption) on the same engine code. Loaded
-    TTFT is at least unloaded TTFT plus the remainder of the engine step in
-    flight when the request arrives, so the ratio depends on step time vs
-    prompt prefill time (interactive prompts default to 192 tokens).
+    FIFO order (no priority, no preemption) on the same engine code. The
+    engine's unloaded and loaded runs alternate over ``rounds`` rounds and
+    their samples are pooled, so drift in a shared CPU's background load hits
+    both alike. Loaded TTFT is at least unloaded TTFT plus the remainder of
+    the engine step in flight when the request arrives, so the ratio depends
+    on step time vs prompt prefill time (interactive prompts: 192 tokens).
     """
     import torch
 
     d = model_dir(args.size)
-    unloaded = _priority_run(d, args, fifo=False, loaded=False)
-    loaded = _priority_run(d, args, fifo=False, loaded=True)
-    fifo_unloaded = _priority_run(d, args, fifo=True, loaded=False)
-    fifo_loaded = _priority_run(d, args, fifo=True, loaded=True)
+    per_round = max(1, args.interactive // args.rounds)
+    runs: dict[str, list[dict[str, Any]]] = {"unloaded": [], "loaded": []}
+    for i in range(args.rounds):
+        runs["unloaded"].append(_priority_run(d, args, fifo=False, loaded=False, n_inter=per_round, seed=i))
+        runs["loaded"].append(_priority_run(d, args, fifo=False, loaded=True, n_inter=per_round, seed=i))
+    fifo_unloaded = _priority_run(d, args, fifo=True, loaded=False, n_inter=per_round, seed=0)
+    fifo_loaded = _priority_run(d, args, fifo=True, loaded=True, n_inter=per_round, seed=0)
+    pool = {k: [t for r in v for t in r["ttft"]] for k, v in runs.items()}
     r = lambda x: round(x, 3)  # noqa: E731
+    un, lo = pct(pool["unloaded"], 0.95), pct(pool["loaded"], 0.95)
+    fun, flo = pct(fifo_unloaded["ttft"], 0.95), pct(fifo_loaded["ttft"], 0.95)
     return {
-        "scenario": "priority", "model": args.size, "interactive": args.interactive,
-        "batch_burst": args.interactive * args.burst_factor, "max_batch": args.max_batch,
-        "engine_ttft_p95_unloaded_s": r(unloaded["ttft_p95_s"]), "engine_ttft_p95_loaded_s": r(loaded["ttft_p95_s"]),
-        "engine_ratio": r(loaded["ttft_p95_s"] / unloaded["ttft_p95_s"]), "goal_engine_ratio": 1.5,
-        "fifo_ttft_p95_unloaded_s": r(fifo_unloaded["ttft_p95_s"]), "fifo_ttft_p95_loaded_s": r(fifo_loaded["ttft_p95_s"]),
-        "fifo_ratio": r(fifo_loaded["ttft_p95_s"] / fifo_unloaded["ttft_p95_s"]),
-        "engine_interactive_tpot_p95_s": r(loaded["tpot_p95_s"]),
-        "engine_batch_completed": loaded["batch_done"], "engine_batch_preemptions": loaded["preemptions"],
-        "engine_interactive_served_during_burst": loaded["interactive_running_during_burst"],
-        "engine_loaded_wall_s": r(loaded["wall_s"]), "fifo_loaded_wall_s": r(fifo_loaded["wall_s"]),
+        "scenario": "priority", "model": args.size, "rounds": args.rounds,
+        "interactive": per_round * args.rounds, "batch_burst_per_round": per_round * args.burst_factor,
+        "max_batch": args.max_batch,
+        "engine_ttft_p50_unloaded_s": r(pct(pool["unloaded"], 0.5)), "engine_ttft_p50_loaded_s": r(pct(pool["loaded"], 0.5)),
+        "engine_ttft_p95_unloaded_s": r(un), "engine_ttft_p95_loaded_s": r(lo),
+        "engine_ratio": r(lo / un), "goal_engine_ratio": 1.5,
+        "fifo_interactive": per_round, "fifo_batch_burst": per_round * args.burst_factor,
+        "fifo_ttft_p95_unloaded_s": r(fun), "fifo_ttft_p95_loaded_s": r(flo), "fifo_ratio": r(flo / fun),
+        "engine_interactive_tpot_p95_s": r(pct([t for x in runs["loaded"] for t in x["tpot"]] or [0.0], 0.95)),
+        "engine_batch_completed": sum(x["batch_done"] for x in runs["loaded"]),
+        "engine_batch_preemptions": sum(x["preemptions"] for x in runs["loaded"]),
+        "engine_interactive_served_during_burst": all(x["during_burst"] for x in runs["loaded"]),
+        "fifo_loaded_wall_s": r(fifo_loaded["wall_s"]),
         "interactive_prompt_tokens": args.interactive_prompt_tokens, "ttft_slo_s": args.ttft_slo_s,
         "tpot_slo_s": args.tpot_slo_s, "torch_threads": torch.get_num_threads(),
     }
@@ -328,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="sequential generate calls timed; tokens/s is per call, so a subset suffices (default 8; gpu 4)")
     p.add_argument("--steps", type=int, default=20, help="decode steps timed (gpu)")
     # priority
-    p.add_argument("--interactive", type=int, default=10)
+    p.add_argument("--interactive", type=int, default=18, help="interactive requests in all rounds")
+    p.add_argument("--rounds", type=int, default=3, help="alternating unloaded/loaded rounds (priority)")
     p.add_argument("--burst-factor", type=int, default=10)
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--interactive-prompt-tokens", type=int, default=192)
@@ -336,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-prompt-tokens", type=int, default=32)
     p.add_argument("--batch-max-tokens", type=int, default=32)
     p.add_argument("--prefill-chunk", type=int, default=64)
-    p.add_argument("--gap-s", type=float, default=0.5)
+    p.add_argument("--gap-s", type=float, default=0.3)
     p.add_argument("--start-delay-s", type=float, default=0.5)
     p.add_argument("--ttft-slo-s", type=float, default=1.0)
     p.add_argument("--tpot-slo-s", type=float, default=0.1)

@@ -9,8 +9,11 @@ One engine thread owns the model and the cache. Each iteration it
 3. prefills admitted requests in one padded batch (long prompts in chunks of
    at most ``max_prefill_tokens``; a preempted request is resumed by
    recomputing its prompt and the tokens it had produced),
-4. runs one batched decode step for every running request, each at its own
-   position with its own mask, and streams the tokens out.
+4. takes in requests that arrived meanwhile: one with a TTFT objective is
+   scheduled and prefilled now rather than after the decode step,
+5. runs one batched decode step for every running request, each at its own
+   position with its own mask (via :class:`DecodeRunner`: CUDA graphs on a
+   GPU), and streams the tokens out.
 
 Requests therefore join and leave the batch at every step. Each phase is
 timed with ``time.perf_counter_ns`` and its duration is split evenly among
@@ -186,6 +189,8 @@ class Engine:
         self._inbox: collections.deque[_Seq] = collections.deque()
         self._cancels: set[str] = set()
         self._live: set[str] = set()
+        self._recent: collections.deque[tuple[int, SeqView]] = collections.deque(maxlen=256)
+        """(finish time, view) of recently ended requests that had a TPOT objective."""
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._waiting: dict[str, _Seq] = {}
@@ -285,8 +290,13 @@ class Engine:
         return handle
 
     def cancel(self, request_id: str) -> bool:
-        """Abort a request; its KV slot is freed at the next iteration. Thread-safe."""
+        """Abort a request; its KV slot is freed at the next iteration. Thread-safe.
+
+        Returns False when no request with this id is in flight.
+        """
         with self._lock:
+            if request_id not in self._live:
+                return False
             self._cancels.add(request_id)
         self._wake.set()
         return True
@@ -347,9 +357,12 @@ class Engine:
 
     def _schedule(self) -> None:
         now = time.perf_counter_ns()
+        memory_ns = int(self.sched_config.slo_memory_s * 1e9)
+        while self._recent and self._recent[0][0] < now - memory_ns:
+            self._recent.popleft()
         decision = schedule(
             now, [s.view() for s in self._running.values()], [s.view() for s in self._waiting.values()],
-            self.cache.free_slots, self.sched_config, self.step_times,
+            self.cache.free_slots, self.sched_config, self.step_times, [v for _, v in self._recent],
         )
         for rid, rej in decision.reject:
             self._finish(self._waiting.pop(rid), FinishReason.REJECTED, rej)
@@ -392,6 +405,8 @@ class Engine:
         self._waiting.pop(rid, None)
         self._release(s)
         s.handle.stats.finished_ns = time.perf_counter_ns()
+        if s.tpot_slo_s is not None and reason is not FinishReason.REJECTED:
+            self._recent.append((s.handle.stats.finished_ns, s.view()))
         with self._lock:
             self._live.discard(rid)
         s.handle._finished(reason, rejection)

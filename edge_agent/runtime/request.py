@@ -190,7 +190,12 @@ class RequestHandle:
             return self._finish
 
     def cancel(self) -> bool:
-        """Abort the request; its KV slot is freed at the engine's next step."""
+        """Abort the request; its KV slot is freed at the engine's next step.
+
+        Returns False when it had already finished.
+        """
+        if self.done:
+            return False
         return self._cancel(self.request_id)
 
     def __iter__(self) -> Iterator[TokenEvent]:

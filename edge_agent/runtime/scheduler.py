@@ -67,6 +67,10 @@ class SchedulerConfig:
     """Allow evicting lower classes for higher ones."""
     default_step_s: float = 0.05
     """Assumed decode step time before any step was measured (seconds)."""
+    slo_memory_s: float = 2.0
+    """A TPOT objective keeps limiting the batch this long after its request ended
+    (the engine passes such requests as ``recent``), so the next request of that
+    class does not arrive into a long step of a batch grown in between."""
     preempt_after_steps: float = 0.0
     """A higher class waits for a slot to free naturally only if that takes at most
     this many decode steps (and its deadline is safe); otherwise it preempts.
@@ -161,10 +165,17 @@ def schedule(
     free_slots: int,
     cfg: SchedulerConfig,
     steps: StepTimeModel,
+    recent: Sequence[SeqView] = (),
 ) -> Decision:
-    """Decide admissions, preemptions and rejections for one iteration (pure)."""
+    """Decide admissions, preemptions and rejections for one iteration (pure).
+
+    ``recent``: requests with a TPOT objective that ended within
+    ``cfg.slo_memory_s``; their objectives still bound the batch.
+    """
     ordered = sorted(waiting, key=lambda s: order_key(s, cfg.priority_order))
-    limit = batch_limit(running, cfg, steps)
+    if not cfg.priority_order:
+        recent = ()
+    limit = batch_limit([*running, *recent], cfg, steps)
     step_s = steps.predict(max(1, len(running))) or cfg.default_step_s
     remaining_avg = (sum(s.remaining_tokens for s in running) / len(running)) if running else 1.0
 
@@ -186,7 +197,7 @@ def schedule(
     preempt: list[str] = []
     # Shrink to the latency-driven batch limit, evicting lower classes only.
     if cfg.preemption and cfg.priority_order and len(live) > limit:
-        top = max(s.priority for s in live)
+        top = max(s.priority for s in [*live, *recent])
         for v in sorted((s for s in live if s.priority < top), key=_victim_key):
             if len(live) <= limit:
                 break
@@ -197,7 +208,7 @@ def schedule(
 
     # The limit protects the tightest TPOT objective from lower classes; its peers
     # and higher classes are still admitted while slots last.
-    with_slo = [s for s in running if s.tpot_slo_s is not None]
+    with_slo = [s for s in [*running, *recent] if s.tpot_slo_s is not None]
     protected = max((s.priority for s in with_slo if s.tpot_slo_s == min(r.tpot_slo_s for r in with_slo)),
                     default=None)  # type: ignore[type-var]
     admit: list[str] = []

@@ -46,3 +46,15 @@ def test_overhead_scenario_says_it_is_skipped(capsys: pytest.CaptureFixture[str]
 def test_percentile() -> None:
     assert bench.pct([5, 1, 3, 2, 4], 0.5) == 3
     assert bench.pct(list(range(101)), 0.95) == 95
+
+
+def test_priority_scenario_small_run(tiny_cache: None, capsys: pytest.CaptureFixture[str]) -> None:
+    out = run(capsys, "--scenario", "priority", "--size", "tiny", "--rounds", "1", "--interactive", "2",
+              "--burst-factor", "4", "--max-batch", "4", "--interactive-prompt-tokens", "16",
+              "--interactive-max-tokens", "3", "--batch-max-tokens", "24", "--gap-s", "0.02",
+              "--start-delay-s", "0.05")
+    assert out["engine_batch_completed"] == 8 and out["interactive"] == 2
+    assert out["engine_ratio"] == pytest.approx(out["engine_ttft_p95_loaded_s"] / out["engine_ttft_p95_unloaded_s"],
+                                                rel=0.25)  # figures are rounded to ms
+    # FIFO makes interactive requests wait behind the whole burst; the engine does not.
+    assert out["fifo_ttft_p95_loaded_s"] > out["engine_ttft_p95_loaded_s"]

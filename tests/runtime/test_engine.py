@@ -134,6 +134,7 @@ def test_cancel_storm_returns_kv_to_baseline(make_engine, solo) -> None:  # noqa
     for h in handles:
         assert h.result(20).finish_reason is FinishReason.ABORT
     assert survivor.result(30).token_ids == solo[PROMPTS[0]]  # unaffected by the storm
+    assert not survivor.cancel() and not eng.cancel("no-such-request")
     deadline = time.monotonic() + 5
     while eng.kv_usage() != baseline and time.monotonic() < deadline:
         time.sleep(0.005)

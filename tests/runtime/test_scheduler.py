@@ -62,6 +62,16 @@ def test_batch_limit_holds_back_lower_classes_not_peers() -> None:
     assert d.admit == ["peer"]  # a peer's first token is not traded for the class's own TPOT
 
 
+def test_recent_objectives_keep_bounding_the_batch() -> None:
+    m = steps(b1=0.010, b2=0.020, b3=0.030)
+    running = [seq("bulk1", 0, arrival=1), seq("bulk2", 0, arrival=2), seq("bulk3", 0, arrival=3)]
+    recent = [seq("chat-done", 10, tpot_slo_s=0.021)]
+    d = schedule(0, running, [seq("bulk4", 0, arrival=4)], 2, SchedulerConfig(max_batch=5), m, recent)
+    assert d.batch_limit == 2 and d.preempt == ["bulk3"] and not d.admit
+    d = schedule(0, running, [seq("bulk4", 0, arrival=4)], 2, SchedulerConfig(max_batch=5), m)
+    assert d.batch_limit == 5 and d.admit == ["bulk4"]
+
+
 def test_running_over_limit_evicts_lower_classes_only() -> None:
     m = steps(b1=0.010, b2=0.020, b3=0.030, b4=0.040)
     running = [seq("urgent", 10, tpot_slo_s=0.021), seq("batch-old", 0, arrival=1),
