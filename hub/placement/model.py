@@ -96,6 +96,12 @@ class Weights:
     unplaced_usd: float = 1000.0
     """Penalty per unplaced workload (x10 when not sheddable) in the exact solver. Default 1000."""
 
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not (value >= 0 and value < float("inf")):
+                raise ValueError(f"weight {f.name} must be a finite number >= 0, got {value!r}")
+
 
 @dataclass(frozen=True)
 class Assignment:

@@ -61,6 +61,10 @@ def test_each_agent_gets_only_its_own(first) -> None:
         assert first.placement.for_agent(site, node) == items
     spec = first.placement.to_spec()
     assert spec["assignments"][0]["gpus"] and "residency" in spec["assignments"][0]
+    specs = first.placement.agent_specs()
+    assert set(specs) == set(by_agent)
+    for (site, node), agent_spec in specs.items():
+        assert {(a["site"], a["node"]) for a in agent_spec["assignments"]} == {(site, node)}
     restored = Placement.from_spec(json.loads(json.dumps(spec)))
     assert restored.assignments == first.placement.assignments and restored.unplaced == first.placement.unplaced
 
@@ -96,6 +100,10 @@ def test_explain_says_why_per_site(bundle, first) -> None:
     [big] = explain(bundle, first.placement, "reasoner-eu", at=NOW)
     t4_site = {v.site: v for v in big.sites}["vlc-1"]  # T4 only: the 70B model does not run there
     assert t4_site.constraint == "gpu-type" and "does not run on T4" in t4_site.reason
+    for e in explain(bundle, first.placement, "assistant-eu", at=NOW):
+        for v in e.sites:
+            if v.constraint == "not-chosen":
+                assert "USD/h-eq" in v.reason and "p95 TTFT" in v.reason
     with pytest.raises(KeyError):
         explain(bundle, first.placement, "nope")
 
