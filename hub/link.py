@@ -85,18 +85,28 @@ class Session:
         except asyncio.QueueFull:
             self.close(StreamError(grpc.StatusCode.RESOURCE_EXHAUSTED, "agent is not reading its stream; closing it"))
 
-    def push(self, delta: Delta, *, resync_complete: bool = False) -> None:
-        """Queue a delta and remember what the agent will hold after applying it."""
+    def push(
+        self, delta: Delta, *, resync_complete: bool = False, msg: agent_pb2.HubMessage | None = None
+    ) -> None:
+        """Queue a delta and remember what the agent will hold after applying it.
+
+        `msg` is the delta already converted (`update_message`), so a broadcast
+        builds one message for all sessions instead of one per session.
+        """
         for o in delta.upserts:
             self.held[o.id] = o.version
         for i in delta.deletes:
             self.held.pop(i, None)
-        upd = agent_pb2.DesiredUpdate(
-            upserts=[convert.object_to_proto(o) for o in delta.upserts],
-            deletes=list(delta.deletes),
-            resync_complete=resync_complete,
-        )
-        self.send(agent_pb2.HubMessage(desired=upd))
+        self.send(msg if msg is not None else update_message(delta, resync_complete=resync_complete))
+
+
+def update_message(delta: Delta, *, resync_complete: bool = False) -> agent_pb2.HubMessage:
+    upd = agent_pb2.DesiredUpdate(
+        upserts=[convert.object_to_proto(o) for o in delta.upserts],
+        deletes=list(delta.deletes),
+        resync_complete=resync_complete,
+    )
+    return agent_pb2.HubMessage(desired=upd)
 
 
 class Broker:
@@ -130,10 +140,18 @@ class Broker:
         self._wake.set()
 
     def dispatch(self, changed: list[ObjectRecord]) -> None:
+        # Most sessions get the same delta (an object for every node): convert
+        # each distinct delta to protobuf once. Messages are immutable once
+        # queued, so sessions may share one.
+        built: dict[tuple, agent_pb2.HubMessage] = {}
         for s in list(self.sessions.values()):
             d = delta_for(s.site, s.node, s.held, changed)
             if d:
-                s.push(d)
+                key = (tuple((o.id, o.version) for o in d.upserts), d.deletes)
+                msg = built.get(key)
+                if msg is None:
+                    msg = built[key] = update_message(d)
+                s.push(d, msg=msg)
 
     async def run(self) -> None:
         while True:
