@@ -238,3 +238,30 @@ async def _gpus_on_hub(fleet: Fleet, node: str) -> bool:
 async def _unschedulable(fleet: Fleet, node: str) -> bool:
     n = await fleet.node(node)
     return n is not None and n.inventory.unschedulable
+
+
+async def test_forbidden_namespace_is_one_clear_line_and_no_crash(
+    fleet: Fleet, kube_apiserver: KubeAPIServer, kube_client: client.ApiClient, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The agent's token in a namespace its Role does not cover: 403 on every
+    pass. One WARNING naming RBAC, the reason on the hub, the node watch and
+    the hub link unaffected."""
+    kube_apiserver.kubectl("apply", "--server-side", "--field-manager=edge-fleet-test", "-k", str(REPO_ROOT / "deploy" / "base" / "namespace"))
+    kube_apiserver.kubectl(
+        "apply", "--server-side", "--field-manager=edge-fleet-test",
+        "-f", str(REPO_ROOT / "deploy" / "base" / "agent" / "serviceaccount.yaml"),
+        "-f", str(REPO_ROOT / "deploy" / "base" / "agent" / "rbac.yaml"),
+    )
+    token = kube_apiserver.service_account_token("edge-fleet", "edge-fleet-agent")
+    kubeconfig = kube_apiserver.write_kubeconfig(tmp_path / "agent.kubeconfig", token=token, namespace="default")
+    node = unique("gpu-403")
+    create_gpu_node(client.CoreV1Api(kube_client), node)
+    caplog.set_level(logging.INFO, logger="edge_agent.managed")
+    agent = await fleet.start_agent(fleet.config(node, kubeconfig, site=SITE, runtime_mode="external"))
+    await eventually(lambda: agent.managed._outage.failures >= 3, what="a few refused passes")
+    await eventually(lambda: _has_error(fleet, node, "403"), what="the refusal on the hub")
+    lines = [r.getMessage() for r in caplog.records if r.name == "edge_agent.managed" and r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and "RBAC" in lines[0], lines
+    assert await _gpus_on_hub(fleet, node)
+    assert agent.link.status.connected

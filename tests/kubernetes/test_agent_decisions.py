@@ -1,0 +1,117 @@
+"""The agent's Kubernetes decisions as pure functions: Node -> inventory,
+Placement -> Deployment and Service. No API server needed."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge_agent.inventory import Gpu, Inventory
+from edge_agent.managed import PlacementError, PlacementSpec, ServerSettings, owner_reference, render, server_name
+from edge_agent.node_watch import ERROR_LABEL, inventory_from_node
+from edge_agent.state import LocalObject
+from tests.kubernetes.agent_harness import GPU_LABELS, placement
+
+pytestmark = pytest.mark.kubernetes
+BASE = Inventory((), "config", "", "DE", "EU", {"rack": "r1"})
+MIB = 1024**2
+
+
+def node(labels: dict, allocatable: str | None = "2", **spec) -> dict:
+    return {
+        "metadata": {"name": "n", "labels": labels},
+        "spec": spec,
+        "status": {"allocatable": {"nvidia.com/gpu": allocatable} if allocatable is not None else {}},
+    }
+
+
+def test_gpus_from_labels_and_allocatable() -> None:
+    inv = inventory_from_node(node(GPU_LABELS), BASE)
+    assert inv.gpus == (Gpu("NVIDIA-L4", 23034 * MIB, 2),)
+    assert (inv.source, inv.region, inv.country, inv.jurisdiction) == ("kubernetes", "eu-west", "DE", "EU")
+    assert inv.labels == {"rack": "r1", "topology.kubernetes.io/region": "eu-west", "topology.kubernetes.io/zone": "eu-west-a"}
+    # Allocatable wins (an unhealthy GPU is not offered), and the gap is noted.
+    inv = inventory_from_node(node(GPU_LABELS, "1"), BASE)
+    assert inv.gpus[0].count == 1 and inv.labels["fleet.edge/gpus-unallocatable"] == "1"
+    # The config's region is the fleet's vocabulary and wins over the cloud's.
+    assert inventory_from_node(node(GPU_LABELS), Inventory((), "config", "eu-central")).region == "eu-central"
+
+
+@pytest.mark.parametrize(
+    ("labels", "allocatable", "error"),
+    [
+        ({**GPU_LABELS, "nvidia.com/gpu.memory": "abc"}, "2", "nvidia.com/gpu.memory 'abc' is not a number"),
+        ({**GPU_LABELS, "nvidia.com/gpu.memory": "0"}, "2", "nvidia.com/gpu.memory '0' is not a memory size"),
+        ({k: v for k, v in GPU_LABELS.items() if k != "nvidia.com/gpu.memory"}, "2", "nvidia.com/gpu.memory label is missing"),
+        ({k: v for k, v in GPU_LABELS.items() if k != "nvidia.com/gpu.product"}, "2", "nvidia.com/gpu.product label is missing"),
+        ({**GPU_LABELS, "nvidia.com/gpu.count": "-1"}, None, "nvidia.com/gpu.count '-1' is negative"),
+        ({k: v for k, v in GPU_LABELS.items() if k != "nvidia.com/gpu.count"}, None, "no GPU count"),
+        (GPU_LABELS, "lots", "allocatable nvidia.com/gpu 'lots' is not a number"),
+        ({}, None, "is NVIDIA GPU feature discovery running?"),
+    ],
+)
+def test_bad_labels_are_reported_never_guessed(labels: dict, allocatable: str | None, error: str) -> None:
+    inv = inventory_from_node(node(labels, allocatable), BASE)
+    assert inv.gpus == ()
+    assert error in inv.labels[ERROR_LABEL]
+
+
+def test_cordon_taint_and_deleted_node() -> None:
+    assert inventory_from_node(node(GPU_LABELS, unschedulable=True), BASE).unschedulable
+    taint = [{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]
+    assert inventory_from_node(node(GPU_LABELS, taints=taint), BASE).unschedulable
+    assert not inventory_from_node(node(GPU_LABELS), BASE).unschedulable
+    gone = inventory_from_node(None, BASE, "n")
+    assert gone.unschedulable and gone.gpus == () and "does not exist" in gone.labels[ERROR_LABEL]
+
+
+SETTINGS = ServerSettings("ns", "fra-1", "gpu-node-1", "vllm/vllm-openai:v0.11.0")
+
+
+def obj(spec: dict, version: int = 3) -> LocalObject:
+    # Numbers arrive as floats from protobuf Structs.
+    return LocalObject("6f1c2c1e-9d7a-4a51-8d0a-0123456789ab", "Placement", "assistant-eu-0", version,
+                       {k: float(v) if isinstance(v, int) else v for k, v in spec.items()})
+
+
+def test_render_pins_to_the_node_with_the_gpu_request() -> None:
+    o = obj(placement("gpu-node-1", "Assistant EU/long name " * 3, replicas=2, gpus=2, site="fra-1"))
+    spec = PlacementSpec.from_object(o, "gpu-node-1")
+    dep, svc = render(o, spec, SETTINGS, {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "a", "uid": "u"})
+    name = server_name(o, spec)
+    assert len(name) <= 63 and name[0].isalpha() and name == name.lower() and dep["metadata"]["name"] == svc["metadata"]["name"] == name
+    assert dep["spec"]["replicas"] == 2 and isinstance(dep["spec"]["replicas"], int)
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    assert c["args"][c["args"].index("--tensor-parallel-size") + 1] == "2"
+    term = dep["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["nodeSelectorTerms"][0]["matchFields"] == [{"key": "metadata.name", "operator": "In", "values": ["gpu-node-1"]}]
+    assert dep["metadata"]["labels"]["fleet.edge/placement"] == o.id
+    assert dep["metadata"]["ownerReferences"][0]["kind"] == "DaemonSet"
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"] == {"fleet.edge/placement": o.id}
+    shared = obj(placement("gpu-node-1", gpuShare=0.5, site="fra-1"))
+    dep, _ = render(shared, PlacementSpec.from_object(shared, "gpu-node-1"), SETTINGS, None)
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--gpu-memory-utilization") + 1] == "0.45" and "ownerReferences" not in dep["metadata"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"gpusPerReplica": 0}, "spec.gpusPerReplica 0"),
+        ({"replicas": 1.5}, "spec.replicas 1.5 must be a whole number"),
+        ({"node": "elsewhere"}, "is for node 'elsewhere'"),
+        ({"model": ""}, "spec.model is missing"),
+        ({"gpuShare": 1.5}, "spec.gpuShare 1.5"),
+    ],
+)
+def test_placements_this_node_cannot_serve_are_refused(change: dict, message: str) -> None:
+    with pytest.raises(PlacementError) as err:
+        PlacementSpec.from_object(obj({**placement("gpu-node-1"), **change}), "gpu-node-1")
+    assert message in str(err.value)
+
+
+def test_owner_is_the_pods_controller() -> None:
+    ds = {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "edge-fleet-agent", "uid": "d1", "controller": True}
+    pod = {"metadata": {"name": "p", "uid": "p1", "ownerReferences": [ds]}}
+    assert owner_reference(pod) == {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "edge-fleet-agent", "uid": "d1"}
+    assert owner_reference({"metadata": {"name": "p", "uid": "p1"}})["kind"] == "Pod"
