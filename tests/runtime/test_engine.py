@@ -33,22 +33,22 @@ def make_engine(tiny_dir: Path, tiny_model: LlamaModel):  # noqa: ANN201
         e.shutdown()
 
 
-@pytest.fixture
-def solo(make_engine):  # noqa: ANN001, ANN201
-    """Greedy output of each prompt run entirely alone."""
+@pytest.fixture(scope="module")
+def solo(tiny_model: LlamaModel, tiny_dir: Path) -> dict[str, list[int]]:
+    """Greedy output of each prompt decoded alone, by the plain loop that
+    test_model.py proves equal to transformers' generate."""
+    from tokenizers import Tokenizer
+
+    from tests.runtime.test_model import greedy
+
+    tok = Tokenizer.from_file(str(tiny_dir / "tokenizer.json"))
+    return {p: greedy(tiny_model, tok.encode(p).ids, GREEDY.max_tokens) for p in PROMPTS}
+
+
+def test_engine_alone_matches_reference(make_engine, solo) -> None:  # noqa: ANN001
     eng = make_engine(max_batch=1).start()
-    return {p: eng.submit(p, GREEDY).result(30).token_ids for p in PROMPTS}
-
-
-def test_hf_greedy_through_the_engine(make_engine, hf_tiny) -> None:  # noqa: ANN001
-    import torch
-
-    eng = make_engine(max_batch=4).start()
     for p in PROMPTS[:2]:
-        ids = eng.tokenizer.encode(p).ids
-        ref = hf_tiny.generate(torch.tensor([ids]), max_new_tokens=24, min_new_tokens=24, do_sample=False,
-                               pad_token_id=3)[0, len(ids):].tolist()
-        assert eng.submit(p, GREEDY).result(30).token_ids == ref
+        assert eng.submit(p, GREEDY).result(30).token_ids == solo[p]
 
 
 def test_requests_joining_mid_batch_match_running_alone(make_engine, solo) -> None:  # noqa: ANN001
