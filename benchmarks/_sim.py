@@ -471,6 +471,13 @@ class SimFleet:
                 # (older unacked ones are resent by each agent after a reconnect)
                 await asyncio.gather(*(a.flush_outbox(starts[a.i]) for a in self.agents if a.resynced),
                                      return_exceptions=True)
+            elif m[0] == "prepare":
+                # fill the outboxes without sending (so building messages is not timed)
+                for a in self.agents:
+                    a.add_reports(m[1])
+                send(("prepared", []))
+            elif m[0] == "flush":
+                await asyncio.gather(*(a.flush_outbox() for a in self.agents if a.resynced), return_exceptions=True)
             elif m[0] == "results":
                 oid, version = m[1], m[2]
                 send(("results", [a.acks.get((oid, version)) for a in self.agents]))

@@ -85,8 +85,9 @@ def via_grpc(url: str | None, data_dir: Path, records: int, batch: int, agents: 
         if not fleet.wait_until(lambda s: s["resynced"] >= agents, 120, what="for agents"):
             raise SystemExit("agents did not connect")
         per = records // agents
+        fleet.ask(("prepare", per), "prepared", timeout=600)
         t0 = time.perf_counter()
-        fleet.broadcast("reports", per)
+        fleet.broadcast("flush")
         ok = fleet.wait_until(lambda s: s["reports_created"] >= per * agents and s["outbox"] == 0, 600,
                               what="for report acks")
         dt = time.perf_counter() - t0
