@@ -105,23 +105,28 @@ class OutageLog:
         self.what = what
         self.condition: str | None = None
         self.failures = 0
+        self._seen: list[str] = []  # conditions already logged in this outage
 
     def failed(self, exc: KubeError, consequence: str) -> bool:
-        """Record a failure; True (and one WARNING) when it is a new condition."""
+        """Record a failure; True (and one WARNING) the first time a condition shows in this outage
+        (a restarting server flips between refused and slow: two lines at most, not one per flip)."""
         self.failures += 1
-        if exc.condition == self.condition:
+        self.condition = exc.condition
+        if exc.condition in self._seen:
             self.logger.debug("%s: still failing (%d): %s", self.what, self.failures, exc)
             return False
-        self.condition = exc.condition
-        self.failures = 1
+        self._seen.append(exc.condition)
         self.logger.warning("%s: %s (%s); %s", self.what, exc.summary, exc, consequence)
         return True
 
     def ok(self) -> None:
-        if self.condition is not None:
-            self.logger.warning("%s: recovered after %d failed attempts (%s)", self.what, self.failures, self.condition)
+        if self._seen:
+            self.logger.warning(
+                "%s: recovered after %d failed attempts (%s)", self.what, self.failures, ", ".join(self._seen)
+            )
             self.condition = None
             self.failures = 0
+            self._seen = []
 
 
 class WatchStream:

@@ -128,12 +128,17 @@ class Fleet:
                 self.agents.remove(entry)
 
     async def close(self) -> None:
-        for agent, _, _ in list(self.agents):
-            await self.stop_agent(agent)
-        if self.channel is not None:
-            await self.channel.close()
-        if self.hub is not None:
-            await self.hub.stop(grace=0.2)
+        try:
+            for agent, _, task in list(self.agents):
+                try:
+                    await self.stop_agent(agent)
+                except Exception:  # noqa: BLE001 - teardown stops everything it can
+                    task.cancel()
+        finally:
+            if self.channel is not None:
+                await self.channel.close()
+            if self.hub is not None:
+                await self.hub.stop(grace=0.2)
 
     # -- admin ------------------------------------------------------------
 

@@ -115,3 +115,17 @@ def test_owner_is_the_pods_controller() -> None:
     pod = {"metadata": {"name": "p", "uid": "p1", "ownerReferences": [ds]}}
     assert owner_reference(pod) == {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "edge-fleet-agent", "uid": "d1"}
     assert owner_reference({"metadata": {"name": "p", "uid": "p1"}})["kind"] == "Pod"
+
+
+def test_only_the_adapter_imports_the_kubernetes_client() -> None:
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "edge_agent"
+    offenders = []
+    for path in root.rglob("*.py"):
+        for n in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in n.names] if isinstance(n, ast.Import) else [n.module or ""] if isinstance(n, ast.ImportFrom) else []
+            if any(m == "kubernetes" or m.startswith("kubernetes.") for m in names) and path.name != "kube.py":
+                offenders.append(str(path.relative_to(root)))
+    assert not offenders, f"only edge_agent/kube.py may import the kubernetes client: {offenders}"

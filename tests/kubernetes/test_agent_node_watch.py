@@ -111,10 +111,10 @@ async def test_watch_survives_api_server_restart(
     print(f"cordon after API-server restart seen by the hub in {time.monotonic() - t0:.2f}s")
     assert watch.relists > relists, "expected a relist (410 Gone from the fresh watch cache, or a broken watch)"
     warnings = [r.getMessage() for r in caplog.records if r.name == "edge_agent.node_watch" and r.levelno >= logging.WARNING]
-    # One line when the outage began, one when it ended; none per retry (the cordon line aside).
+    # One line per condition (refused; maybe slow while it starts), one when it ended; none per retry.
     outage = [w for w in warnings if "cordoned" not in w]
-    assert len(outage) == 2, outage
-    assert any("unreachable" in w for w in outage) and any("recovered" in w for w in outage), outage
+    assert 2 <= len(outage) <= 3, outage
+    assert "unreachable" in outage[0] and "recovered" in outage[-1] and sum("recovered" in w for w in outage) == 1, outage
 
 
 async def _all_connected(fleet: Fleet, agents: dict) -> dict | None:
