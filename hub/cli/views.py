@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from google.protobuf import json_format
 
 from hub.cli.errors import CliError
@@ -26,7 +28,7 @@ def node_row(n: admin_pb2.NodeView) -> dict:
         "node": n.node,
         "phase": PHASE[n.phase],
         "lastSeen": n.last_seen.ToDatetime().isoformat() + "Z",
-        "age": age(n.last_seen.ToDatetime(tzinfo=__import__("datetime").UTC)),
+        "age": age(n.last_seen.ToDatetime(tzinfo=UTC)),
         "connected": n.connected,
         "gpus": _gpus(n.inventory),
         "region": n.inventory.region,
@@ -47,7 +49,7 @@ def site_row(s: admin_pb2.SiteView) -> dict:
         "site": s.site,
         "phase": PHASE[s.phase],
         "lastSeen": s.last_seen.ToDatetime().isoformat() + "Z",
-        "age": age(s.last_seen.ToDatetime(tzinfo=__import__("datetime").UTC)),
+        "age": age(s.last_seen.ToDatetime(tzinfo=UTC)),
         "nodes": f"{s.nodes_connected}/{s.nodes}",
         "gpus": s.gpus,
         "region": s.region,
