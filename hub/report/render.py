@@ -195,6 +195,17 @@ def _fmt_num(x: float) -> str:
     return f"{x:.3g}"
 
 
+def nice_ticks(vmax: float, target: int = 5) -> list[float]:
+    """Round axis ticks from 0 covering ``vmax``: steps of 1, 2, 2.5 or 5 times a power of ten."""
+    if not vmax > 0 or not math.isfinite(vmax):
+        return [0.0, 1.0]
+    raw = vmax / (target - 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    n = math.ceil(vmax / step - 1e-9)
+    return [round(i * step, 12) for i in range(n + 1)]
+
+
 class _Ids:
     """Unique element ids within one page (for aria-labelledby)."""
 
@@ -295,11 +306,12 @@ def _bar_chart(ids: _Ids, bars: Sequence[tuple[str, Optional[float]]], title: st
     bars = [(label, v) for label, v in bars if v is not None]
     if not bars:
         return f'<p class="empty">{escape(title)}: no data in this report.</p>'
-    label_w, right, top, bar_h, gap = 170, 90, 30, 22, 8
+    label_w, right, top, bar_h, gap = 170, 130, 46, 22, 8
     width = 720
     height = top + len(bars) * (bar_h + gap) + 50
     pw = width - label_w - right
-    vmax = max([v for _, v in bars] + ([ref[0]] if ref else [])) or 1.0
+    ticks = nice_ticks(max([v for _, v in bars] + ([ref[0]] if ref else [])))
+    vmax = ticks[-1]
 
     def px(v: float) -> float:
         return label_w + v / vmax * pw
@@ -322,13 +334,12 @@ def _bar_chart(ids: _Ids, bars: Sequence[tuple[str, Optional[float]]], title: st
                      f'<text x="{px(v) + 6:.1f}" y="{y + bar_h * 0.7:.1f}">{escape(fmt(v) + mark)}</text>')
     axis_y = top + len(bars) * (bar_h + gap)
     parts.append(f'<line x1="{label_w}" y1="{axis_y}" x2="{label_w + pw}" y2="{axis_y}" stroke="#888"/>')
-    for k in range(5):
-        v = vmax * k / 4
+    for v in ticks:
         parts.append(f'<text x="{px(v):.1f}" y="{axis_y + 16}" text-anchor="middle">{escape(fmt(v))}</text>')
     if ref:
         x = px(ref[0])
         parts.append(f'<line x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{axis_y}" stroke="#000" '
-                     f'stroke-width="2" stroke-dasharray="6 3"/><text x="{x + 4:.1f}" y="{top - 8}">'
+                     f'stroke-width="2" stroke-dasharray="6 3"/><text x="{x + 4:.1f}" y="{top - 10}">'
                      f'{escape(ref[1])} {escape(fmt(ref[0]))}</text>')
     parts.append(f'<text x="{label_w + pw / 2}" y="{height - 8}" text-anchor="middle">{escape(axis)}</text>')
     parts.append("</svg>")
