@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import re
 from datetime import UTC, datetime
 
 import grpc
 
-from hub import convert
+from google.protobuf.struct_pb2 import Struct
+
+from hub import convert, revisions
+from hub.policy import Bundle, PolicyError
 from hub.store import Store
-from hub.store.repo import NodeRecord, ObjectRecord
+from hub.store.repo import NodeRecord, ObjectRecord, RevisionRecord, StaleRevision
 from hub.sync import LivenessPolicy, Phase, Progress, phase, progress
 from protos.fleet.v1 import admin_pb2, admin_pb2_grpc
 
@@ -173,3 +177,79 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 )
             )
         return admin_pb2.ReportStatsResponse(agents=agents, total_reports=sum(a.reports for a in agents))
+
+    # -- revisions ----------------------------------------------------------
+
+    async def Apply(self, request, context):  # noqa: N802
+        if request.solver not in ("", "auto", "greedy", "exact"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"solver {request.solver!r}: use auto, greedy or exact")
+        try:
+            bundle = Bundle.from_json(request.bundle_json)
+        except PolicyError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the bundle is invalid; nothing changed:\n"
+                                + "\n".join(str(p) for p in exc.problems))
+        base = request.base_revision if request.HasField("base_revision") else None
+        try:
+            out = await revisions.apply_bundle(
+                self.store, bundle, author=request.author or "unknown", message=request.message, base=base,
+                now=datetime.now(UTC), dry_run=request.dry_run, solver=request.solver or "auto",
+            )
+        except StaleRevision as exc:
+            await context.abort(grpc.StatusCode.ABORTED, _stale(exc))
+        if out.published is not None:
+            self.on_change()
+            log.info("revision %d applied by %s: %d objects published, %d deleted", out.revision.number,
+                     out.revision.author, len(out.published.upserted), len(out.published.deleted))
+        return _apply_response(out)
+
+    async def Rollback(self, request, context):  # noqa: N802
+        base = request.base_revision if request.HasField("base_revision") else None
+        try:
+            out = await revisions.rollback(self.store, request.to, author=request.author or "unknown",
+                                           message=request.message, base=base, now=datetime.now(UTC))
+        except LookupError:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"revision {request.to} does not exist; `fleet get revisions` lists them")
+        except StaleRevision as exc:
+            await context.abort(grpc.StatusCode.ABORTED, _stale(exc))
+        self.on_change()
+        log.info("revision %d restores revision %d (by %s)", out.revision.number, request.to, out.revision.author)
+        return _apply_response(out)
+
+    async def GetRevision(self, request, context):  # noqa: N802
+        rev = await self.store.get_revision(request.number or None)
+        if rev is None:
+            what = f"revision {request.number} does not exist" if request.number else "no revision has been applied yet"
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"{what}; `fleet apply -f DIR` creates one")
+        return revision_proto(rev, full=True)
+
+    async def ListRevisions(self, request, context):  # noqa: N802
+        revs = await self.store.list_revisions(request.limit or 50)
+        return admin_pb2.ListRevisionsResponse(revisions=[revision_proto(r, full=False) for r in revs])
+
+
+def _stale(exc: StaleRevision) -> str:
+    return (f"revision {exc.actual} was applied while this request was based on revision {exc.expected}; "
+            "nothing changed. Review `fleet diff` and apply again")
+
+
+def revision_proto(r: RevisionRecord, *, full: bool) -> admin_pb2.Revision:
+    summary = Struct()
+    summary.update(r.summary)
+    return admin_pb2.Revision(
+        number=r.number, author=r.author, message=r.message, created_at=convert.ts(r.created_at), digest=r.digest,
+        bundle_json=r.bundle if full else "", placement_json=json.dumps(r.placement) if full else "",
+        summary=summary, rollback_of=r.rollback_of or 0,
+    )
+
+
+def _apply_response(out: revisions.ApplyOutcome) -> admin_pb2.ApplyResponse:
+    plan = Struct()
+    plan.update(out.plan.to_dict())
+    p = out.published
+    return admin_pb2.ApplyResponse(
+        revision=revision_proto(out.revision, full=False) if out.revision else None,
+        diff=out.plan.lines(), bundle_diff=out.bundle_diff, plan=plan, unchanged=out.unchanged,
+        objects_published=len(p.upserted) if p else 0, objects_deleted=len(p.deleted) if p else 0,
+        objects_unchanged=p.unchanged if p else 0,
+    )

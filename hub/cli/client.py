@@ -106,4 +106,10 @@ def rpc_error(exc: grpc.RpcError, t: Target) -> CliError:
         return CliError(f"the hub refused the admin token: {details}", "use the token from the hub's data dir (admin.token)")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return CliError(f"the hub at {t.hub} did not answer in time", "check the hub's log; retry")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return CliError(details, "fix the input and run the command again", code=2)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return CliError(details, "")
+    if code == grpc.StatusCode.ABORTED:
+        return CliError(details, "fleet get revisions")
     return CliError(f"{code.name}: {details}", "")

@@ -14,7 +14,7 @@ import sys
 
 from google.protobuf.struct_pb2 import Struct
 
-from hub.cli import certs_cmd, views
+from hub.cli import certs_cmd, policy_cmd, views
 from hub.cli.client import Admin, resolve
 from hub.cli.errors import CliError
 from hub.cli.output import FORMATS
@@ -57,8 +57,8 @@ def parser() -> argparse.ArgumentParser:
             c.add_argument("--site", required=True)
             c.add_argument("--node", required=True)
 
-    get = sub.add_parser("get", help="list sites, nodes or desired objects")
-    get.add_argument("what", choices=["sites", "nodes", "objects"])
+    get = sub.add_parser("get", help="list sites, nodes, desired objects or policy revisions")
+    get.add_argument("what", choices=["sites", "nodes", "objects", "revisions"])
     get.add_argument("--site", default="", help="only this site (nodes)")
     get.add_argument("--kind", default="", help="only this kind (objects)")
     _client_flags(get)
@@ -80,6 +80,36 @@ def parser() -> argparse.ArgumentParser:
     rm.add_argument("kind")
     rm.add_argument("name")
     _client_flags(rm)
+
+    def bundle_flags(c: argparse.ArgumentParser) -> None:
+        c.add_argument("-f", "--filename", action="append", required=True, metavar="PATH",
+                       help="YAML file or directory of fleet resources (repeatable)")
+        c.add_argument("--solver", choices=["auto", "greedy", "exact"], default="auto",
+                       help="placement solver (default auto: exact on small fleets, fast on large)")
+        _client_flags(c)
+
+    pl = sub.add_parser("plan", help="dry run: what applying these files would change (nothing is stored)")
+    bundle_flags(pl)
+    ap = sub.add_parser("apply", help="validate, plan and store the files as a new revision, and publish placements")
+    bundle_flags(ap)
+    for c in (ap,):
+        c.add_argument("-m", "--message", default="", help="why (kept with the revision)")
+    rb = sub.add_parser("rollback", help="restore an earlier revision's bundle and placement as a new revision")
+    rb.add_argument("revision", type=int)
+    rb.add_argument("-m", "--message", default="")
+    _client_flags(rb)
+    for c in (ap, rb):
+        c.add_argument("--author", default="", help="who (default USER@HOST)")
+        c.add_argument("--base-revision", type=int, help="refuse unless this is still the latest revision")
+    df = sub.add_parser("diff", help="resource and placement changes between two revisions")
+    df.add_argument("rev1", type=int)
+    df.add_argument("rev2", type=int, nargs="?", default=0, help="default: the latest")
+    _client_flags(df)
+    ex = sub.add_parser("explain", help="why a service is placed where it is, site by site")
+    ex.add_argument("what", choices=["service"])
+    ex.add_argument("name")
+    ex.add_argument("--revision", type=int, default=0, help="default: the latest")
+    _client_flags(ex)
 
     demo = sub.add_parser("demo", help="a hub and four edge sites on this machine, end to end")
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -111,8 +141,16 @@ def dispatch(args) -> int:
         from hub.cli.demo import run_demo
 
         return run_demo(args)
+    if args.cmd in ("plan", "apply"):
+        args.bundle = policy_cmd.load(args.filename)  # bad files: exit 2 before any connection
     admin = Admin(resolve(args.hub, args.token, args.ca))
     try:
+        if args.cmd == "get" and args.what == "revisions":
+            return policy_cmd.get_revisions(admin, args.output)
+        if args.cmd in ("plan", "apply", "rollback", "diff", "explain"):
+            run = {"plan": policy_cmd.plan, "apply": policy_cmd.apply, "rollback": policy_cmd.rollback,
+                   "diff": policy_cmd.diff_revisions, "explain": policy_cmd.explain_service}[args.cmd]
+            return run(admin, args)
         if args.cmd == "get":
             return views.get(admin, args.what, args.output, site=args.site, kind=args.kind)
         if args.cmd == "describe":

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.store import tables as t
@@ -77,6 +78,49 @@ class IncomingReport:
 
 
 @dataclass(frozen=True, slots=True)
+class DesiredPut:
+    """A desired object to publish: what `put_object` and revisions write."""
+
+    kind: str
+    name: str
+    spec: dict
+    target_site: str = ""
+    target_node: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionRecord:
+    number: int
+    author: str
+    message: str
+    created_at: datetime
+    digest: str
+    bundle: str
+    placement: dict
+    summary: dict
+    rollback_of: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What storing a revision changed among the desired objects."""
+
+    revision: RevisionRecord
+    upserted: tuple[ObjectRecord, ...]
+    deleted: tuple[ObjectRecord, ...]
+    unchanged: int
+
+
+class StaleRevision(Exception):
+    """Another revision landed between reading the base and writing the new one."""
+
+    def __init__(self, expected: int, actual: int) -> None:
+        super().__init__(f"expected revision {expected} to be the latest, found {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+@dataclass(frozen=True, slots=True)
 class StoredReports:
     """Outcome of storing one batch: which seqs are new and which were seen before."""
 
@@ -119,6 +163,14 @@ def _object(row: t.DesiredObject) -> ObjectRecord:
         target_node=row.target_node,
         deleted=row.deleted,
         updated_at=utc(row.updated_at),
+    )
+
+
+def _revision(row: t.Revision) -> RevisionRecord:
+    return RevisionRecord(
+        number=row.number, author=row.author, message=row.message, created_at=utc(row.created_at),
+        digest=row.digest, bundle=row.bundle, placement=dict(row.placement or {}), summary=dict(row.summary or {}),
+        rollback_of=row.rollback_of,
     )
 
 
@@ -237,21 +289,26 @@ class Store:
     ) -> ObjectRecord:
         """Create or replace (kind, name) with a new version."""
         async with self.db.sessions.begin() as s:
-            version = await self._next_version(s)
-            row = (
-                await s.execute(select(t.DesiredObject).where(t.DesiredObject.kind == kind, t.DesiredObject.name == name))
-            ).scalar_one_or_none()
-            if row is None:
-                row = t.DesiredObject(id=str(uuid.uuid4()), kind=kind, name=name)
-                s.add(row)
-            row.version = version
-            row.spec = spec
-            row.target_site = target_site
-            row.target_node = target_node
-            row.deleted = False
-            row.updated_at = now
-            await s.flush()
-            return _object(row)
+            return await self._upsert(s, DesiredPut(kind, name, spec, target_site, target_node), now)
+
+    async def _upsert(self, s: AsyncSession, put: DesiredPut, now: datetime) -> ObjectRecord:
+        version = await self._next_version(s)
+        row = (
+            await s.execute(
+                select(t.DesiredObject).where(t.DesiredObject.kind == put.kind, t.DesiredObject.name == put.name)
+            )
+        ).scalar_one_or_none()
+        if row is None:
+            row = t.DesiredObject(id=str(uuid.uuid4()), kind=put.kind, name=put.name)
+            s.add(row)
+        row.version = version
+        row.spec = put.spec
+        row.target_site = put.target_site
+        row.target_node = put.target_node
+        row.deleted = False
+        row.updated_at = now
+        await s.flush()
+        return _object(row)
 
     async def delete_object(self, kind: str, name: str, *, now: datetime) -> ObjectRecord | None:
         """Tombstone (kind, name); None if it does not exist."""
@@ -297,6 +354,95 @@ class Store:
         async with self.db.sessions() as s:
             q = select(t.DesiredObject).where(t.DesiredObject.version > version).order_by(t.DesiredObject.version)
             return [_object(r) for r in (await s.execute(q)).scalars()]
+
+    # -- revisions ----------------------------------------------------------
+
+    async def add_revision(
+        self,
+        *,
+        author: str,
+        message: str,
+        digest: str,
+        bundle: str,
+        placement: dict,
+        summary: dict,
+        objects: Sequence[DesiredPut],
+        managed_kinds: Iterable[str],
+        base: int,
+        now: datetime,
+        rollback_of: int | None = None,
+    ) -> Published:
+        """Store revision ``base + 1`` and publish its objects, all in one transaction.
+
+        ``objects`` is the complete desired set for ``managed_kinds``: objects of
+        those kinds missing from it are tombstoned, identical ones keep their
+        version (agents see no churn), the rest get new versions. Raises
+        `StaleRevision` when ``base`` is not the latest revision any more; the
+        primary key on ``number`` settles a race between two hub processes.
+        """
+        kinds = set(managed_kinds)
+        try:
+            return await self._add_revision(kinds, base, objects, now, dict(
+                author=author, message=message, digest=digest, bundle=bundle, placement=placement, summary=summary,
+                rollback_of=rollback_of))
+        except IntegrityError:
+            # Two writers read the same base; the primary key let one through.
+            latest = await self.get_revision()
+            raise StaleRevision(base, latest.number if latest else 0) from None
+
+    async def _add_revision(
+        self, kinds: set[str], base: int, objects: Sequence[DesiredPut], now: datetime, fields: dict
+    ) -> Published:
+        async with self.db.sessions.begin() as s:
+            stray = sorted({p.kind for p in objects} - kinds)
+            if stray:
+                raise ValueError(f"a revision may only publish {sorted(kinds)}, not {stray}")
+            latest = int((await s.execute(select(func.max(t.Revision.number)))).scalar_one_or_none() or 0)
+            if latest != base:
+                raise StaleRevision(base, latest)
+            row = t.Revision(number=base + 1, created_at=now, **fields)
+            s.add(row)
+            await s.flush()
+            existing = {
+                (r.kind, r.name): r
+                for r in (
+                    await s.execute(select(t.DesiredObject).where(t.DesiredObject.kind.in_(kinds)))
+                ).scalars()
+            }
+            wanted = {(p.kind, p.name): p for p in objects}
+            upserted, deleted, unchanged = [], [], 0
+            for key, put in sorted(wanted.items()):
+                row_ = existing.get(key)
+                if (
+                    row_ is not None and not row_.deleted and row_.spec == put.spec
+                    and row_.target_site == put.target_site and row_.target_node == put.target_node
+                ):
+                    unchanged += 1
+                    continue
+                upserted.append(await self._upsert(s, put, now))
+            for key, row_ in sorted(existing.items()):
+                if key in wanted or row_.deleted:
+                    continue
+                row_.version = await self._next_version(s)
+                row_.deleted = True
+                row_.updated_at = now
+                await s.flush()
+                deleted.append(_object(row_))
+            return Published(_revision(row), tuple(upserted), tuple(deleted), unchanged)
+
+    async def get_revision(self, number: int | None = None) -> RevisionRecord | None:
+        """Revision ``number``, or the latest when None; None if there is none."""
+        async with self.db.sessions() as s:
+            q = select(t.Revision)
+            q = q.where(t.Revision.number == number) if number is not None else q.order_by(t.Revision.number.desc()).limit(1)
+            row = (await s.execute(q)).scalar_one_or_none()
+            return _revision(row) if row else None
+
+    async def list_revisions(self, limit: int = 50) -> list[RevisionRecord]:
+        """Newest first."""
+        async with self.db.sessions() as s:
+            q = select(t.Revision).order_by(t.Revision.number.desc()).limit(limit)
+            return [_revision(r) for r in (await s.execute(q)).scalars()]
 
     # -- applied ------------------------------------------------------------
 

@@ -98,3 +98,25 @@ class Report(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     payload: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+
+
+class Revision(Base):
+    """One `fleet apply` (or rollback): the whole policy bundle and the placement it produced.
+
+    Append-only; the highest number is what the fleet should run. Publishing the
+    placement's desired objects happens in the same transaction as the insert.
+    """
+
+    __tablename__ = "revisions"
+    number: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    author: Mapped[str] = mapped_column(String(253), nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    digest: Mapped[str] = mapped_column(String(64), nullable=False)
+    bundle: Mapped[str] = mapped_column(Text, nullable=False)
+    """Canonical bundle JSON (hub.policy.Bundle.to_json)."""
+    placement: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    summary: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    """Totals shown by `fleet get revisions`: replicas, GPUs, cost/h, carbon/h, SLO attainment."""
+    rollback_of: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """Set when this revision restores an earlier one."""

@@ -8,24 +8,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, func, inspect, select
 from sqlalchemy.pool import NullPool
 
-from hub.store import Database, Store
+from hub.store import Database
+from hub.store.db import alembic_config
 from hub.store import tables as t
 from hub.store.repo import IncomingReport
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def store(db_url):
-    db = Database(db_url)
-    db.migrate()
-    try:
-        yield Store(db)
-    finally:
-        await db.close()
 
 
 def _sync_engine(db: Database):
@@ -40,12 +32,13 @@ def test_migrations_idempotent_and_match_tables(db_url):
     try:
         with engine.connect() as conn:
             names = set(inspect(conn).get_table_names())
-            assert {"counters", "nodes", "desired_objects", "applied", "reports", "alembic_version"} <= names
+            assert {"counters", "nodes", "desired_objects", "applied", "reports", "revisions", "alembic_version"} <= names
             ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": False})
             diffs = compare_metadata(ctx, t.Base.metadata)
             assert diffs == [], f"migrations and hub/store/tables.py disagree: {diffs}"
             heads = conn.exec_driver_sql("SELECT version_num FROM alembic_version").fetchall()
-            assert heads == [("0001",)]
+            head = ScriptDirectory.from_config(alembic_config(db.sync_url)).get_current_head()
+            assert heads == [(head,)]
     finally:
         engine.dispose()
         asyncio.run(db.close())

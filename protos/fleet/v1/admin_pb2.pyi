@@ -192,3 +192,91 @@ class ReportStatsResponse(_message.Message):
     agents: _containers.RepeatedCompositeFieldContainer[AgentReportStats]
     total_reports: int
     def __init__(self, agents: _Optional[_Iterable[_Union[AgentReportStats, _Mapping]]] = ..., total_reports: _Optional[int] = ...) -> None: ...
+
+class Revision(_message.Message):
+    __slots__ = ("number", "author", "message", "created_at", "digest", "bundle_json", "placement_json", "summary", "rollback_of")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_JSON_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_JSON_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_OF_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    author: str
+    message: str
+    created_at: _timestamp_pb2.Timestamp
+    digest: str
+    bundle_json: str
+    placement_json: str
+    summary: _struct_pb2.Struct
+    rollback_of: int
+    def __init__(self, number: _Optional[int] = ..., author: _Optional[str] = ..., message: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., digest: _Optional[str] = ..., bundle_json: _Optional[str] = ..., placement_json: _Optional[str] = ..., summary: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., rollback_of: _Optional[int] = ...) -> None: ...
+
+class ApplyRequest(_message.Message):
+    __slots__ = ("bundle_json", "author", "message", "base_revision", "dry_run", "solver")
+    BUNDLE_JSON_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    BASE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    SOLVER_FIELD_NUMBER: _ClassVar[int]
+    bundle_json: str
+    author: str
+    message: str
+    base_revision: int
+    dry_run: bool
+    solver: str
+    def __init__(self, bundle_json: _Optional[str] = ..., author: _Optional[str] = ..., message: _Optional[str] = ..., base_revision: _Optional[int] = ..., dry_run: _Optional[bool] = ..., solver: _Optional[str] = ...) -> None: ...
+
+class ApplyResponse(_message.Message):
+    __slots__ = ("revision", "diff", "bundle_diff", "objects_published", "objects_deleted", "objects_unchanged", "unchanged", "plan")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    DIFF_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_DIFF_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    revision: Revision
+    diff: _containers.RepeatedScalarFieldContainer[str]
+    bundle_diff: _containers.RepeatedScalarFieldContainer[str]
+    objects_published: int
+    objects_deleted: int
+    objects_unchanged: int
+    unchanged: bool
+    plan: _struct_pb2.Struct
+    def __init__(self, revision: _Optional[_Union[Revision, _Mapping]] = ..., diff: _Optional[_Iterable[str]] = ..., bundle_diff: _Optional[_Iterable[str]] = ..., objects_published: _Optional[int] = ..., objects_deleted: _Optional[int] = ..., objects_unchanged: _Optional[int] = ..., unchanged: _Optional[bool] = ..., plan: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ("to", "author", "message", "base_revision")
+    TO_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    BASE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    to: int
+    author: str
+    message: str
+    base_revision: int
+    def __init__(self, to: _Optional[int] = ..., author: _Optional[str] = ..., message: _Optional[str] = ..., base_revision: _Optional[int] = ...) -> None: ...
+
+class GetRevisionRequest(_message.Message):
+    __slots__ = ("number",)
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    def __init__(self, number: _Optional[int] = ...) -> None: ...
+
+class ListRevisionsRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class ListRevisionsResponse(_message.Message):
+    __slots__ = ("revisions",)
+    REVISIONS_FIELD_NUMBER: _ClassVar[int]
+    revisions: _containers.RepeatedCompositeFieldContainer[Revision]
+    def __init__(self, revisions: _Optional[_Iterable[_Union[Revision, _Mapping]]] = ...) -> None: ...

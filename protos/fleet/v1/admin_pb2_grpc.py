@@ -64,6 +64,26 @@ class AdminStub:
                 request_serializer=protos_dot_fleet_dot_v1_dot_admin__pb2.ReportStatsRequest.SerializeToString,
                 response_deserializer=protos_dot_fleet_dot_v1_dot_admin__pb2.ReportStatsResponse.FromString,
                 _registered_method=True)
+        self.Apply = channel.unary_unary(
+                '/fleet.v1.Admin/Apply',
+                request_serializer=protos_dot_fleet_dot_v1_dot_admin__pb2.ApplyRequest.SerializeToString,
+                response_deserializer=protos_dot_fleet_dot_v1_dot_admin__pb2.ApplyResponse.FromString,
+                _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/fleet.v1.Admin/Rollback',
+                request_serializer=protos_dot_fleet_dot_v1_dot_admin__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=protos_dot_fleet_dot_v1_dot_admin__pb2.ApplyResponse.FromString,
+                _registered_method=True)
+        self.GetRevision = channel.unary_unary(
+                '/fleet.v1.Admin/GetRevision',
+                request_serializer=protos_dot_fleet_dot_v1_dot_admin__pb2.GetRevisionRequest.SerializeToString,
+                response_deserializer=protos_dot_fleet_dot_v1_dot_admin__pb2.Revision.FromString,
+                _registered_method=True)
+        self.ListRevisions = channel.unary_unary(
+                '/fleet.v1.Admin/ListRevisions',
+                request_serializer=protos_dot_fleet_dot_v1_dot_admin__pb2.ListRevisionsRequest.SerializeToString,
+                response_deserializer=protos_dot_fleet_dot_v1_dot_admin__pb2.ListRevisionsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -105,6 +125,31 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Apply(self, request, context):
+        """Policy revisions: `fleet apply`, `fleet get revisions`, `fleet diff`, `fleet rollback`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRevision(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRevisions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +182,26 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ReportStats,
                     request_deserializer=protos_dot_fleet_dot_v1_dot_admin__pb2.ReportStatsRequest.FromString,
                     response_serializer=protos_dot_fleet_dot_v1_dot_admin__pb2.ReportStatsResponse.SerializeToString,
+            ),
+            'Apply': grpc.unary_unary_rpc_method_handler(
+                    servicer.Apply,
+                    request_deserializer=protos_dot_fleet_dot_v1_dot_admin__pb2.ApplyRequest.FromString,
+                    response_serializer=protos_dot_fleet_dot_v1_dot_admin__pb2.ApplyResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=protos_dot_fleet_dot_v1_dot_admin__pb2.RollbackRequest.FromString,
+                    response_serializer=protos_dot_fleet_dot_v1_dot_admin__pb2.ApplyResponse.SerializeToString,
+            ),
+            'GetRevision': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRevision,
+                    request_deserializer=protos_dot_fleet_dot_v1_dot_admin__pb2.GetRevisionRequest.FromString,
+                    response_serializer=protos_dot_fleet_dot_v1_dot_admin__pb2.Revision.SerializeToString,
+            ),
+            'ListRevisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRevisions,
+                    request_deserializer=protos_dot_fleet_dot_v1_dot_admin__pb2.ListRevisionsRequest.FromString,
+                    response_serializer=protos_dot_fleet_dot_v1_dot_admin__pb2.ListRevisionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +366,114 @@ class Admin:
             '/fleet.v1.Admin/ReportStats',
             protos_dot_fleet_dot_v1_dot_admin__pb2.ReportStatsRequest.SerializeToString,
             protos_dot_fleet_dot_v1_dot_admin__pb2.ReportStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Apply(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.Admin/Apply',
+            protos_dot_fleet_dot_v1_dot_admin__pb2.ApplyRequest.SerializeToString,
+            protos_dot_fleet_dot_v1_dot_admin__pb2.ApplyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.Admin/Rollback',
+            protos_dot_fleet_dot_v1_dot_admin__pb2.RollbackRequest.SerializeToString,
+            protos_dot_fleet_dot_v1_dot_admin__pb2.ApplyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRevision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.Admin/GetRevision',
+            protos_dot_fleet_dot_v1_dot_admin__pb2.GetRevisionRequest.SerializeToString,
+            protos_dot_fleet_dot_v1_dot_admin__pb2.Revision.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRevisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.Admin/ListRevisions',
+            protos_dot_fleet_dot_v1_dot_admin__pb2.ListRevisionsRequest.SerializeToString,
+            protos_dot_fleet_dot_v1_dot_admin__pb2.ListRevisionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

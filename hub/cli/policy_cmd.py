@@ -1,0 +1,176 @@
+"""`fleet plan`, `apply`, `get revisions`, `diff`, `rollback` and `explain`.
+
+Bundles are validated here first, so a bad file is reported with its file and
+line and nothing is sent; the hub validates again and plans against its latest
+revision. `plan` is the hub's dry run of `apply`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+import sys
+from datetime import UTC
+
+from google.protobuf import json_format
+
+from hub.cli.client import Admin
+from hub.cli.errors import CliError
+from hub.cli.output import age, console, emit
+from hub.placement.api import explain
+from hub.placement.build import problem_from_bundle
+from hub.placement.diff import plan_diff
+from hub.placement.model import Placement
+from hub.policy import Bundle, PolicyError, diff, load_bundle
+from protos.fleet.v1 import admin_pb2
+
+
+def default_author() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def load(paths: list[str]) -> Bundle:
+    """The bundle in ``paths``, or exit 2 with one line per problem."""
+    try:
+        return load_bundle(paths)
+    except PolicyError as exc:
+        for p in exc.problems:
+            print(str(p), file=sys.stderr)
+        n = len(exc.problems)
+        raise CliError(f"{n} problem{'s' * (n != 1)} in {', '.join(paths)}; nothing was applied",
+                       "fix the lines above and run the command again", code=2) from None
+
+
+def _apply_request(bundle: Bundle, args, *, dry_run: bool) -> admin_pb2.ApplyRequest:
+    req = admin_pb2.ApplyRequest(bundle_json=bundle.to_json(), author=getattr(args, "author", "") or default_author(),
+                                 message=getattr(args, "message", "") or "", dry_run=dry_run, solver=args.solver)
+    if getattr(args, "base_revision", None) is not None:
+        req.base_revision = args.base_revision
+    return req
+
+
+def _print_outcome(resp: admin_pb2.ApplyResponse, fmt: str, *, header: str) -> None:
+    if fmt != "table":
+        emit([json_format.MessageToDict(resp, preserving_proto_field_name=False)], [], fmt)
+        return
+    out = console()
+    out.print(header)
+    if resp.bundle_diff:
+        out.print("resources:")
+        for line in resp.bundle_diff:
+            out.print(f"  {line}", markup=False)
+    out.print("placement:")
+    for line in resp.diff:
+        out.print(f"  {line}", markup=False)
+
+
+def plan(admin: Admin, args) -> int:
+    resp = admin.Apply(_apply_request(args.bundle, args, dry_run=True))
+    base = resp.revision.number if resp.HasField("revision") and resp.revision.number else 0
+    if resp.unchanged:
+        header = f"no change: the bundle and its placement equal revision {base}"
+    else:
+        header = f"plan against revision {base or '(none)'} (dry run: nothing stored; `fleet apply -f ...` commits it)"
+    _print_outcome(resp, args.output, header=header)
+    return 0
+
+
+def apply(admin: Admin, args) -> int:
+    resp = admin.Apply(_apply_request(args.bundle, args, dry_run=False))
+    r = resp.revision
+    if resp.unchanged:
+        header = f"unchanged: revision {r.number} already has this bundle and placement"
+    else:
+        header = (f"revision {r.number} applied by {r.author}: {resp.objects_published} objects published, "
+                  f"{resp.objects_deleted} removed, {resp.objects_unchanged} unchanged; "
+                  "watch agents apply them: fleet get objects --kind Placement")
+    _print_outcome(resp, args.output, header=header)
+    return 0
+
+
+def rollback(admin: Admin, args) -> int:
+    req = admin_pb2.RollbackRequest(to=args.revision, author=args.author or default_author(), message=args.message or "")
+    if args.base_revision is not None:
+        req.base_revision = args.base_revision
+    resp = admin.Rollback(req)
+    r = resp.revision
+    _print_outcome(resp, args.output, header=f"revision {r.number} restores revision {args.revision} "
+                                             f"({resp.objects_published} objects published, {resp.objects_deleted} removed)")
+    return 0
+
+
+def revision_row(r: admin_pb2.Revision) -> dict:
+    s = json_format.MessageToDict(r.summary)
+    created = r.created_at.ToDatetime(tzinfo=UTC)
+    return {
+        "revision": r.number, "author": r.author, "created": created.isoformat(), "age": age(created),
+        "message": r.message, "digest": r.digest[:12], "rollbackOf": r.rollback_of or None,
+        "replicas": int(s.get("replicas", 0)), "gpus": int(s.get("gpus", 0)),
+        "costUsdPerHour": s.get("costUsdPerHour"), "carbonKgPerHour": s.get("carbonKgPerHour"),
+        "sloAttainment": s.get("sloAttainment"), "unplaced": int(s.get("unplaced", 0)),
+    }
+
+
+def get_revisions(admin: Admin, fmt: str) -> int:
+    rows = [revision_row(r) for r in admin.ListRevisions(admin_pb2.ListRevisionsRequest()).revisions]
+    if not rows and fmt == "table":
+        print("no revisions yet; `fleet apply -f fleet_configs -f policies` creates the first")
+        return 0
+    emit(rows, [("REVISION", "revision"), ("AGE", "age"), ("AUTHOR", "author"), ("REPLICAS", "replicas"),
+                ("GPUS", "gpus"), ("USD/H", "costUsdPerHour"), ("KGCO2E/H", "carbonKgPerHour"),
+                ("SLO", "sloAttainment"), ("ROLLBACK-OF", "rollbackOf"), ("MESSAGE", "message")], fmt)
+    return 0
+
+
+def _revision(admin: Admin, number: int) -> tuple[admin_pb2.Revision, Bundle, Placement]:
+    r = admin.GetRevision(admin_pb2.GetRevisionRequest(number=number))
+    try:
+        bundle = Bundle.from_json(r.bundle_json)
+    except PolicyError as exc:  # written by a newer or older hub; say so rather than crash
+        raise CliError(f"revision {r.number} holds a bundle this CLI cannot read: {exc.problems[0]}",
+                       "use a `fleet` of the hub's version") from None
+    return r, bundle, Placement.from_spec(json.loads(r.placement_json or "{}"))
+
+
+def diff_revisions(admin: Admin, args) -> int:
+    a, bundle_a, place_a = _revision(admin, args.rev1)
+    b, bundle_b, place_b = _revision(admin, args.rev2 or 0)
+    resources = diff(bundle_a, bundle_b).lines()
+    placement = plan_diff(place_a, place_b, problem_from_bundle(bundle_b))
+    if args.output != "table":
+        emit([{"from": a.number, "to": b.number, "resources": resources, "placement": placement.to_dict()}], [], args.output)
+        return 0
+    out = console()
+    out.print(f"revision {a.number} -> {b.number}")
+    out.print("resources:" if resources else "resources: no change")
+    for line in resources:
+        out.print(f"  {line}", markup=False)
+    out.print("placement:")
+    for line in placement.lines():
+        out.print(f"  {line}", markup=False)
+    return 0
+
+
+def explain_service(admin: Admin, args) -> int:
+    r, bundle, placement = _revision(admin, args.revision or 0)
+    if args.name not in bundle.services:
+        known = ", ".join(sorted(bundle.services)) or "none"
+        raise CliError(f"revision {r.number} has no Service {args.name!r} (it has: {known})",
+                       "fleet get revisions; fleet explain service NAME --revision N")
+    explanations = explain(bundle, placement, args.name)
+    if args.output != "table":
+        emit([{"service": e.service, "region": e.region, "summary": e.summary,
+               "sites": [{"site": v.site, "status": v.status, "constraint": v.constraint, "reason": v.reason,
+                          "pool": v.pool} for v in e.sites]} for e in explanations], [], args.output)
+        return 0
+    out = console()
+    out.print(f"Service {args.name} at revision {r.number}:")
+    for e in explanations:
+        for line in e.lines():
+            out.print(f"  {line}", markup=False)
+    return 0

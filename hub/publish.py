@@ -1,0 +1,95 @@
+"""What a policy revision publishes to agents (pure: bundle + placement in, desired objects out).
+
+Three kinds of desired objects belong to revisions; `fleet apply` replaces the
+whole set of them at once:
+
+- ``Placement``, one per (site, node) that hosts replicas, targeted at that node
+  only, so each agent receives its own assignments and nothing else. Each
+  assignment carries what the agent enforces and measures against: the
+  service's priority class, data class and SLOs; the spec carries the node's
+  cost model (GPU price, board power, grid intensity) for cost and carbon per
+  request.
+- ``ResidencyPolicy``, one per policy, for every node: the agent checks each
+  request's data class against it at the door (fail-closed: a class without a
+  policy is refused). Jurisdiction containment is expanded here (a policy that
+  allows EEA lists EU too) so the agent needs only membership tests.
+- ``PriorityClass``, one per class, for every node.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from hub.placement.model import Placement
+from hub.policy.bundle import Bundle
+from hub.policy.vocab import COUNTRY_JURISDICTIONS, KNOWN_JURISDICTIONS
+from hub.store.repo import DesiredPut
+
+MANAGED_KINDS = ("Placement", "ResidencyPolicy", "PriorityClass")
+
+_COUNTRIES_OF: dict[str, frozenset[str]] = {
+    j: frozenset(c for c, js in COUNTRY_JURISDICTIONS.items() if j in js) for j in KNOWN_JURISDICTIONS
+}
+
+
+def expand_jurisdictions(names: Iterable[str]) -> list[str]:
+    """Every known jurisdiction wholly inside the union of ``names`` (EEA -> EEA, EU)."""
+    covered = frozenset().union(*(_COUNTRIES_OF.get(n, frozenset()) for n in names))
+    inside = {j for j, cs in _COUNTRIES_OF.items() if cs and cs <= covered}
+    return sorted(inside | set(names))
+
+
+def placement_object_name(site: str, node: str) -> str:
+    """A desired-object name for a node's placement (lower-case, dots and dashes only)."""
+    raw = node if node.startswith(site) else f"{site}.{node}"
+    return re.sub(r"[^a-z0-9.-]+", "-", raw.lower()).strip("-.") or "node"
+
+
+def desired_objects(bundle: Bundle, placement: Placement) -> list[DesiredPut]:
+    """The complete set of revision-managed objects for ``bundle`` placed as ``placement``."""
+    out: list[DesiredPut] = []
+    for (site, node), spec in placement.agent_specs().items():
+        site_spec = bundle.sites[site].spec
+        pools = {p.name: p for p in site_spec.gpu_pools}
+        for a in spec["assignments"]:
+            svc = bundle.services[a["service"]].spec
+            a["priorityClass"] = svc.priority_class
+            a["dataClass"] = svc.data_class
+            a["ttftSloS"] = svc.slo.ttft_p95
+            a["tpotSloS"] = svc.slo.tpot_p95
+            if svc.slo.e2e_p95 is not None:
+                a["e2eSloS"] = svc.slo.e2e_p95
+        pool = pools.get(spec["assignments"][0]["pool"]) if spec["assignments"] else None
+        spec["costModel"] = {
+            "gpuType": pool.gpu_type if pool else "",
+            "gpuPricePerHourUsd": pool.price if pool else 0.0,
+            "gpuPowerW": pool.power if pool else 0.0,
+            "gridGco2PerKwh": site_spec.grid_intensity,
+        }
+        spec["country"] = site_spec.country
+        out.append(DesiredPut("Placement", placement_object_name(site, node), spec, site, node))
+    for name, res in sorted(bundle.residency_policies.items()):
+        s = res.spec
+        out.append(DesiredPut("ResidencyPolicy", name, {
+            "dataClass": s.data_class,
+            "description": s.description,
+            "allow": {
+                "anywhere": s.allow.anywhere,
+                "jurisdictions": expand_jurisdictions(s.allow.jurisdictions),
+                "countries": sorted(s.allow.countries),
+                "sites": sorted(s.allow.sites),
+            },
+            "deny": {
+                "jurisdictions": expand_jurisdictions(s.deny.jurisdictions),
+                "countries": sorted(s.deny.countries),
+                "sites": sorted(s.deny.sites),
+            },
+        }))
+    for name, pc in sorted(bundle.priority_classes.items()):
+        out.append(DesiredPut("PriorityClass", name, {
+            "value": pc.spec.value,
+            "preemptionPolicy": pc.spec.preemption_policy,
+            "sheddable": pc.spec.is_sheddable,
+        }))
+    return out
