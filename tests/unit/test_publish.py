@@ -1,0 +1,50 @@
+"""What revisions publish to agents: names, containment expansion, one placement per node."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from hub.placement.api import plan
+from hub.policy import load_bundle
+from hub.publish import desired_objects, expand_jurisdictions, placement_object_name
+
+ROOT = Path(__file__).resolve().parents[2]
+NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")  # the admin API's object-name rule
+
+
+def test_eea_contains_the_eu_but_not_the_other_way():
+    assert expand_jurisdictions(["EEA"]) == ["EEA", "EU"]
+    assert expand_jurisdictions(["EU"]) == ["EU"]
+    assert expand_jurisdictions(["US", "UK"]) == ["UK", "US"]
+    assert expand_jurisdictions([]) == []
+
+
+@pytest.mark.parametrize(("site", "node", "name"), [
+    ("fra-1", "fra-1-gpu-a", "fra-1-gpu-a"),
+    ("fra-1", "gpu_A", "fra-1.gpu-a"),
+    ("x", "--", "x"),
+])
+def test_placement_names_follow_the_object_name_rule(site, node, name):
+    assert placement_object_name(site, node) == name
+    assert NAME.match(name)
+
+
+def test_shipped_fleet_publishes_every_node_only_its_own_assignments():
+    bundle = load_bundle([ROOT / "fleet_configs", ROOT / "policies"])
+    placement = plan(bundle, solver="greedy").placement
+    objs = desired_objects(bundle, placement)
+    by_kind: dict[str, list] = {}
+    for o in objs:
+        by_kind.setdefault(o.kind, []).append(o)
+        assert NAME.match(o.name), o.name
+    nodes = {(a.site, a.node) for a in placement.assignments}
+    assert {(o.target_site, o.target_node) for o in by_kind["Placement"]} == nodes
+    for o in by_kind["Placement"]:
+        assert {(a["site"], a["node"]) for a in o.spec["assignments"]} == {(o.target_site, o.target_node)}
+    eu = next(o for o in by_kind["ResidencyPolicy"] if o.name == "eu-gdpr")
+    assert (eu.target_site, eu.target_node) == ("", "")  # every node enforces every policy
+    assert "EU" in eu.spec["allow"]["jurisdictions"]
+    assert {o.name for o in by_kind["PriorityClass"]} == set(bundle.priority_classes)
