@@ -1,0 +1,167 @@
+"""The front door both protocols share: resolve the model, check residency and the
+priority class, start the generation, and record every outcome.
+
+HTTP (:mod:`~edge_agent.serving.openai_api`) and gRPC
+(:mod:`~edge_agent.serving.grpc_api`) only translate their wire formats to
+these calls and :class:`~edge_agent.serving.errors.ServingError` back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from edge_agent.serving import residency
+from edge_agent.serving.cost import NvmlEnergy, request_cost
+from edge_agent.serving.errors import BadRequest, Forbidden, Overloaded, ServingError
+from edge_agent.serving.models import Assignment, Backend, Generation, GenRequest, ModelRegistry
+from edge_agent.serving.priority import PriorityClass, UnknownPriorityClass, resolve
+from edge_agent.serving.residency import Location, ResidencyRule, Verdict
+from edge_agent.serving.telemetry import Outcome, RequestRecord, Telemetry
+
+log = logging.getLogger(__name__)
+audit_log = logging.getLogger("edge_agent.serving.audit")
+
+Report = Callable[[str, dict], object]
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A request let in: where it runs and at which class."""
+
+    request_id: str
+    backend: Backend
+    assignment: Assignment | None
+    priority_class: PriorityClass | None
+    verdict: Verdict
+
+    @property
+    def priority_name(self) -> str:
+        return self.priority_class.name if self.priority_class else ""
+
+
+class Gateway:
+    def __init__(self, here: Location, registry: ModelRegistry, telemetry: Telemetry, report: Report, *,
+                 default_data_class: str = "", default_priority_class: str = "", audit_allowed: bool = False,
+                 energy: NvmlEnergy | None = None) -> None:
+        self.here = here
+        self.registry = registry
+        self.telemetry = telemetry
+        self.report = report
+        self.default_data_class = default_data_class
+        self.default_priority_class = default_priority_class
+        self.audit_allowed = audit_allowed
+        self.energy = energy
+        self._policies: dict[str, ResidencyRule] = {}
+        """ResidencyPolicy object id -> rule."""
+        self._rules: dict[str, ResidencyRule] = {}
+        """Data class -> rule (derived from _policies)."""
+        self._classes: dict[str, PriorityClass] = {}
+        """PriorityClass object id -> class."""
+        self._by_name: dict[str, PriorityClass] = {}
+        self._ids = itertools.count()
+        self._prefix = f"{here.site}-{os.getpid()}-{int(time.time())}"
+
+    # -- policy objects (appliers call these; readers see whole snapshots) --------------
+    def set_policy(self, object_id: str, rule: ResidencyRule | None) -> None:
+        policies = {k: v for k, v in self._policies.items() if k != object_id}
+        if rule is not None:
+            policies[object_id] = rule
+        self._policies, self._rules = policies, residency.rules_by_class(policies.values())
+
+    def set_priority_class(self, object_id: str, pc: PriorityClass | None) -> None:
+        classes = {k: v for k, v in self._classes.items() if k != object_id}
+        if pc is not None:
+            classes[object_id] = pc
+        self._classes, self._by_name = classes, {c.name: c for c in classes.values()}
+
+    @property
+    def priority_classes(self) -> dict[str, PriorityClass]:
+        return self._by_name
+
+    def ready(self) -> str | None:
+        """None when at least one model is loaded, else why not."""
+        return None if self.registry.backends() else "no model loaded yet (waiting for a Placement)"
+
+    # -- the door ----------------------------------------------------------------------------
+    def new_request_id(self) -> str:
+        return f"{self._prefix}-{next(self._ids)}"
+
+    def admit(self, model: str, data_class: str | None, priority_class: str | None,
+              request_id: str | None = None) -> Admission:
+        """Resolve and check a request; raises ModelNotFound, BadRequest or Forbidden (recorded, audited)."""
+        rid = request_id or self.new_request_id()
+        backend, assignment = self.registry.resolve(model)
+        group = (backend.model, backend.version)
+        try:
+            pc = resolve(self._by_name, priority_class, assignment.priority_class if assignment else None,
+                         self.default_priority_class)
+        except UnknownPriorityClass as exc:
+            self.telemetry.record(RequestRecord(*group, priority_class or "", Outcome.ERROR))
+            raise BadRequest(str(exc), param="priority", code="unknown_priority_class") from None
+        dc = data_class if data_class else self.default_data_class
+        verdict = residency.evaluate(self._rules, dc, self.here)
+        if not verdict.allowed or self.audit_allowed:
+            self._audit(verdict, rid, f"{backend.model}:{backend.version}")
+        if not verdict.allowed:
+            self.telemetry.record(RequestRecord(*group, pc.name if pc else "", Outcome.FORBIDDEN))
+            raise Forbidden(verdict.message)
+        return Admission(rid, backend, assignment, pc, verdict)
+
+    def _audit(self, v: Verdict, request_id: str, model: str) -> None:
+        decision = "allow" if v.allowed else "deny"
+        audit_log.warning("residency %s: request %s model %s data class %r: %s", decision, request_id, model,
+                          v.data_class, v.message)
+        record = {
+            "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"), "dataClass": v.data_class,
+            "site": self.here.site, "country": self.here.country, "jurisdiction": self.here.jurisdiction,
+            "decision": decision, "policy": v.policy, "rule": v.rule, "reason": v.message,
+            "requestId": request_id, "model": model,
+        }
+        try:
+            self.report("audit", record)
+        except Exception:  # noqa: BLE001 - the refusal stands even if the outbox is unavailable
+            log.exception("could not queue the audit record of request %s", request_id)
+
+    async def start(self, adm: Admission, req: GenRequest) -> Generation:
+        """Submit with the admission's class and SLOs; returns once the first token (or the end) is there.
+
+        Refusals after admission (bad input, shed) are recorded and raised.
+        """
+        a = adm.assignment
+        req = replace(req, request_id=adm.request_id,
+                      priority=adm.priority_class.engine_priority if adm.priority_class else 0,
+                      ttft_slo_s=a.ttft_slo_s if a else None, tpot_slo_s=a.tpot_slo_s if a else None)
+        gen: Generation | None = None
+        try:
+            gen = await adm.backend.start(req)
+            await gen.first()
+        except ServingError as exc:
+            outcome = Outcome.REJECTED if isinstance(exc, Overloaded) else Outcome.ERROR
+            self.finish(adm, gen, outcome)
+            raise
+        except BaseException:
+            if gen is not None:
+                await gen.aclose()
+            self.finish(adm, gen, Outcome.CANCELLED)
+            raise
+        return gen
+
+    def finish(self, adm: Admission, gen: Generation | None, outcome: Outcome | None = None) -> None:
+        """Record a finished request; the outcome defaults to what the generation says."""
+        if outcome is None:
+            reason = gen.finish_reason if gen is not None else "error"
+            outcome = {"stop": Outcome.OK, "length": Outcome.OK, "abort": Outcome.CANCELLED,
+                       "rejected": Outcome.REJECTED}.get(reason, Outcome.ERROR)
+        b = adm.backend
+        stats = gen.stats if gen is not None else None
+        cost = None
+        if stats is not None:
+            energy = self.energy.energy_j(stats.gpu_seconds) if self.energy is not None else None
+            cost = request_cost(self.registry.cost_model((b.model, b.version)), stats.gpu_seconds, energy)
+        self.telemetry.record(RequestRecord(b.model, b.version, adm.priority_name, outcome, stats, cost))
