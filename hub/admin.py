@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 
 from google.protobuf.struct_pb2 import Struct
 
-from hub import convert, revisions
+from hub import convert, report, revisions
 from hub.policy import Bundle, PolicyError
 from hub.store import Store
 from hub.store.repo import NodeRecord, ObjectRecord, RevisionRecord, StaleRevision
@@ -226,6 +227,37 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def ListRevisions(self, request, context):  # noqa: N802
         revs = await self.store.list_revisions(request.limit or 50)
         return admin_pb2.ListRevisionsResponse(revisions=[revision_proto(r, full=False) for r in revs])
+
+    # -- report -------------------------------------------------------------
+
+    async def GetReport(self, request, context):  # noqa: N802
+        since = request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
+        until = request.until.ToDatetime(tzinfo=UTC) if request.HasField("until") else None
+        # A window ends after it starts; fetch a little earlier and let build_report cut exactly.
+        rows = await self.store.reports_of_kind("telemetry", since - REPORT_SLACK if since else None)
+        payloads = []
+        for site, node, r in rows:
+            # The identity the hub verified (mTLS) wins over what the payload says.
+            payloads.append({**r.payload, "site": site, "node": node} if isinstance(r.payload, dict) else r.payload)
+        try:
+            out = await asyncio.to_thread(_render_report, payloads, list(request.by), since, until,
+                                          request.html, request.slo_ttft_p95_s or None)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return admin_pb2.GetReportResponse(**out)
+
+
+REPORT_SLACK = timedelta(minutes=10)
+
+
+def _render_report(payloads, by, since, until, html: bool, slo: float | None) -> dict:
+    r = report.build_report(payloads, by or report.DEFAULT_BY, since, until)
+    rows, columns = report.table_rows(r)
+    return {
+        "report_json": json.dumps(report.to_json(r)),
+        "table_json": json.dumps({"rows": rows, "columns": columns}, default=str),
+        "html": report.render_html(r, slo_ttft_p95_s=slo) if html else "",
+    }
 
 
 def _stale(exc: StaleRevision) -> str:

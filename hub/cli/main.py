@@ -14,7 +14,7 @@ import sys
 
 from google.protobuf.struct_pb2 import Struct
 
-from hub.cli import certs_cmd, policy_cmd, views
+from hub.cli import certs_cmd, policy_cmd, report_cmd, views
 from hub.cli.client import Admin, resolve
 from hub.cli.errors import CliError
 from hub.cli.output import FORMATS
@@ -111,6 +111,14 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--revision", type=int, default=0, help="default: the latest")
     _client_flags(ex)
 
+    rp = sub.add_parser("report", help="TTFT/ITL percentiles, tokens/s, cost and carbon per site, model, version, priority")
+    rp.add_argument("--by", default="", help="comma-separated dimensions: site,node,model,version,priority "
+                                             "(default site,model,version,priority)")
+    rp.add_argument("--since", help="only telemetry from the last DURATION (e.g. 1h) or since an ISO time")
+    rp.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page with charts")
+    rp.add_argument("--slo-ttft", help="draw this p95 TTFT objective on the chart, e.g. 500ms")
+    _client_flags(rp)
+
     demo = sub.add_parser("demo", help="a hub and four edge sites on this machine, end to end")
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory")
     demo.add_argument("--agents-timeout", type=float, default=60.0, help="seconds to wait for agents (default 60)")
@@ -151,6 +159,8 @@ def dispatch(args) -> int:
             run = {"plan": policy_cmd.plan, "apply": policy_cmd.apply, "rollback": policy_cmd.rollback,
                    "diff": policy_cmd.diff_revisions, "explain": policy_cmd.explain_service}[args.cmd]
             return run(admin, args)
+        if args.cmd == "report":
+            return report_cmd.run(admin, args)
         if args.cmd == "get":
             return views.get(admin, args.what, args.output, site=args.site, kind=args.kind)
         if args.cmd == "describe":

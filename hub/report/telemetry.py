@@ -200,6 +200,10 @@ def _time(obj: Mapping, key: str) -> datetime:
 
 def _count(obj: Mapping, key: str, where: str) -> int:
     value = obj.get(key, 0)
+    # Reports cross the link as google.protobuf.Struct, whose numbers are all
+    # doubles: 50 arrives as 50.0. An integral float is the integer it was.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise PayloadError(f"{where}{key}: expected an integer >= 0, got {value!r}"[:160])
     return value

@@ -537,6 +537,24 @@ class Store:
             )
             return {int(n): (int(c), int(m)) for n, c, m in res.all()}
 
+    async def reports_of_kind(
+        self, kind: str, since: datetime | None = None
+    ) -> list[tuple[str, str, IncomingReport]]:
+        """(site, node, report) of every stored report of ``kind`` created at or after ``since``."""
+        async with self.db.sessions() as s:
+            q = (
+                select(t.Node.site, t.Node.node, t.Report)
+                .join(t.Node, t.Node.id == t.Report.node_id)
+                .where(t.Report.kind == kind)
+                .order_by(t.Report.node_id, t.Report.seq)
+            )
+            if since is not None:
+                q = q.where(t.Report.created_at >= since)
+            return [
+                (site, node, IncomingReport(r.seq, r.kind, utc(r.created_at), dict(r.payload)))
+                for site, node, r in (await s.execute(q)).all()
+            ]
+
     async def reports(self, node_id: int, kind: str | None = None) -> list[IncomingReport]:
         async with self.db.sessions() as s:
             q = select(t.Report).where(t.Report.node_id == node_id).order_by(t.Report.seq)

@@ -410,6 +410,58 @@ async def test_reports_acked_only_once_stored_across_restart_race(make_fleet):
     assert (stats.reports, stats.max_seq, stats.counted) == (300, 300, 300)
 
 
+def telemetry_payload(site: str, node: str, ttfts: list[float], start: str, end: str) -> dict:
+    """A `telemetry` report as an agent writes it (edge_agent.serving.telemetry), built here from raw values."""
+    import base64
+
+    from ddsketch import DDSketch
+    from ddsketch.pb.proto import DDSketchProto
+
+    def b64(values: list[float]) -> str:
+        sk = DDSketch(relative_accuracy=0.01)
+        for v in values:
+            sk.add(v)
+        return base64.b64encode(DDSketchProto.to_proto(sk).SerializeToString()).decode()
+
+    n = len(ttfts)
+    return {"schema": 1, "site": "spoofed", "node": node, "windowStart": start, "windowEnd": end, "groups": [{
+        "model": "assistant", "version": "v3", "priority": "interactive", "requests": n, "errors": 0,
+        "rejected": 0, "cancelled": 0, "forbidden": 0, "promptTokens": 10 * n, "outputTokens": 20 * n,
+        "gpuSeconds": 0.5 * n, "costUsd": 0.001 * n, "energyJ": 30.0 * n, "carbonG": 0.01 * n,
+        "sketches": {"ttftS": b64(ttfts), "itlS": b64([0.02] * n), "e2eS": b64([1.0] * n)}}]}
+
+
+async def test_telemetry_reports_merge_exactly_into_the_admin_report(make_fleet):
+    import json as _json
+
+    fleet = await make_fleet()
+    a, b = fleet.start_agent("fra", "a"), fleet.start_agent("par", "a")
+    await asyncio.gather(a.resynced(), b.resynced())
+    a_vals, b_vals = [0.1 * i for i in range(1, 51)], [0.2 + 0.01 * i for i in range(100)]
+    a.link.report("telemetry", telemetry_payload("fra", "a", a_vals, "2026-11-27T10:00:00Z", "2026-11-27T10:00:05Z"))
+    b.link.report("telemetry", telemetry_payload("par", "a", b_vals, "2026-11-27T10:00:00Z", "2026-11-27T10:00:05Z"))
+    a.link.report("telemetry", {"schema": 99})  # a payload from the future is skipped with a reason, not fatal
+    await eventually(lambda: a.state.outbox_size() == 0 and b.state.outbox_size() == 0, what="reports acked")
+    resp = await fleet.admin.GetReport(admin_pb2.GetReportRequest(by=["site"], html=True), metadata=fleet.md, timeout=WAIT)
+    rep = _json.loads(resp.report_json)
+    rows = {r["site"]: r for r in rep["rows"]}
+    assert rep["payloads"] == 2, (rep["outside"], rep["skipped"])
+    assert set(rows) == {"fra", "par"}  # the verified identity, not the payload's "spoofed" site
+    assert rep["total"]["requests"] == 150
+    from ddsketch import DDSketch
+
+    union = DDSketch(relative_accuracy=0.01)
+    for v in a_vals + b_vals:
+        union.add(v)
+    for q, key in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):  # merged at the hub == one sketch of all values
+        assert rep["total"]["ttftS"][key] == pytest.approx(union.get_quantile_value(q), rel=1e-12)
+    assert len(rep["skipped"]) == 1 and rep["skipped"][0]["site"] == "fra"
+    assert "<svg" in resp.html
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await fleet.admin.GetReport(admin_pb2.GetReportRequest(by=["colour"]), metadata=fleet.md, timeout=WAIT)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 async def test_liveness_goes_stale_then_unreachable_when_heartbeats_stop(make_fleet):
     fleet = await make_fleet(heartbeat_interval_s=0.1, stale_after_s=0.5, unreachable_after_s=1.2)
     good = fleet.start_agent("fra", "a")

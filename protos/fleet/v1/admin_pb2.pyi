@@ -280,3 +280,27 @@ class ListRevisionsResponse(_message.Message):
     REVISIONS_FIELD_NUMBER: _ClassVar[int]
     revisions: _containers.RepeatedCompositeFieldContainer[Revision]
     def __init__(self, revisions: _Optional[_Iterable[_Union[Revision, _Mapping]]] = ...) -> None: ...
+
+class GetReportRequest(_message.Message):
+    __slots__ = ("by", "since", "until", "html", "slo_ttft_p95_s")
+    BY_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    HTML_FIELD_NUMBER: _ClassVar[int]
+    SLO_TTFT_P95_S_FIELD_NUMBER: _ClassVar[int]
+    by: _containers.RepeatedScalarFieldContainer[str]
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    html: bool
+    slo_ttft_p95_s: float
+    def __init__(self, by: _Optional[_Iterable[str]] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., html: _Optional[bool] = ..., slo_ttft_p95_s: _Optional[float] = ...) -> None: ...
+
+class GetReportResponse(_message.Message):
+    __slots__ = ("report_json", "table_json", "html")
+    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    TABLE_JSON_FIELD_NUMBER: _ClassVar[int]
+    HTML_FIELD_NUMBER: _ClassVar[int]
+    report_json: str
+    table_json: str
+    html: str
+    def __init__(self, report_json: _Optional[str] = ..., table_json: _Optional[str] = ..., html: _Optional[str] = ...) -> None: ...

@@ -84,6 +84,11 @@ class AdminStub:
                 request_serializer=protos_dot_fleet_dot_v1_dot_admin__pb2.ListRevisionsRequest.SerializeToString,
                 response_deserializer=protos_dot_fleet_dot_v1_dot_admin__pb2.ListRevisionsResponse.FromString,
                 _registered_method=True)
+        self.GetReport = channel.unary_unary(
+                '/fleet.v1.Admin/GetReport',
+                request_serializer=protos_dot_fleet_dot_v1_dot_admin__pb2.GetReportRequest.SerializeToString,
+                response_deserializer=protos_dot_fleet_dot_v1_dot_admin__pb2.GetReportResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -150,6 +155,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetReport(self, request, context):
+        """`fleet report`: the agents' telemetry merged exactly (hub.report).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +214,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListRevisions,
                     request_deserializer=protos_dot_fleet_dot_v1_dot_admin__pb2.ListRevisionsRequest.FromString,
                     response_serializer=protos_dot_fleet_dot_v1_dot_admin__pb2.ListRevisionsResponse.SerializeToString,
+            ),
+            'GetReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReport,
+                    request_deserializer=protos_dot_fleet_dot_v1_dot_admin__pb2.GetReportRequest.FromString,
+                    response_serializer=protos_dot_fleet_dot_v1_dot_admin__pb2.GetReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -474,6 +491,33 @@ class Admin:
             '/fleet.v1.Admin/ListRevisions',
             protos_dot_fleet_dot_v1_dot_admin__pb2.ListRevisionsRequest.SerializeToString,
             protos_dot_fleet_dot_v1_dot_admin__pb2.ListRevisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.Admin/GetReport',
+            protos_dot_fleet_dot_v1_dot_admin__pb2.GetReportRequest.SerializeToString,
+            protos_dot_fleet_dot_v1_dot_admin__pb2.GetReportResponse.FromString,
             options,
             channel_credentials,
             insecure,
