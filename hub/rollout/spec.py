@@ -51,12 +51,13 @@ def parse_duration(value: object) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """Seconds -> the shortest of ``'2h'``, ``'10m'``, ``'90s'`` that is exact (else ms)."""
+    """Seconds -> ``'2h'``, ``'10m'``, ``'90s'`` where exact, else ``'<seconds>s'`` (parses back to the same float)."""
     for unit in ("d", "h", "m", "s"):
         n = seconds / _DURATION_UNITS[unit]
         if n >= 1 and float(n).is_integer():
             return f"{int(n)}{unit}"
-    return f"{seconds * 1000:g}ms"
+    text = repr(float(seconds))
+    return f"{text}s" if "e" not in text else f"{seconds * 1000:f}ms"
 
 
 @dataclass(frozen=True)
