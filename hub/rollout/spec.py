@@ -246,11 +246,14 @@ class RolloutSpec(_Spec):
     # ----------------------------------------------------------- helpers
 
     def in_window(self, now: datetime) -> bool:
-        """True when sites may be updated at ``now`` (always, without a schedule)."""
+        """True when sites may be updated at ``now`` (always, without a schedule).
+
+        A window is half-open: [fire time, fire time + window).
+        """
         if self.schedule is None or self.window is None:
             return True
         trigger = CronTrigger.from_crontab(self.schedule, timezone="UTC")
-        opened = trigger.get_next_fire_time(None, now - timedelta(seconds=self.window))
+        opened = trigger.get_next_fire_time(None, now - timedelta(seconds=self.window) + timedelta(microseconds=1))
         return opened is not None and opened <= now
 
     def next_window(self, now: datetime) -> Optional[datetime]:
