@@ -23,9 +23,12 @@ class Agent:
         self.node_watch = None
         self.managed = None
         self.health = None
+        self.serving = None  # edge_agent.serving.server.Serving when a serving port is set
         held = self.state.objects()
         if cfg.kubernetes:
             appliers = self._kubernetes(held, appliers)
+        if cfg.serving:
+            appliers = self._serving(appliers)
         self.link = HubLink(cfg, self.state, lambda: self.inventory, appliers)
         if held:
             # Edge autonomy: whatever was applied before a restart stays in force.
@@ -70,6 +73,28 @@ class Agent:
             appliers = {"Placement": self.managed, **(appliers or {})}
         return appliers
 
+    def _serving(self, appliers: dict[str, Applier] | None) -> dict[str, Applier]:
+        """The serving layer (OpenAI HTTP, gRPC): appliers for ResidencyPolicy, PriorityClass, Placement."""
+        from edge_agent.serving.residency import Location
+        from edge_agent.serving.server import Serving, ServingConfig
+
+        cfg = self.cfg
+        external = cfg.runtime_mode == "external"
+        self.serving = Serving(
+            ServingConfig(host=cfg.serve_host, http_port=cfg.serve_port, grpc_port=cfg.grpc_port,
+                          models_dir=cfg.models_dir or cfg.data_dir / "models",
+                          external_url=cfg.external_url if external else "",
+                          default_data_class=cfg.default_data_class,
+                          default_priority_class=cfg.default_priority_class,
+                          telemetry_interval_s=cfg.telemetry_interval_s, data_dir=cfg.data_dir),
+            Location(cfg.site, cfg.country, cfg.jurisdiction), cfg.node,
+            lambda kind, payload: self.link.report(kind, payload),
+        )
+        ours: dict[str, Applier] = dict(self.serving.appliers)  # type: ignore[arg-type]
+        if self.managed is not None:
+            ours.pop("Placement")  # managed model servers own placements in Kubernetes external mode
+        return {**ours, **(appliers or {})}
+
     def set_inventory(self, inventory: Inventory) -> None:
         """A new inventory (e.g. from the Node object): tell the hub at once if it changed."""
         if inventory != self.inventory:
@@ -93,6 +118,15 @@ class Agent:
             await self.node_watch.wait_synced(5.0)  # the hub's first view has the Node's GPUs
         if self.managed is not None:
             self.managed.start()
+        if self.serving is not None:
+            # Edge autonomy: serve what was applied before a restart (the hub resends only changes).
+            self.serving.restore(self.state.objects())
+            try:
+                self.serving.start()
+            except OSError as exc:
+                from edge_agent.config import ConfigError
+
+                raise ConfigError(f"cannot start serving: {exc}; choose another --serve-port/--grpc-port") from None
         task = asyncio.create_task(self.link.run())
         if self.managed is not None:
             resynced = asyncio.create_task(self.link.status.resynced.wait())
@@ -100,6 +134,8 @@ class Agent:
         await stop.wait()
         self.link.stop()
         await task
+        if self.serving is not None:
+            self.serving.stop()  # servers drain, engines stop, the last telemetry window is queued
         if self.managed is not None:
             resynced.cancel()
             await self.managed.stop()

@@ -59,6 +59,16 @@ def parser() -> argparse.ArgumentParser:
                    help="local engine, or external OpenAI-compatible servers (default: $FLEET_RUNTIME_MODE, else local)")
     r.add_argument("--model-server-image", help="image of managed model servers (external mode)")
     r.add_argument("--health-port", type=int, help="port of /healthz and /readyz (default 9400 with --kube)")
+    r.add_argument("--serve-port", type=int, metavar="PORT",
+                   help="serve the OpenAI-compatible HTTP API on PORT (0 = a free port; see <data-dir>/serve.json)")
+    r.add_argument("--serve-host", help="address the serving ports bind (default 127.0.0.1)")
+    r.add_argument("--grpc-port", type=int, metavar="PORT", help="serve gRPC fleet.v1.Inference on PORT (0 = a free port)")
+    r.add_argument("--models-dir", type=Path, help="local models as DIR/<model>/<version>/ (default <data-dir>/models)")
+    r.add_argument("--external-url", help="external mode: forward to this OpenAI-compatible server (http://HOST:PORT)")
+    r.add_argument("--default-data-class", help="data class of requests without X-Fleet-Data-Class (default: refuse them)")
+    r.add_argument("--default-priority-class", help="PriorityClass of requests that name none (default: priority 0)")
+    r.add_argument("--telemetry-interval", type=float, metavar="SECONDS",
+                   help="seconds between telemetry reports to the hub (default 5)")
     r.add_argument("--exit-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
     r.add_argument("-v", "--verbose", action="store_true")
     m = sub.add_parser("make-model", help="build a small randomly initialised Llama model with a local tokenizer")
@@ -93,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             "kubernetes": args.kube, "kubeconfig": args.kubeconfig, "namespace": args.namespace,
             "runtime_mode": args.runtime_mode, "model_server_image": args.model_server_image,
             "health_port": args.health_port, "pod_name": os.environ.get("POD_NAME") or None,
+            "serve_port": args.serve_port, "serve_host": args.serve_host, "grpc_port": args.grpc_port,
+            "models_dir": args.models_dir, "external_url": args.external_url,
+            "default_data_class": args.default_data_class, "default_priority_class": args.default_priority_class,
+            "telemetry_interval_s": args.telemetry_interval,
         }
         cfg = load(args.config, overrides)
         if cfg.insecure:

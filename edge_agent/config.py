@@ -81,6 +81,37 @@ class AgentConfig(BaseModel):
     """Image of the managed model servers in external mode (OpenAI-compatible, takes --model and --port)."""
     health_port: int | None = Field(None, ge=0, le=65535)
     """Port of /healthz and /readyz; default 9400 with `kubernetes`, else off; 0 picks a free port."""
+    serve_port: int | None = Field(None, ge=0, le=65535)
+    """OpenAI-compatible HTTP port of the serving layer (/v1/..., /healthz, /readyz, /metrics);
+    0 picks a free one (written to <data_dir>/serve.json); default: no serving."""
+    serve_host: str = "127.0.0.1"
+    """Address the serving HTTP and gRPC servers bind (default 127.0.0.1; 0.0.0.0 for all)."""
+    grpc_port: int | None = Field(None, ge=0, le=65535)
+    """gRPC fleet.v1.Inference port; 0 picks a free one; default: no gRPC serving."""
+    models_dir: Path | None = None
+    """Local mode: models live in <models_dir>/<model>/<version>/; default <data_dir>/models."""
+    external_url: str = ""
+    """External mode without Kubernetes: base URL of the OpenAI-compatible server the
+    serving layer forwards to, e.g. http://127.0.0.1:8000 (default: none)."""
+    default_data_class: str = ""
+    """Residency data class of requests that name none (X-Fleet-Data-Class); default
+    empty: such requests are refused (fail-closed)."""
+    default_priority_class: str = ""
+    """PriorityClass of requests whose request and service name none; default empty (priority 0)."""
+    telemetry_interval_s: float = Field(5.0, gt=0)
+    """Seconds between telemetry reports to the hub (default 5; idle windows send nothing)."""
+
+    @property
+    def serving(self) -> bool:
+        """Whether the serving layer runs (an HTTP or gRPC port is set)."""
+        return self.serve_port is not None or self.grpc_port is not None
+
+    @model_validator(mode="after")
+    def _external(self) -> AgentConfig:
+        if self.serving and self.runtime_mode == "external" and not self.kubernetes and not self.external_url:
+            raise ValueError("runtime_mode external with serve_port/grpc_port needs external_url "
+                             "(--external-url http://HOST:PORT of the OpenAI-compatible server), or --kube")
+        return self
 
     @model_validator(mode="after")
     def _tls(self) -> AgentConfig:

@@ -137,6 +137,8 @@ class Serving:
             asyncio.run(self._main())
         except BaseException as exc:  # noqa: BLE001 - surfaced by start()
             if not self._started.is_set():
+                if isinstance(exc, SystemExit):  # uvicorn exits when it cannot bind
+                    exc = OSError(f"could not serve http on {self.cfg.host}:{self.cfg.http_port} (see the log above)")
                 self._error = exc
             else:
                 log.exception("serving loop failed")
