@@ -6,7 +6,7 @@ States (:class:`Phase`)::
        │            │          │  wave i: Applying → Soaking → Gating (→ CatchingUp after the last wave)
        │            │          ├──► Paused ──resume──► Progressing (a resumed wave soaks again)
        │            │          └──► RollingBack ──► RolledBack | Failed (sites did not return in time)
-       └────────────┴──────────┴──► Aborted (by command; sites stay as they are)
+       └────────────┴──────────┴──► Aborted (by command; sites stay)
     Completed / Aborted / Paused / Failed ──undo──► RollingBack
 
 :func:`step` takes the state, an :class:`Observation` (per-site facts and
@@ -578,8 +578,11 @@ def _rollback_progress(tx: _Tx, obs: Observation) -> None:
         tx.log("rolled-back", tx.get("reason"), reverted)
         return
     if tx.now - tx.old.phase_since >= timedelta(seconds=tx.spec.progress_deadline):
-        detail = ", ".join(f"{s} ({'unreachable' if not _facts(obs, s).reachable else 'on ' + str(_facts(obs, s).applied_version)})"
-                           for s in waiting)
+        def where(site: str) -> str:
+            f = _facts(obs, site)
+            return "unreachable" if not f.reachable else f"on {f.applied_version or 'no version'}"
+
+        detail = ", ".join(f"{s} ({where(s)})" for s in waiting)
         reason = (f"{len(waiting)} site(s) did not return to {tx.old.from_version} within the "
                   f"{format_duration(tx.spec.progress_deadline)} progress deadline: {detail}; their desired "
                   f"version is {tx.old.from_version}, so they revert when they reconnect")

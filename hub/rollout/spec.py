@@ -206,15 +206,18 @@ class RolloutSpec(_Spec):
     to_version: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     """Model version to roll out (``--to``). Required."""
     strategy: Literal["waves", "canary"] = "waves"
-    """``waves``: SLO gate after each wave; ``canary``: the first wave is compared with the old version. Default: waves."""
+    """``waves``: an SLO gate after each wave; ``canary``: the first wave is also compared with the old
+    version. Default: waves."""
     waves: Waves = (Size(count=1), Size(percent=10), Size(percent=50), Size(percent=100))
     """Cumulative wave targets, e.g. '1,10%,50%,100%'. Default: 1,10%,50%,100%."""
     max_unavailable: SiteSize = Size(count=1)
-    """Sites applying the new version at the same time (count or % of eligible sites, rounded down, at least 1). Default: 1."""
+    """Sites applying the new version at the same time (count, or % of eligible sites rounded down, at
+    least 1). Default: 1."""
     allow_full_unavailability: bool = False
     """Allow ``max_unavailable: 100%``. Default: false."""
     max_failures: int = Field(default=1, ge=0, le=10_000)
-    """Sites that may fail (unreachable or not applied by the progress deadline) before the breach action. Default: 1."""
+    """Sites that may fail (unreachable or not applied by the progress deadline) before the breach action.
+    Default: 1."""
     min_success_time: Seconds = 600.0
     """How long a wave serves real traffic before its gate is judged, e.g. '10m'. Default: 10m."""
     progress_deadline: Seconds = 1800.0

@@ -45,7 +45,8 @@ def test_slo_gate_pass_fail_insufficient():
                          "200 requests"
     slow = slo_gate(stats(np.full(200, 0.8)), 0.5, 0.9, min_requests=100, version="v2")
     assert slow.outcome is Outcome.FAIL
-    assert "breaches the TTFT SLO: p95 TTFT 794.5 ms > SLO 500 ms, p95 TPOT 794.5 ms <= SLO 900 ms over 200 requests" in slow.sentence
+    assert slow.sentence == ("v2 breaches the TTFT SLO: p95 TTFT 794.5 ms > SLO 500 ms, p95 TPOT 794.5 ms <= SLO "
+                             "900 ms over 200 requests")
     assert slow.numbers["ttftP95S"] == pytest.approx(0.8, rel=0.01)
     few = slo_gate(stats([0.1] * 10), 0.5, 0.2, min_requests=100, version="v2")
     assert few.outcome is Outcome.INSUFFICIENT and few.sentence == "v2 served 10 of the 100 requests the SLO gate needs"
