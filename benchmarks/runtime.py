@@ -2,7 +2,7 @@
 
     python -m benchmarks.runtime --scenario throughput   # engine vs sequential generate
     python -m benchmarks.runtime --scenario priority     # interactive TTFT under a batch burst
-    python -m benchmarks.runtime --scenario overhead     # HTTP path (not built yet)
+    python -m benchmarks.runtime --scenario overhead     # OpenAI HTTP path vs the engine directly
     python -m benchmarks.runtime --scenario gpu --size 1b   # see benchmarks/gpu_check.sh
 
 Models are made locally (:func:`edge_agent.runtime.make_model.make_model`)
@@ -240,6 +240,164 @@ def scenario_priority(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# -- overhead -------------------------------------------------------------------------------
+async def _http_round(client: Any, prompts: Sequence[Sequence[int]], max_tokens: int) -> tuple[int, float, list[float]]:
+    """All prompts at once as streaming completions; (output tokens, wall s, TTFTs).
+
+    The client reads the raw stream (as a lean client would) and decodes only
+    the final usage chunk, so the figure is the server's cost, not JSON parsing here.
+    """
+    import asyncio
+
+    async def one(p: Sequence[int]) -> tuple[int, float]:
+        body = {"model": "bench", "prompt": list(p), "max_tokens": max_tokens, "temperature": 0,
+                "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+        t0 = time.perf_counter()
+        ttft = 0.0
+        buf = b""
+        async with client.stream("POST", "/v1/completions", json=body,
+                                 headers={"X-Fleet-Data-Class": "public"}) as r:
+            if r.status_code != 200:
+                raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:300]!r}")
+            async for raw in r.aiter_raw():
+                if not ttft:
+                    ttft = time.perf_counter() - t0
+                buf = (buf + raw)[-4096:]
+        usage = [e for e in buf.split(b"\n\n") if b'"usage"' in e]
+        return json.loads(usage[-1][6:])["usage"]["completion_tokens"], ttft
+
+    t0 = time.perf_counter()
+    res = await asyncio.gather(*(one(p) for p in prompts))
+    wall = time.perf_counter() - t0
+    return sum(t for t, _ in res), wall, [x for _, x in res]
+
+
+def _http_client_main() -> None:
+    """A client process: one JSON job per stdin line, one result line each; connections stay open."""
+    import asyncio
+
+    import httpx
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        client = None
+        try:
+            while True:
+                line = await loop.run_in_executor(None, sys.stdin.readline)
+                if not line.strip():
+                    return
+                job = json.loads(line)
+                if client is None:
+                    n = len(job["prompts"]) + 4
+                    client = httpx.AsyncClient(base_url=job["url"], timeout=300,
+                                               limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
+                print(json.dumps(await _http_round(client, job["prompts"], job["max_tokens"])), flush=True)
+        finally:
+            if client is not None:
+                await client.aclose()
+
+    asyncio.run(main())
+
+
+class _HttpClient:
+    """A separate client process (as a real client would be: its work does not share
+    the server's interpreter lock); its connections persist across rounds."""
+
+    def __init__(self) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from benchmarks.runtime import _http_client_main; _http_client_main()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+
+    def round(self, url: str, prompts: Sequence[Sequence[int]], max_tokens: int) -> tuple[int, float, list[float]]:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(json.dumps({"url": url, "prompts": [list(p) for p in prompts],
+                                          "max_tokens": max_tokens}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"HTTP client exited with {self.proc.wait()}")
+        tokens, wall, ttfts = json.loads(line)
+        return int(tokens), float(wall), list(ttfts)
+
+    def close(self) -> None:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.close()
+        self.proc.wait(30)
+        self.proc.stdout.close()
+
+
+def scenario_overhead(args: argparse.Namespace) -> dict[str, Any]:
+    """Tokens/s through the OpenAI-compatible HTTP layer vs the engine called directly, same load.
+
+    One engine, loaded by the serving layer from a Placement; the HTTP path is
+    a real uvicorn server on a socket and an httpx streaming client in its own
+    process (one request per prompt, all concurrent, kept-alive connections
+    opened in the warm-up round), the direct path submits the same prompts
+    to the same engine. Rounds alternate so
+    background load on a shared CPU hits both alike; medians are reported.
+    """
+    import asyncio
+    import tempfile
+
+    import torch
+
+    from edge_agent.runtime.engine import EngineConfig
+    from edge_agent.serving.residency import Location
+    from edge_agent.serving.server import Serving, ServingConfig
+    from edge_agent.state import LocalObject
+
+    d = model_dir(args.size)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "bench").mkdir()
+        (root / "bench" / "v1").symlink_to(d)
+        cfg = ServingConfig(http_port=0, models_dir=root, telemetry_interval_s=3600,
+                            engine_config=EngineConfig(max_batch=args.requests,
+                                                       max_len=args.prompt_tokens + args.max_tokens + 8,
+                                                       device=args.device))
+        serving = Serving(cfg, Location("bench", "DE", "EU"), "node", lambda kind, payload: None)
+        serving.appliers["ResidencyPolicy"].apply(  # type: ignore[attr-defined]
+            LocalObject("r", "ResidencyPolicy", "public", 1, {"dataClass": "public", "allow": {"anywhere": True}}), None)
+        serving.appliers["Placement"].apply(  # type: ignore[attr-defined]
+            LocalObject("p", "Placement", "bench", 2, {"node": "node", "assignments": [
+                {"service": "bench", "model": "bench", "version": "v1"}]}), None)
+        serving.start()
+        client = _HttpClient()
+        try:
+            (backend,) = serving.registry.backends()
+            engine = backend.engine  # type: ignore[attr-defined]
+            url = f"http://127.0.0.1:{serving.http_port}"
+            prompts = make_prompts(args.requests, args.prompt_tokens, engine.model.shape.vocab_size, seed=1)
+            run_engine_batch(engine, prompts, 4)  # warm-up, both paths
+            client.round(url, prompts, 4)
+            direct, http, http_ttft, direct_ttft = [], [], [], []
+            for _ in range(args.rounds):
+                res, wall = run_engine_batch(engine, prompts, args.max_tokens)
+                direct.append(sum(r.stats.output_tokens for r in res) / wall)
+                direct_ttft.extend(r.stats.ttft_s for r in res)
+                tokens, wall, ttfts = client.round(url, prompts, args.max_tokens)
+                if tokens != args.requests * args.max_tokens:
+                    raise RuntimeError(f"HTTP path produced {tokens} tokens, expected {args.requests * args.max_tokens}")
+                http.append(tokens / wall)
+                http_ttft.extend(ttfts)
+        finally:
+            client.close()
+            serving.stop()
+    d_tps, h_tps = statistics.median(direct), statistics.median(http)
+    return {
+        "scenario": "overhead", "model": args.size, "device": str(engine.model.device), "requests": args.requests,
+        "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens, "rounds": args.rounds,
+        "direct_tokens_per_s": round(d_tps, 1), "http_tokens_per_s": round(h_tps, 1),
+        "overhead_pct": round((d_tps - h_tps) / d_tps * 100, 2), "goal_overhead_pct": 5.0,
+        "direct_tokens_per_s_rounds": [round(x, 1) for x in direct],
+        "http_tokens_per_s_rounds": [round(x, 1) for x in http],
+        "direct_ttft_p50_s": round(pct(direct_ttft, 0.5), 4), "http_ttft_p50_s": round(pct(http_ttft, 0.5), 4),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
 # -- gpu ----------------------------------------------------------------------------------
 def decode_step_time(engine: Any, batch: int, steps: int) -> float:
     """Median seconds of one decode step at ``batch`` rows through the engine's decode runner."""
@@ -333,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--requests", type=int, default=32)
     p.add_argument("--prompt-tokens", type=int, default=24)
-    p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--max-tokens", type=int, default=None, dest="max_tokens_set",
+                   help="output tokens per request (default 48; overhead 32)")
     p.add_argument("--hf-requests", type=int, default=None,
                    help="sequential generate calls timed; tokens/s is per call, so a subset suffices (default 8; gpu 4)")
     p.add_argument("--steps", type=int, default=20, help="decode steps timed (gpu)")
@@ -352,16 +511,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ttft-slo-s", type=float, default=1.0)
     p.add_argument("--tpot-slo-s", type=float, default=0.1)
     args = p.parse_args(argv)
+    args.max_tokens = args.max_tokens_set if args.max_tokens_set is not None else 48
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     if args.size is None:
-        args.size = "1b" if args.scenario == "gpu" else "small"
+        args.size = {"gpu": "1b", "overhead": "tiny"}.get(args.scenario, "small")
+    if args.scenario == "overhead" and args.max_tokens_set is None:
+        args.max_tokens = 32
     if args.hf_requests is None:
         args.hf_requests = 4 if args.scenario == "gpu" else 8
     if args.scenario == "overhead":
-        out: dict[str, Any] = {"scenario": "overhead", "skipped": "HTTP layer not built yet"}
+        out: dict[str, Any] = scenario_overhead(args)
     elif args.scenario == "throughput":
         out = scenario_throughput(args)
     elif args.scenario == "priority":

@@ -38,9 +38,13 @@ def test_throughput_scenario_small_run(tiny_cache: None, capsys: pytest.CaptureF
     assert out["speedup"] == pytest.approx(out["engine_tokens_per_s"] / out["generate_tokens_per_s"], rel=0.02)
 
 
-def test_overhead_scenario_says_it_is_skipped(capsys: pytest.CaptureFixture[str]) -> None:
-    out = run(capsys, "--scenario", "overhead")
-    assert out["scenario"] == "overhead" and "skipped" in out
+def test_overhead_scenario_small_run(tiny_cache: None, capsys: pytest.CaptureFixture[str]) -> None:
+    out = run(capsys, "--scenario", "overhead", "--requests", "4", "--max-tokens", "4", "--prompt-tokens", "8",
+              "--rounds", "1", "--device", "cpu")
+    assert out["scenario"] == "overhead" and out["model"] == "tiny" and out["requests"] == 4
+    assert out["direct_tokens_per_s"] > 0 and out["http_tokens_per_s"] > 0
+    assert out["overhead_pct"] == pytest.approx(
+        (out["direct_tokens_per_s"] - out["http_tokens_per_s"]) / out["direct_tokens_per_s"] * 100, abs=0.1)
 
 
 def test_percentile() -> None:
