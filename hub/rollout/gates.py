@@ -121,6 +121,22 @@ def merge_stats(stats: Iterable[TrafficStats]) -> TrafficStats:
     return TrafficStats(requests, errors, sketches["ttft"], sketches["itl"], sketches["tpot"])
 
 
+def traffic_from_report(report) -> dict[str, dict[str, TrafficStats]]:
+    """site -> version -> :class:`TrafficStats` from a :class:`hub.report.Report` grouped by (at least) site and
+    version: what the controller puts in :attr:`hub.rollout.machine.Observation.telemetry`.
+
+    Build the report from the stored ``telemetry`` payloads of the gate's window
+    (``build_report(payloads, by=("site", "version"), since=state.soak_since)``);
+    sketches are shared with the report's rows, not copied.
+    """
+    rows = report.regroup(("site", "version")).rows
+    out: dict[str, dict[str, TrafficStats]] = {}
+    for row in rows:
+        out.setdefault(row.value("site"), {})[row.value("version")] = TrafficStats(
+            row.requests, row.errors, row.sketches["ttftS"], row.sketches["itlS"], row.sketches["tpotS"])
+    return out
+
+
 def _ms(seconds: Optional[float]) -> str:
     return "n/a" if seconds is None else f"{seconds * 1e3:.4g} ms"
 

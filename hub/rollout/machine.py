@@ -182,6 +182,11 @@ class AuditEntry:
         return {"at": _iso(self.at), "event": self.event, "message": self.message, "sites": list(self.sites),
                 "actor": self.actor}
 
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "AuditEntry":
+        return cls(datetime.fromisoformat(d["at"]), d["event"], d["message"], tuple(d.get("sites", ())),
+                   d.get("actor", ""))
+
 
 class IllegalCommand(ValueError):
     """A command that does not apply in the rollout's phase; ``hint`` is the command to run instead."""
@@ -710,6 +715,10 @@ def display_status(state: RolloutState, now: Optional[datetime] = None) -> str:
                 left = state.soak_since + timedelta(seconds=state.spec.min_success_time) - now
                 head += f", {format_duration(max(1.0, round(left.total_seconds())))} left"
             head += ")"
+        if state.stage is Stage.GATING:
+            waiting = [v.sentence for v in state.verdicts if v.outcome is Outcome.INSUFFICIENT]
+            if waiting:
+                head += f"; waiting for traffic: {'; '.join(waiting)}"
         if now is not None and not state.spec.in_window(now):
             head += f"; outside the update window, next opens {_iso(state.spec.next_window(now))}"
     line = f"{head}: {state.service} {state.from_version} -> {state.to_version}, {n} site(s): {tally}"

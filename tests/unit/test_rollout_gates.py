@@ -113,3 +113,28 @@ def test_merge_stats_is_exact():
 def test_verdict_round_trip():
     v = latency_comparison(stats(lognormal(1)), stats(lognormal(2)))
     assert Verdict.from_dict(v.to_dict()) == v
+
+
+def test_traffic_from_report_feeds_the_gates():
+    from datetime import UTC, datetime, timedelta
+
+    from hub.report import build_report
+    from hub.report.telemetry import encode_sketch
+    from hub.rollout.gates import traffic_from_report
+
+    t0 = datetime(2026, 11, 27, 20, tzinfo=UTC)
+
+    def payload(site, version, values, errors):
+        return {"schema": 1, "site": site, "node": "n1", "windowStart": t0.isoformat(),
+                "windowEnd": (t0 + timedelta(minutes=1)).isoformat(),
+                "groups": [{"model": "m", "version": version, "priority": "p", "requests": len(values),
+                            "errors": errors, "sketches": {"ttftS": encode_sketch(sk(values))}}]}
+
+    old, new = lognormal(1, 500), lognormal(1, 500, scale=2.0)
+    report = build_report([payload("a", "v1", old, 1), payload("a", "v2", new, 9), payload("b", "v1", old, 0)])
+    traffic = traffic_from_report(report)
+    assert set(traffic) == {"a", "b"} and set(traffic["a"]) == {"v1", "v2"}
+    assert (traffic["a"]["v2"].requests, traffic["a"]["v2"].errors) == (500, 9)
+    assert traffic["a"]["v2"].itl.count == 0  # missing sketches are empty
+    v = latency_comparison(traffic["a"]["v2"], traffic["a"]["v1"], "ttft", 1.2)
+    assert v.outcome is Outcome.FAIL and v.numbers["ratio"] == pytest.approx(2.0, rel=0.03)

@@ -507,3 +507,26 @@ def test_resume_from_serialised_state_is_equivalent(n, waves, max_unavailable, m
         now += TICK
     assert max(fleet.publishes.values(), default=0) <= 1
     note_event(f"ended {live.phase.value}")
+
+
+def test_display_status_is_derived_from_the_facts():
+    fleet = Fleet(3, requests=5)
+    state = begin(fleet, min_requests=10_000)
+    assert display_status(state, T0) == "Pending: chat v1 -> v2, 3 site(s): 3 pending. created"
+    state, now = drive(state, fleet, until=lambda s: s.stage is Stage.SOAKING)
+    assert display_status(state, now).startswith("Progressing (wave 1/3 soaking, 10m left): chat v1 -> v2, "
+                                                 "3 site(s): 2 pending, 1 applied")
+    state, now = drive(state, fleet, now, until=lambda s: s.stage is Stage.GATING)
+    assert "Progressing (wave 1/3 gating); waiting for traffic: v2 served 5 of the 10,000 requests" \
+        in display_status(state, now)
+    state, now = drive(state, fleet, now)  # ... until the deadline pauses it
+    assert display_status(state, now).startswith("Paused: chat v1 -> v2")
+
+
+def test_audit_entries_round_trip():
+    from hub.rollout.machine import AuditEntry
+
+    fleet = Fleet(2)
+    audit: list = []
+    drive(begin(fleet), fleet, audit=audit)
+    assert audit and all(AuditEntry.from_dict(json.loads(json.dumps(e.to_dict()))) == e for e in audit)
