@@ -322,3 +322,30 @@ def test_cdf_points_end_at_one():
     pts = cdf_points(s)
     assert pts[-1][1] == 1.0 and pts[0][1] == pytest.approx(3 / 5)
     assert all(a[0] < b[0] and a[1] <= b[1] for a, b in zip(pts, pts[1:]))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["fra-1", "ams-1", "waw-2"]), st.sampled_from(["n1", "n2"]),
+                       st.sampled_from(["llama", "qwen"]), st.sampled_from(["v1", "v2"]), st.integers(0, 30),
+                       st.integers(0, 500), st.booleans()), max_size=25),
+    st.lists(st.sampled_from(["site", "node", "model", "version", "priority"]), unique=True, max_size=5),
+)
+def test_nothing_lost_or_counted_twice_whatever_the_grouping(specs, by):
+    payloads, valid_requests, valid_values = [], 0, 0
+    for i, (site, node, model, version, minute, requests, broken) in enumerate(specs):
+        p = payload(site=site, node=node, model=model, version=version, start=T0 + timedelta(minutes=minute),
+                    values={"ttftS": [0.1] * (requests % 7)}, requests=requests)
+        if broken:
+            p["groups"][0]["errors"] = -1
+        else:
+            valid_requests += requests
+            valid_values += requests % 7
+        payloads.append(p)
+    report = build_report(payloads, by=by)
+    assert report.total.requests == valid_requests == sum(r.requests for r in report.rows)
+    assert report.total.count("ttftS") == valid_values == sum(r.count("ttftS") for r in report.rows)
+    assert len(report.skipped) == sum(1 for s in specs if s[-1])
+    assert report.total.covered_s <= sum(r.covered_s for r in report.rows) or not report.rows
+    if by:
+        assert len({r.key for r in report.rows}) == len(report.rows)
