@@ -369,6 +369,11 @@ class _Tx:
         self.set(phase=phase, phase_since=self.now, reason=reason)
 
     def result(self) -> tuple[RolloutState, list[Action], list[AuditEntry]]:
+        # A site published and reverted in the same transition (a catch-up just before a breach) never left
+        # the old version: it needs neither action.
+        both = set(self.publish) & set(self.revert)
+        self.publish = [s for s in self.publish if s not in both]
+        self.revert = [s for s in self.revert if s not in both]
         new = replace(self.old, sites=tuple(self.records[r.site] for r in self.old.sites), **self.fields)
         actions = []
         if self.publish:

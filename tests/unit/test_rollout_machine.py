@@ -530,3 +530,18 @@ def test_audit_entries_round_trip():
     audit: list = []
     drive(begin(fleet), fleet, audit=audit)
     assert audit and all(AuditEntry.from_dict(json.loads(json.dumps(e.to_dict()))) == e for e in audit)
+
+
+def test_catch_up_in_the_step_that_breaches_emits_no_publish():
+    fleet = Fleet(4, speed={"v1": 1.0, "v2": 5.0})
+    state = begin(fleet, waves="2,100%", on_breach="rollback")
+    fleet.maintenance["s1"] = True
+    state, now = drive(state, fleet, until=lambda s: s.stage is Stage.SOAKING)
+    assert state.record("s1").status is SiteStatus.DEFERRED
+    fleet.maintenance["s1"] = False  # its maintenance ends in the very step whose gate fails
+    state, actions, _ = step(state, fleet.observe(), now + timedelta(minutes=10))
+    assert state.phase is Phase.ROLLING_BACK
+    assert [(a.kind, a.sites) for a in actions] == [("revert", ("s0",))]
+    fleet.carry_out(now, actions)
+    state, _, _ = step(state, fleet.observe(), now + timedelta(minutes=15))
+    assert state.phase is Phase.ROLLED_BACK and "s1" not in fleet.publishes
