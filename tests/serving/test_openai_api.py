@@ -103,3 +103,20 @@ def test_openai_client_raises_typed_errors(client: openai.OpenAI) -> None:
     assert nf.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError, match="context"):
         client.completions.create(model="tiny", prompt="hi", max_tokens=10_000)
+
+
+def test_telemetry_is_flushed_periodically_and_only_when_something_happened(harness) -> None:
+    h = harness(telemetry_interval_s=0.1).standard().start()
+    with httpx.Client(base_url=h.url) as c:
+        for _ in range(2):
+            r = c.post("/v1/completions", headers=EU_HEADERS,
+                       json={"model": "chat", "prompt": "hi", "max_tokens": 3, "temperature": 0, "ignore_eos": True})
+            assert r.status_code == 200
+    reports = wait_until(lambda: h.kinds("telemetry"), what="a telemetry report")
+    wait_until(lambda: sum(g["requests"] for p in h.kinds("telemetry") for g in p["groups"]) == 2,
+               what="both requests reported")
+    assert all(p["groups"] for p in h.kinds("telemetry"))  # idle windows send nothing
+    g = reports[0]["groups"][0]
+    assert (g["model"], g["version"], g["priority"]) == ("tiny", "v1", "")
+    assert g["gpuSeconds"] > 0 and g["costUsd"] == pytest.approx(2.5 / 3600 * g["gpuSeconds"])
+    assert g["carbonG"] > 0 and g["energyJ"] > 0
