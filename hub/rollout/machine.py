@@ -517,7 +517,7 @@ def _progress(tx: _Tx, obs: Observation) -> None:
         deferred = tx.in_status(SiteStatus.DEFERRED)
         if stage is Stage.CATCHING_UP:
             _publish(tx, obs, deferred)
-            return _finish_catch_up(tx)
+            return _finish_catch_up(tx, obs)
         current = [s for s in waves[wave] if tx.records[s].status is SiteStatus.PENDING]
         _publish(tx, obs, deferred + current)
         if stage is Stage.APPLYING:
@@ -560,13 +560,14 @@ def _progress(tx: _Tx, obs: Observation) -> None:
     return None
 
 
-def _finish_catch_up(tx: _Tx) -> None:
+def _finish_catch_up(tx: _Tx, obs: Observation) -> None:
     waiting = tx.in_status(SiteStatus.DEFERRED, SiteStatus.PUBLISHED)
     expired = tx.now - tx.get("catchup_since") >= timedelta(seconds=tx.spec.progress_deadline)
     if waiting and not expired:
         return
     for site in tx.in_status(SiteStatus.DEFERRED):
-        reason = f"still in maintenance {format_duration(tx.spec.progress_deadline)} after the last wave; not " \
+        where = "in maintenance" if _facts(obs, site).in_maintenance else "outside the update window"
+        reason = f"still {where} {format_duration(tx.spec.progress_deadline)} after the last wave; not " \
                  f"updated (start a new rollout for it later)"
         tx.mark(site, SiteStatus.SKIPPED, reason)
         tx.log("site-skipped", f"{site} {reason}", [site])
