@@ -242,7 +242,8 @@ def cdf_points(sketch: BaseDDSketch) -> list[tuple[float, float]]:
     return out
 
 
-def _cdf_chart(ids: _Ids, series: Sequence[tuple[str, BaseDDSketch]], title: str, what: str) -> str:
+def _cdf_chart(ids: _Ids, series: Sequence[tuple[str, BaseDDSketch]], title: str, what: str,
+               unit: str = "requests") -> str:
     width, height = 720, 330
     left, right, top, bottom = 60, 20, 30, 50
     curves = [(label, cdf_points(s), s) for label, s in series]
@@ -292,7 +293,7 @@ def _cdf_chart(ids: _Ids, series: Sequence[tuple[str, BaseDDSketch]], title: str
                      f'<title>{escape(label)}</title></polyline>')
     parts.append(f'<text x="{left + pw / 2}" y="{height - 8}" text-anchor="middle">{escape(what)} (log scale)</text>')
     parts.append(f'<text transform="translate(14 {top + ph / 2}) rotate(-90)" text-anchor="middle">'
-                 f'share of requests at or below</text>')
+                 f'share of {escape(unit)} at or below</text>')
     parts.append("</svg>")
     legend = "".join(
         f'<li><span class="swatch" style="background:{PALETTE[i % len(PALETTE)]}"></span>{escape(label)}</li>'
@@ -402,11 +403,11 @@ def render_html(report: Report, title: str = "Fleet report", slo_ttft_p95_s: Opt
         + "".join(f'<div class="card">{escape(k)}<b>{escape(v)}</b></div>' for k, v in cards)
         + "</section>",
         "<h2>Latency distributions</h2>",
-        '<p class="meta">Cumulative share of requests (tokens for ITL) at or below each latency, read from the '
+        '<p class="meta">Cumulative share of requests (of gaps between tokens for ITL) at or below each latency, read from the '
         "merged sketches (relative error at most 1 %). Further right is slower.</p>",
         "<figure>" + _cdf_chart(ids, _series(report, "ttftS"), "Time to first token (TTFT)", "TTFT")
         + "</figure>",
-        "<figure>" + _cdf_chart(ids, _series(report, "itlS"), "Inter-token latency (ITL)", "ITL") + "</figure>",
+        "<figure>" + _cdf_chart(ids, _series(report, "itlS"), "Inter-token latency (ITL)", "ITL", "token gaps") + "</figure>",
         "<h2>Per site</h2>",
     ]
     if "site" in report.by:
