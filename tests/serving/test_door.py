@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -171,3 +172,24 @@ def test_placement_errors_removal_and_versions(harness, tmp_path: Path) -> None:
     r = post(h, {"X-Fleet-Data-Class": "public"}, {**BODY, "model": "tiny:v1"})
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
     assert post(h, {"X-Fleet-Data-Class": "public"}).status_code == 200  # v2 serves on
+
+
+def test_disconnect_while_waiting_for_a_whole_completion_cancels_it(harness) -> None:
+    import socket
+
+    h = harness().standard().start()
+    (backend,) = h.serving.registry.backends()
+    engine = backend.engine
+    seen: list[RequestRecord] = []
+    h.serving.telemetry.observers.append(seen.append)
+    body = json.dumps({"model": "tiny", "prompt": "long story", "max_tokens": 240, "ignore_eos": True}).encode()
+    sock = socket.create_connection(("127.0.0.1", h.serving.http_port))
+    try:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"X-Fleet-Data-Class: public\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        wait_until(lambda: engine.stats().running == 1, what="the request to run")
+    finally:
+        sock.close()
+    wait_until(lambda: seen, what="the request to be recorded")
+    wait_until(lambda: engine.stats().running == 0 and engine.kv_usage().slots_used == 0, what="the KV slot to free")
+    assert seen[0].outcome is Outcome.CANCELLED and seen[0].stats.output_tokens < 240
