@@ -407,7 +407,8 @@ def render_html(report: Report, title: str = "Fleet report", slo_ttft_p95_s: Opt
         "merged sketches (relative error at most 1 %). Further right is slower.</p>",
         "<figure>" + _cdf_chart(ids, _series(report, "ttftS"), "Time to first token (TTFT)", "TTFT")
         + "</figure>",
-        "<figure>" + _cdf_chart(ids, _series(report, "itlS"), "Inter-token latency (ITL)", "ITL", "token gaps") + "</figure>",
+        "<figure>" + _cdf_chart(ids, _series(report, "itlS"), "Inter-token latency (ITL)", "ITL", "token gaps")
+        + "</figure>",
         "<h2>Per site</h2>",
     ]
     if "site" in report.by:
