@@ -121,7 +121,9 @@ def parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="a hub and four edge sites on this machine, end to end")
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    demo.add_argument("--agents-timeout", type=float, default=60.0, help="seconds to wait for agents (default 60)")
+    demo.add_argument("--agents-timeout", type=float, default=120.0, help="seconds to wait for agents (default 120)")
+    demo.add_argument("--html", metavar="FILE", help="write the report page with charts here")
+    demo.add_argument("--requests", type=int, default=12, help="requests per agent in the load step (default 12)")
     return p
 
 

@@ -22,16 +22,23 @@ def _agents_of(pid: int) -> list[psutil.Process]:
     ]
 
 
-def test_demo_applies_everywhere_and_exits_cleanly():
+def test_demo_plans_applies_serves_and_reports_then_exits_cleanly(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "hub.cli.main", "demo"], capture_output=True, text=True, timeout=180,
+        [sys.executable, "-m", "hub.cli.main", "demo", "--html", str(tmp_path / "report.html")],
+        capture_output=True, text=True, timeout=300,
         env={**os.environ, "COLUMNS": "200"},
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "all 4 agents connected" in out
-    assert "Config/fleet-settings v1 applied on 4/4 nodes" in out
-    assert "Config/de-only-settings v2 applied on 1/1 nodes" in out
+    assert "revision 1 stored" in out
+    assert "every demo node applied its placement" in out
+    assert "48/48 served" in out
+    assert "HTTP 403: data class 'personal-de' may not be processed at site iad-1" in out
+    report = out[out.index("merged from the agents' telemetry"):]
+    total = next(line.split() for line in report.splitlines() if line.startswith("TOTAL"))
+    assert int(total[3]) >= 48 and int(total[4]) == 1  # every served request measured; the refusal counted
+    assert (tmp_path / "report.html").read_text().count("<svg") >= 2
     assert "Traceback" not in out
     leftovers = [p for p in psutil.process_iter(["cmdline"])
                  if p.info["cmdline"] and "fleet-demo-" in " ".join(p.info["cmdline"])]

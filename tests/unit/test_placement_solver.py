@@ -15,6 +15,7 @@ from hub.placement.milp import solve_exact
 from hub.placement.model import Weights
 from hub.placement.synthetic import synthetic_problem
 from hub.placement.verify import violations
+from tests.props import examples
 
 FAST = 3  # greedy runs in property tests (the default allows up to 48 on small fleets)
 
@@ -29,7 +30,7 @@ fleets = st.builds(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fleets)
 def test_random_fleets_never_break_hard_constraints(problem) -> None:
     placement = solve_greedy(problem, max_runs=FAST)
@@ -53,15 +54,26 @@ def test_random_fleets_never_break_hard_constraints(problem) -> None:
         assert share / by_key[(u.service, u.region)].rate == pytest.approx(1 - u.fraction, abs=1e-6)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sites=st.integers(3, 30), services=st.integers(1, 10), seed=st.integers(0, 10**6))
 def test_every_slo_feasible_workload_is_placed_when_capacity_is_ample(sites: int, services: int, seed: int) -> None:
     problem = synthetic_problem(sites, services, seed=seed, load=0.3, gpu_scale=16)
     placement = solve_greedy(problem, max_runs=FAST)
     index = FleetIndex(problem)
-    feasible = {w.key[:2] for w in problem.workloads if any(len(c) for c in index.prepare([w])[1])}
+    feasible = {w.key[:2]: w for w in problem.workloads if any(len(c) for c in index.prepare([w])[1])}
     placed = {(a.service, a.region) for a in placement.assignments}
-    assert feasible <= placed
+    used: dict[tuple[str, str], set[int]] = {}
+    for a in placement.assignments:
+        used.setdefault((a.site, a.pool), set()).update(g for replica in a.gpus for g in replica)
+    for key in set(feasible) - placed:
+        # "Ample" is statistical: a seed can still make one pool everyone's only option
+        # (seed 4969 did, in a 2000-example run). Left out only when no candidate pool
+        # has enough wholly empty GPUs for a single replica.
+        c = index.candidates(feasible[key])
+        for p, g in zip(c.pool, c.gpus_per_replica):
+            pool = index.pools[int(p)]
+            free = pool.count - len(used.get((pool.site, pool.name), ()))
+            assert free < g, f"{key} unplaced although {pool.site}/{pool.name} has {free} empty GPU(s)"
     assert violations(problem, placement) == []
 
 
