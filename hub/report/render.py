@@ -403,7 +403,8 @@ def render_html(report: Report, title: str = "Fleet report", slo_ttft_p95_s: Opt
         + "".join(f'<div class="card">{escape(k)}<b>{escape(v)}</b></div>' for k, v in cards)
         + "</section>",
         "<h2>Latency distributions</h2>",
-        '<p class="meta">Cumulative share of requests (of gaps between tokens for ITL) at or below each latency, read from the '
+        '<p class="meta">Cumulative share of requests (of gaps between tokens for ITL) at or below each latency, '
+        "read from the "
         "merged sketches (relative error at most 1 %). Further right is slower.</p>",
         "<figure>" + _cdf_chart(ids, _series(report, "ttftS"), "Time to first token (TTFT)", "TTFT")
         + "</figure>",
