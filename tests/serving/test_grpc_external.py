@@ -86,3 +86,24 @@ def test_external_mode_forwards_and_measures(harness) -> None:
 
     assert decode_sketch(g["sketches"]["ttftS"]).count == 1
     assert decode_sketch(g["sketches"]["itlS"]).count >= 1  # gaps measured from the forwarded stream
+
+
+def test_cancelled_call_frees_the_engine(grpc_served: Harness) -> None:
+    from tests.serving.conftest import wait_until
+
+    h = grpc_served
+    (backend,) = h.serving.registry.backends()
+    seen: list = []
+    h.serving.telemetry.observers.append(seen.append)
+    with grpc.insecure_channel(f"127.0.0.1:{h.serving.grpc_port}") as ch:
+        stub = inference_pb2_grpc.InferenceStub(ch)
+        call = stub.Generate(inference_pb2.GenerateRequest(model="tiny", prompt="go on", max_tokens=240,
+                                                           data_class="public", ignore_eos=True), timeout=60)
+        first = next(call)
+        assert first.request_id
+        call.cancel()
+    wait_until(lambda: backend.engine.stats().running == 0 and backend.engine.kv_usage().slots_used == 0,
+               what="the engine to free the slot")
+    wait_until(lambda: seen, what="the call to be recorded")
+    (g,) = h.serving.flush()["groups"]
+    assert g["cancelled"] == 1 and g["outputTokens"] < 240
