@@ -57,6 +57,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
             await context.abort(status_of(exc), exc.message)
             return
         outcome: Outcome | None = Outcome.CANCELLED
+        recorded = False
         try:
             first = True
             async for piece in gen:
@@ -69,6 +70,8 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                 outcome = Outcome.ERROR
                 await context.abort(grpc.StatusCode.INTERNAL, f"the request ended with {reason}")
                 return
+            self.gateway.finish(adm, gen)  # recorded before the last message reaches the client
+            recorded = True
             yield inference_pb2.GenerateResponse(
                 index=max(0, st.output_tokens - 1), finish_reason=reason, request_id=adm.request_id,
                 usage=inference_pb2.Usage(prompt_tokens=st.prompt_tokens, completion_tokens=st.output_tokens,
@@ -76,10 +79,10 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                 timing=inference_pb2.Timing(ttft_s=st.ttft_s or 0.0, e2e_s=st.e2e_s or 0.0,
                                             queue_s=st.queue_time_s or 0.0, tpot_s=st.tpot_s or 0.0,
                                             gpu_seconds=st.gpu_seconds))
-            outcome = None
         finally:
             gen.cancel()
-            self.gateway.finish(adm, gen, outcome)
+            if not recorded:
+                self.gateway.finish(adm, gen, outcome)
 
 
 def add_to_server(server: grpc.aio.Server, gateway: Gateway) -> None:

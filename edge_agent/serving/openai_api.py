@@ -288,7 +288,7 @@ async def _collect(gateway: Gateway, adm: Admission, gen: Generation) -> str:
 
 async def _stream(gateway: Gateway, adm: Admission, gen: Generation, sse: SSE,
                   include_usage: bool) -> AsyncIterator[str]:
-    outcome: Outcome | None = Outcome.CANCELLED
+    recorded = False
     try:
         if sse.chat:
             yield sse.role()
@@ -303,8 +303,10 @@ async def _stream(gateway: Gateway, adm: Admission, gen: Generation, sse: SSE,
             yield f"data: {json.dumps(err.body())}\n\n"
         if include_usage:
             yield sse.usage(_usage(gen))
+        gateway.finish(adm, gen)  # recorded before [DONE], so a client that saw the end finds it counted
+        recorded = True
         yield "data: [DONE]\n\n"
-        outcome = None
     finally:
         gen.cancel()  # synchronous: the engine frees the KV slot even if we are being cancelled
-        gateway.finish(adm, gen, outcome)
+        if not recorded:
+            gateway.finish(adm, gen, Outcome.CANCELLED)

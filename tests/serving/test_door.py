@@ -138,6 +138,8 @@ def test_storm_of_cancelled_streams_returns_kv_to_baseline(harness) -> None:
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 
+    seen: list[RequestRecord] = []
+    h.serving.telemetry.observers.append(seen.append)
     threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
     for t in threads:
         t.start()
@@ -147,6 +149,7 @@ def test_storm_of_cancelled_streams_returns_kv_to_baseline(harness) -> None:
     wait_until(lambda: engine.stats().running == 0 and engine.stats().waiting == 0, what="the engine to go idle")
     after = engine.kv_usage()
     assert after.slots_used == baseline.slots_used == 0 and after.tokens_used == baseline.tokens_used
+    wait_until(lambda: len(seen) == 50, what="every request to be recorded")
     payload = h.serving.flush()
     (group,) = payload["groups"]
     assert group["requests"] == 50 and group["cancelled"] == 50
