@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Mapping, Optional
 
 from hub.placement.build import problem_from_bundle
 from hub.placement.constraints import FleetIndex
@@ -61,9 +61,13 @@ def plan(
     at: Optional[dt.datetime] = None,
     weights: Weights = Weights(),
     solver: Solver = "auto",
+    unschedulable: Optional[Mapping[tuple[str, str], str]] = None,
 ) -> PlanResult:
-    """Placement for ``bundle`` and its diff against ``previous`` (a dry run)."""
-    problem = problem_from_bundle(bundle, at=at, previous=previous, weights=weights)
+    """Placement for ``bundle`` and its diff against ``previous`` (a dry run).
+
+    ``unschedulable``: (site, node) -> reason, for nodes that take no placements now.
+    """
+    problem = problem_from_bundle(bundle, at=at, previous=previous, weights=weights, unschedulable=unschedulable)
     placement = solve(problem, solver)
     return PlanResult(problem, placement, plan_diff(previous, placement, problem))
 

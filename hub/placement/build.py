@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Optional
+from typing import Mapping, Optional
 
 from hub.placement.model import Placement, Pool, Problem, SiteInfo, Weights, Workload
 from hub.policy.bundle import Bundle
@@ -15,9 +15,16 @@ def problem_from_bundle(
     at: Optional[dt.datetime] = None,
     previous: Optional[Placement] = None,
     weights: Weights = Weights(),
+    unschedulable: Optional[Mapping[tuple[str, str], str]] = None,
 ) -> Problem:
     """Sites (with availability at time ``at``, default now UTC), workloads
-    (one per service and demand region) and residency rules of ``bundle``."""
+    (one per service and demand region) and residency rules of ``bundle``.
+
+    ``unschedulable`` maps (site, node) to why that node takes no placements
+    right now (e.g. cordoned in Kubernetes, as its agent reported); its pools
+    are left out like a cordoned site.
+    """
+    unschedulable = unschedulable or {}
     at = at or dt.datetime.now(dt.timezone.utc)
     sites = []
     for name in sorted(bundle.sites):
@@ -32,7 +39,8 @@ def problem_from_bundle(
                                + (f" ({window.reason})" if window.reason else ""))
         pools = tuple(
             Pool(site=name, name=p.name, node=p.node_name, gpu_type=p.gpu_type, count=p.count,
-                 memory=p.memory, price=p.price, power=p.power)
+                 memory=p.memory, price=p.price, power=p.power,
+                 unavailable=unschedulable.get((name, p.node_name)))
             for p in spec.gpu_pools
         )
         sites.append(SiteInfo(name=name, region=spec.region, country=spec.country,

@@ -73,7 +73,8 @@ class FleetIndex:
         w = problem.weights
         self.gpu_cost = w.cost * price + w.carbon_usd_per_kg * self.carbon_kg_h
         available = np.array([s.unavailable is None for s in self.sites], dtype=bool)
-        self.available = available[self.pool_site] if n else np.zeros(0, dtype=bool)
+        pool_ok = np.array([p.unavailable is None for p in self.pools], dtype=bool).reshape(n)
+        self.available = available[self.pool_site] & pool_ok if n else np.zeros(0, dtype=bool)
         self.by_type: dict[str, np.ndarray] = {}
         for i, p in enumerate(self.pools):
             self.by_type.setdefault(p.gpu_type, []).append(i)  # type: ignore[arg-type]
@@ -240,6 +241,8 @@ class FleetIndex:
         residency = why
         if site.unavailable is not None:
             return Check(False, "availability", site.unavailable, residency=residency)
+        if pool.unavailable is not None:
+            return Check(False, "availability", pool.unavailable, residency=residency)
         rtt = site.latency.get(w.region)
         if rtt is None:
             return Check(False, "network", f"site lists no networkLatency for region {w.region!r}", residency=residency)

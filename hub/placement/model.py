@@ -28,6 +28,8 @@ class Pool:
     """USD per GPU-hour."""
     power: float
     """Watts per GPU."""
+    unavailable: Optional[str] = None
+    """Why the pool's node takes no placements (e.g. cordoned in Kubernetes); None = available."""
 
 
 @dataclass(frozen=True)

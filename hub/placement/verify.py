@@ -36,6 +36,8 @@ def violations(problem: Problem, placement: Placement) -> list[str]:
             out.append(f"{name}: residency violated for data class {w.data_class}")
         if site.unavailable is not None:
             out.append(f"{name}: site unavailable ({site.unavailable})")
+        if pool.unavailable is not None:
+            out.append(f"{name}: node {pool.node} unavailable ({pool.unavailable})")
         if pool.gpu_type not in w.profiles:
             out.append(f"{name}: model does not run on {pool.gpu_type}")
         if a.ttft_p95 > w.ttft_slo + _EPS or a.tpot_p95 > w.tpot_slo + _EPS:

@@ -182,3 +182,22 @@ def test_policy_and_placement_stay_pure() -> None:
                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
                 for name in names:
                     assert not name.startswith(forbidden), f"{path.name} imports {name}"
+
+
+def test_an_unschedulable_node_gets_nothing_and_explain_says_why():
+    from pathlib import Path
+
+    from hub.placement.api import plan as plan_
+    from hub.placement.verify import violations
+    from hub.policy import load_bundle
+
+    root = Path(__file__).resolve().parents[2]
+    bundle = load_bundle([root / "fleet_configs", root / "policies"])
+    first = plan_(bundle, solver="greedy")
+    site, node = next((a.site, a.node) for a in first.placement.assignments if a.service == "assistant-de")
+    cordoned = {(site, node): "node cordoned in Kubernetes (agent inventory)"}
+    second = plan_(bundle, first.placement, solver="greedy", unschedulable=cordoned)
+    assert all((a.site, a.node) != (site, node) for a in second.placement.assignments)
+    assert violations(second.problem, second.placement) == []
+    # The same placement is a violation once the node is known to be unschedulable.
+    assert any("unavailable" in v for v in violations(second.problem, first.placement))
