@@ -18,6 +18,7 @@ unloads what no placement needs any more, in a background thread.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
@@ -309,21 +310,25 @@ class Backend:
         """Stop at once (unfinished requests end)."""
 
 
-def render_chat(messages: Sequence[Mapping[str, Any]], template: str | None) -> str:
+@functools.lru_cache(maxsize=16)
+def _compiled(template: str) -> Any:
+    import jinja2
+
+    return jinja2.Environment(autoescape=False, keep_trailing_newline=True).from_string(template)
+
+
+def render_chat(messages: Sequence[Mapping[str, Any]], template: str | None, eos_token: str = "</s>") -> str:
     """The chat prompt: the tokenizer's template, else the local Zephyr-like one
     (``<|role|>\\ncontent</s>\\n`` per message, then ``<|assistant|>\\n``; BOS comes
     from the tokenizer's post-processor)."""
     if template:
         try:
-            import jinja2
-
-            env = jinja2.Environment(autoescape=False, keep_trailing_newline=True)
-            text = env.from_string(template).render(messages=messages, add_generation_prompt=True,
-                                                    bos_token="", eos_token="</s>")
-            return text
+            # BOS comes from the tokenizer's post-processor, so the template's is left empty.
+            return _compiled(template).render(messages=messages, add_generation_prompt=True,
+                                              bos_token="", eos_token=eos_token)
         except Exception as exc:  # noqa: BLE001 - an unusable template: fall back
             log.debug("chat template failed (%s); using the built-in one", exc)
-    return "".join(f"<|{m['role']}|>\n{m['content']}</s>\n" for m in messages) + "<|assistant|>\n"
+    return "".join(f"<|{m['role']}|>\n{m['content']}{eos_token}\n" for m in messages) + "<|assistant|>\n"
 
 
 def _content(m: Mapping[str, Any]) -> str:
@@ -344,6 +349,7 @@ class LocalBackend(Backend):
         self.model, self.version, self.engine = model, version, engine
         self.max_len = engine.max_len
         self.chat_template: str | None = None
+        self.eos_token = "</s>"
         self._ids = itertools.count()
 
     @classmethod
@@ -355,8 +361,13 @@ class LocalBackend(Backend):
         tc = directory / "tokenizer_config.json"
         if tc.exists():
             try:
-                b.chat_template = json.loads(tc.read_text()).get("chat_template")
-            except (OSError, ValueError):
+                conf = json.loads(tc.read_text())
+                b.chat_template = conf.get("chat_template")
+                eos = conf.get("eos_token")
+                eos = eos.get("content") if isinstance(eos, dict) else eos
+                if isinstance(eos, str) and eos:
+                    b.eos_token = eos
+            except (OSError, ValueError, AttributeError):
                 pass
         return b
 
@@ -366,7 +377,7 @@ class LocalBackend(Backend):
             if tok is None:
                 raise BadRequest("this model has no tokenizer: chat is not available", param="messages")
             msgs = [{"role": str(m.get("role", "user")), "content": _content(m)} for m in req.messages]
-            return list(tok.encode(render_chat(msgs, self.chat_template)).ids)
+            return list(tok.encode(render_chat(msgs, self.chat_template, self.eos_token)).ids)
         if isinstance(req.prompt, str):
             if tok is None:
                 raise BadRequest("this model has no tokenizer: send the prompt as token ids", param="prompt")

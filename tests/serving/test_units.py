@@ -172,3 +172,12 @@ def test_merging_decoded_sketches_equals_one_sketch_of_the_union(a: list[float],
 
     assert bins(merged) == bins(union)
     assert merged.count == union.count and merged._zero_count == union._zero_count
+
+
+def test_chat_template_matches_the_local_tokenizer_format() -> None:
+    from edge_agent.runtime.local_tokenizer import CHAT_TEMPLATE
+    from edge_agent.serving.models import render_chat
+
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    want = "<|system|>\nbe brief</s>\n<|user|>\nhi</s>\n<|assistant|>\n"
+    assert render_chat(msgs, CHAT_TEMPLATE) == want == render_chat(msgs, None)
