@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -27,7 +27,7 @@ from hub import convert
 from hub.config import Limits
 from hub.security.certs import identity_from_pem
 from hub.store import Store
-from hub.store.repo import AppliedRecord, Heartbeat, ObjectRecord
+from hub.store.repo import AppliedRecord, Heartbeat, NodeRecord, ObjectRecord
 from hub.sync import Delta, delta_for, resync
 from protos.fleet.v1 import agent_pb2, agent_pb2_grpc
 
@@ -110,7 +110,15 @@ def update_message(delta: Delta, *, resync_complete: bool = False) -> agent_pb2.
 
 
 class Broker:
-    """Hands desired-state changes to the sessions of this hub process."""
+    """Hands desired-state changes to the sessions of this hub process.
+
+    It also keeps the live desired objects in memory, indexed by target, as of
+    `version`: a Hello's resync reads them from here instead of the store (a
+    reconnect storm of thousands of agents would otherwise queue one query
+    each on the database). The cache and the sessions change together in
+    `dispatch`, with no await in between, so an agent that attaches and reads
+    its snapshot in one step misses nothing and gets nothing twice.
+    """
 
     def __init__(self, store: Store, poll_interval: float) -> None:
         self.store = store
@@ -118,9 +126,31 @@ class Broker:
         self.sessions: dict[tuple[str, str], Session] = {}
         self.version = 0
         self._wake = asyncio.Event()
+        self._live: dict[str, ObjectRecord] = {}
+        self._by_target: dict[tuple[str, str], dict[str, ObjectRecord]] = {}
 
     async def start(self) -> None:
+        # Version first: objects written in between are read here *and* come
+        # again from changed_since(version), which is harmless (same version).
         self.version = await self.store.current_version()
+        self._remember(await self.store.live_objects())
+
+    def _remember(self, changed: Iterable[ObjectRecord]) -> None:
+        for o in changed:
+            old = self._live.pop(o.id, None)
+            if old is not None:
+                self._by_target.get((old.target_site, old.target_node), {}).pop(o.id, None)
+            if not o.deleted:
+                self._live[o.id] = o
+                self._by_target.setdefault((o.target_site, o.target_node), {})[o.id] = o
+
+    def objects_for(self, site: str, node: str) -> list[ObjectRecord]:
+        """Live objects meant for one node, in version order (as `Store.objects_for`)."""
+        out: list[ObjectRecord] = []
+        for key in {("", ""), (site, ""), ("", node), (site, node)}:
+            out.extend(self._by_target.get(key, {}).values())
+        out.sort(key=lambda o: o.version)
+        return out
 
     def attach(self, s: Session) -> None:
         old = self.sessions.get((s.site, s.node))
@@ -140,6 +170,7 @@ class Broker:
         self._wake.set()
 
     def dispatch(self, changed: list[ObjectRecord]) -> None:
+        self._remember(changed)
         # Most sessions get the same delta (an object for every node): convert
         # each distinct delta to protobuf once. Messages are immutable once
         # queued, so sessions may share one.
@@ -210,6 +241,54 @@ class Recorder:
                 log.exception("recorder: writing heartbeats/acks failed; will retry with the next batch")
 
 
+@dataclass(frozen=True, slots=True)
+class NodeHello:
+    site: str
+    node: str
+    agent_version: str
+    inventory: dict
+
+
+class Registrar:
+    """Registers the nodes of Hellos in batches: every agent that says hello in
+    the same moment (a reconnect storm after a hub restart) shares one
+    transaction instead of queueing one each on the store's connection."""
+
+    MAX_BATCH = 500
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._pending: list[tuple[NodeHello, asyncio.Future]] = []
+        self._task: asyncio.Task | None = None
+
+    async def register(self, h: NodeHello) -> tuple[NodeRecord, int]:
+        """The node's record and its highest stored report seq."""
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending.append((h, fut))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain(), name="hello-registrar")
+        return await fut
+
+    async def _drain(self) -> None:
+        await asyncio.sleep(0)  # Hellos that arrive in this turn of the loop join the batch
+        while self._pending:
+            batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH:]
+            live = [(h, f) for h, f in batch if not f.done()]  # a cancelled stream needs nothing
+            if not live:
+                continue
+            try:
+                got = await self.store.register_nodes(
+                    [(h.site, h.node, h.agent_version, h.inventory) for h, _ in live], _now())
+            except Exception as exc:  # noqa: BLE001 - each waiting stream reports it
+                for _, f in live:
+                    if not f.done():
+                        f.set_exception(exc)
+                continue
+            for h, f in live:
+                if not f.done():
+                    f.set_result(got[(h.site, h.node)])
+
+
 def peer_identity(context: grpc.aio.ServicerContext) -> tuple[str, str] | None:
     """(site, node) from the client certificate, or None on a plaintext stream."""
     auth = context.auth_context() or {}
@@ -239,6 +318,7 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         self.limits = limits
         self.heartbeat_interval = heartbeat_interval
         self.require_identity = require_identity
+        self.registrar = Registrar(store)
         # Streams whose handler has not finished (its clean-up writes to the store).
         self._streams = 0
         self._idle = asyncio.Event()
@@ -308,9 +388,8 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"certificate is for {identity[0]}/{identity[1]} but hello claims {site}/{node}",
             )
-        now = _now()
-        rec = await self.store.register_node(
-            site, node, hello.identity.agent_version, convert.inventory_from_proto(hello.inventory), now
+        rec, last_seq = await self.registrar.register(
+            NodeHello(site, node, hello.identity.agent_version, convert.inventory_from_proto(hello.inventory))
         )
         session = Session(site, node, rec.id, dict(hello.held), asyncio.Queue(self.limits.send_queue))
         welcome = agent_pb2.Welcome(
@@ -318,13 +397,13 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
             heartbeat_interval=Duration(
                 seconds=int(self.heartbeat_interval), nanos=int((self.heartbeat_interval % 1) * 1e9)
             ),
-            last_report_seq=await self.store.max_report_seq(rec.id),
+            last_report_seq=last_seq,
         )
         session.send(agent_pb2.HubMessage(welcome=welcome))
-        # Attach before reading the store, so no change can fall between the
-        # resync snapshot and live dispatch (a duplicate is filtered by `held`).
+        # Attach and take the snapshot in one step (no await): every later
+        # change reaches this session through dispatch.
         self.broker.attach(session)
-        wanted = await self.store.objects_for(site, node)
+        wanted = self.broker.objects_for(site, node)
         session.push(resync(session.held, wanted), resync_complete=True)
         log.info("agent %s/%s connected (%d objects held, %d meant)", site, node, len(hello.held), len(wanted))
         return session

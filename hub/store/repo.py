@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -174,7 +174,184 @@ def _revision(row: t.Revision) -> RevisionRecord:
     )
 
 
-class Store:
+# -- rollouts and audit ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutRecord:
+    id: str
+    service: str
+    from_version: str
+    to_version: str
+    phase: str
+    state: dict
+    state_revision: int
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    active: bool = True
+    commands: tuple[dict, ...] = ()
+    command_results: dict = field(default_factory=dict)
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    details: dict
+    id: int = 0
+
+
+class RolloutConflict(Exception):
+    """Another rollout of the same service is not finished."""
+
+
+def _rollout(row: t.Rollout) -> RolloutRecord:
+    return RolloutRecord(
+        id=row.id, service=row.service, from_version=row.from_version, to_version=row.to_version, phase=row.phase,
+        state=dict(row.state or {}), state_revision=row.state_revision, created_by=row.created_by,
+        created_at=utc(row.created_at), updated_at=utc(row.updated_at), active=row.active_service is not None,
+        commands=tuple(row.commands or ()), command_results=dict(row.command_results or {}),
+        lease_owner=row.lease_owner, lease_until=utc(row.lease_until) if row.lease_until else None,
+    )
+
+
+def _audit_row(a: AuditRecord) -> t.Audit:
+    return t.Audit(at=a.at, actor=a.actor, action=a.action, subject=a.subject, details=a.details)
+
+
+class RolloutStore:
+    """Rollout rows and the audit trail (mixed into `Store`)."""
+
+    db: Database
+
+    async def create_rollout(self, r: RolloutRecord, audit: Sequence[AuditRecord] = ()) -> RolloutRecord:
+        """Insert a new active rollout; raises `RolloutConflict` when the service has an active one."""
+        try:
+            async with self.db.sessions.begin() as s:
+                row = t.Rollout(
+                    id=r.id, service=r.service, active_service=r.service if r.active else None,
+                    from_version=r.from_version, to_version=r.to_version, phase=r.phase, state=r.state,
+                    state_revision=r.state_revision, commands=[], command_results={}, created_by=r.created_by,
+                    created_at=r.created_at, updated_at=r.updated_at,
+                )
+                s.add(row)
+                await s.flush()
+                s.add_all([_audit_row(a) for a in audit])
+                return _rollout(row)
+        except IntegrityError:
+            raise RolloutConflict(r.service) from None
+
+    async def get_rollout(self, rollout_id: str) -> RolloutRecord | None:
+        async with self.db.sessions() as s:
+            row = await s.get(t.Rollout, rollout_id)
+            return _rollout(row) if row else None
+
+    async def latest_rollout(self, service: str) -> RolloutRecord | None:
+        """The service's active rollout, else its newest one."""
+        async with self.db.sessions() as s:
+            q = (select(t.Rollout).where(t.Rollout.service == service)
+                 .order_by(t.Rollout.active_service.is_(None), t.Rollout.created_at.desc()).limit(1))
+            row = (await s.execute(q)).scalar_one_or_none()
+            return _rollout(row) if row else None
+
+    async def list_rollouts(self, *, active_only: bool = False, service: str | None = None,
+                            limit: int = 100) -> list[RolloutRecord]:
+        """Newest first."""
+        async with self.db.sessions() as s:
+            q = select(t.Rollout).order_by(t.Rollout.created_at.desc()).limit(limit)
+            if active_only:
+                q = q.where(t.Rollout.active_service.is_not(None))
+            if service:
+                q = q.where(t.Rollout.service == service)
+            return [_rollout(r) for r in (await s.execute(q)).scalars()]
+
+    async def acquire_lease(self, rollout_id: str, owner: str, now: datetime, until: datetime) -> bool:
+        """Take or renew the right to drive a rollout: succeeds when the lease is free, expired or ours.
+
+        One conditional UPDATE, atomic on SQLite and PostgreSQL alike.
+        """
+        async with self.db.sessions.begin() as s:
+            res = await s.execute(
+                update(t.Rollout)
+                .where(t.Rollout.id == rollout_id,
+                       (t.Rollout.lease_owner.is_(None)) | (t.Rollout.lease_owner == owner)
+                       | (t.Rollout.lease_until < now))
+                .values(lease_owner=owner, lease_until=until)
+                .execution_options(synchronize_session=False)
+            )
+            return res.rowcount == 1
+
+    async def release_lease(self, rollout_id: str, owner: str) -> None:
+        async with self.db.sessions.begin() as s:
+            await s.execute(
+                update(t.Rollout).where(t.Rollout.id == rollout_id, t.Rollout.lease_owner == owner)
+                .values(lease_owner=None, lease_until=None).execution_options(synchronize_session=False)
+            )
+
+    async def save_rollout(
+        self, rollout_id: str, *, owner: str, expected_revision: int, state: dict, phase: str, active: bool,
+        now: datetime, consumed: dict[str, str] | None = None, audit: Sequence[AuditRecord] = (),
+    ) -> bool:
+        """Persist a new state if we still hold the lease and nobody saved since ``expected_revision``.
+
+        ``consumed`` maps queued command ids to their result ("" done, else the refusal); they leave the
+        queue in the same transaction. Returns False (nothing written) on a lost lease or a stale revision.
+        """
+        async with self.db.sessions.begin() as s:
+            row = (await s.execute(select(t.Rollout).where(t.Rollout.id == rollout_id).with_for_update())
+                   ).scalar_one_or_none()
+            if row is None or row.lease_owner != owner or row.state_revision != expected_revision:
+                return False
+            row.state = state
+            row.state_revision = int(state.get("revision", expected_revision + 1))
+            if row.state_revision == expected_revision:
+                row.state_revision += 1
+            row.phase = phase
+            row.active_service = row.service if active else None
+            row.updated_at = now
+            if consumed:
+                row.commands = [c for c in (row.commands or []) if c.get("id") not in consumed]
+                results = dict(row.command_results or {})
+                results.update(consumed)
+                row.command_results = dict(list(results.items())[-50:])
+            s.add_all([_audit_row(a) for a in audit])
+            return True
+
+    async def enqueue_command(self, rollout_id: str, cmd: dict) -> bool:
+        """Queue an operator command for the rollout's driver; False when the rollout does not exist."""
+        async with self.db.sessions.begin() as s:
+            row = (await s.execute(select(t.Rollout).where(t.Rollout.id == rollout_id).with_for_update())
+                   ).scalar_one_or_none()
+            if row is None:
+                return False
+            row.commands = [*(row.commands or []), cmd]
+            return True
+
+    async def append_audit(self, records: Sequence[AuditRecord]) -> None:
+        if not records:
+            return
+        async with self.db.sessions.begin() as s:
+            s.add_all([_audit_row(a) for a in records])
+
+    async def list_audit(self, *, since: datetime | None = None, subject: str | None = None,
+                         limit: int = 10_000) -> list[AuditRecord]:
+        """Oldest first."""
+        async with self.db.sessions() as s:
+            q = select(t.Audit).order_by(t.Audit.id).limit(limit)
+            if since is not None:
+                q = q.where(t.Audit.at >= since)
+            if subject:
+                q = q.where(t.Audit.subject == subject)
+            return [AuditRecord(utc(r.at), r.actor, r.action, r.subject, dict(r.details or {}), r.id)
+                    for r in (await s.execute(q)).scalars()]
+
+
+class Store(RolloutStore):
     """Fleet state on top of a migrated `Database`."""
 
     def __init__(self, db: Database) -> None:
@@ -231,6 +408,38 @@ class Store:
             ).returning(t.Node)
             row = (await s.execute(ins)).scalar_one()
             return _node(row)
+
+    async def register_nodes(
+        self, hellos: Sequence[tuple[str, str, str, dict]], now: datetime
+    ) -> dict[tuple[str, str], tuple[NodeRecord, int]]:
+        """`register_node` for many (site, node, agent_version, inventory) at once, in one
+        transaction, with each node's highest stored report seq. The last entry wins
+        for a node listed twice."""
+        latest = {(site, node): (site, node, ver, inv) for site, node, ver, inv in hellos}
+        if not latest:
+            return {}
+        async with self.db.sessions.begin() as s:
+            ins = self._insert(t.Node)
+            stmt = ins.on_conflict_do_update(
+                index_elements=["site", "node"],
+                set_={"agent_version": ins.excluded.agent_version, "inventory": ins.excluded.inventory,
+                      "last_seen": ins.excluded.last_seen, "connected": True},
+            )
+            conn = await s.connection()
+            await conn.execute(stmt, [
+                {"site": site, "node": node, "agent_version": ver, "inventory": inv, "first_seen": now,
+                 "last_seen": now, "connected": True, "recent_errors": [], "reports_received": 0,
+                 "reports_duplicate": 0}
+                for site, node, ver, inv in latest.values()
+            ])
+            rows = (await s.execute(select(t.Node).where(tuple_(t.Node.site, t.Node.node).in_(list(latest))))).scalars()
+            nodes = {(r.site, r.node): _node(r) for r in rows}
+            seqs = dict((await s.execute(
+                select(t.Report.node_id, func.max(t.Report.seq))
+                .where(t.Report.node_id.in_([n.id for n in nodes.values()]))
+                .group_by(t.Report.node_id)
+            )).all())
+            return {key: (n, int(seqs.get(n.id) or 0)) for key, n in nodes.items()}
 
     async def mark_disconnected(self, node_id: int, now: datetime) -> None:
         async with self.db.sessions.begin() as s:

@@ -8,7 +8,7 @@ import time
 import pytest
 import yaml
 
-from tests.integration.cliharness import Hub, assert_clean_error, fleet
+from tests.integration.cliharness import Hub, assert_clean_error, fleet, free_port
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):

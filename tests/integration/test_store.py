@@ -168,3 +168,19 @@ async def test_applied_rows_upsert_and_delete(store):
     await store.record_applied([AppliedRecord(n.id, "o1", 4, True, "", T0)], [(n.id, "o2")])
     rows = {r.object_id: (r.version, r.ok) for r in await store.applied_rows()}
     assert rows == {"o1": (4, True)}
+
+
+async def test_register_nodes_in_one_batch_with_their_last_report_seq(store):
+    first = await store.register_node("fra", "a", "1.0", {}, T0)
+    await store.store_reports(first.id, reports(1, 2, 7), T0)
+    got = await store.register_nodes(
+        [("fra", "a", "1.1", {"gpus": []}), ("par", "b", "1.1", {}), ("par", "b", "1.2", {"x": 1})],
+        T0 + timedelta(seconds=5),
+    )
+    assert set(got) == {("fra", "a"), ("par", "b")}
+    fra, fra_seq = got[("fra", "a")]
+    assert (fra.id, fra.agent_version, fra.connected, fra_seq) == (first.id, "1.1", True, 7)
+    assert fra.first_seen == T0 and fra.last_seen == T0 + timedelta(seconds=5)
+    par, par_seq = got[("par", "b")]
+    assert (par.agent_version, par.inventory, par_seq) == ("1.2", {"x": 1}, 0)  # the last hello wins
+    assert await store.register_nodes([], T0) == {}
