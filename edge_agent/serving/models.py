@@ -355,8 +355,17 @@ class LocalBackend(Backend):
     @classmethod
     def load(cls, model: str, version: str, directory: Path, engine_config: Any = None) -> LocalBackend:
         from edge_agent.runtime.engine import Engine
+        from edge_agent.runtime.request import SamplingParams
 
         engine = Engine(directory, engine_config).start()
+        try:
+            # Warm up before taking traffic: the first step pays for lazy
+            # initialisation (allocator, kernels, graph capture on a GPU). A
+            # version that cannot generate fails here, so the old one stays.
+            engine.generate([[1, 2, 3]], SamplingParams(max_tokens=2, temperature=0.0))
+        except Exception:
+            engine.shutdown()
+            raise
         b = cls(model, version, engine)
         tc = directory / "tokenizer_config.json"
         if tc.exists():

@@ -196,3 +196,33 @@ def test_disconnect_while_waiting_for_a_whole_completion_cancels_it(harness) -> 
     wait_until(lambda: seen, what="the request to be recorded")
     wait_until(lambda: engine.stats().running == 0 and engine.kv_usage().slots_used == 0, what="the KV slot to free")
     assert seen[0].outcome is Outcome.CANCELLED and seen[0].stats.output_tokens < 240
+
+
+def test_a_version_switch_in_place_keeps_serving_and_drains_the_old_version(harness, models_dir: Path) -> None:
+    """Issue 5's zero-downtime switch: load and warm v2, move new requests to it, let v1's
+    in-flight stream finish, then unload v1 — all from one changed Placement object."""
+    h = harness().standard().start()
+    reg = h.serving.registry
+    old = reg.resolve("chat")[0]
+    with httpx.Client(base_url=h.url, timeout=120) as c, c.stream(
+        "POST", "/v1/completions", headers={"X-Fleet-Data-Class": "public"},
+        json={"model": "chat", "prompt": "a long answer", "max_tokens": 120, "ignore_eos": True, "stream": True},
+    ) as stream:
+        lines = stream.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+        assert old.engine.stats().running == 1  # v1 is mid-stream when the new version arrives
+        h.apply("Placement", "fra-1.node-a", {"site": "fra-1", "node": "node-a", "assignments": [
+            {"service": "chat", "model": "tiny", "version": "v2", "replicas": 1, "gpuType": "cpu"}]})
+        new = reg.resolve("chat")[0]
+        assert (old.version, new.version) == ("v1", "v2")  # new requests go to v2 at once
+        assert post(h, {"X-Fleet-Data-Class": "public"}, {**BODY, "model": "chat"}).status_code == 200
+        rest = [line for line in lines if line.startswith("data: ")]
+    assert rest[-1] == "data: [DONE]"  # the v1 stream was not cut
+    assert sum(json.loads(x[6:])["choices"][0]["text"] != "" for x in rest[:-1] if '"choices"' in x) > 50
+    wait_until(lambda: old.engine._thread is None, what="v1 to drain and unload")
+    # A version that cannot load leaves v2 serving, and the apply fails (the hub sees it not-ok).
+    with pytest.raises(FileNotFoundError):
+        h.apply("Placement", "fra-1.node-a", {"site": "fra-1", "node": "node-a", "assignments": [
+            {"service": "chat", "model": "tiny", "version": "v9", "replicas": 1, "gpuType": "cpu"}]})
+    assert reg.resolve("chat")[0] is new
+    assert post(h, {"X-Fleet-Data-Class": "public"}, {**BODY, "model": "chat"}).status_code == 200
