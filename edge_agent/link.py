@@ -228,7 +228,10 @@ class HubLink:
                 return
             kind = msg.WhichOneof("msg")
             if kind == "desired":
-                for ack in self._apply(msg.desired):
+                # Appliers may take long (loading and warming a model, a
+                # Kubernetes call): off the loop, so heartbeats and reports go on.
+                # Updates still apply one at a time, in order.
+                for ack in await asyncio.to_thread(self._apply, msg.desired):
                     outq.put_nowait(agent_pb2.AgentMessage(applied=ack))
                 if msg.desired.resync_complete:
                     self.status.resynced.set()
