@@ -15,6 +15,7 @@ from google.protobuf.struct_pb2 import Struct
 
 from hub import convert, report, revisions
 from hub.policy import Bundle, PolicyError
+from hub.rollout.service import blocking_rollouts_message
 from hub.store import Store
 from hub.store.repo import NodeRecord, ObjectRecord, RevisionRecord, StaleRevision
 from hub.sync import LivenessPolicy, Phase, Progress, phase, progress
@@ -190,6 +191,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the bundle is invalid; nothing changed:\n"
                                 + "\n".join(str(p) for p in exc.problems))
         base = request.base_revision if request.HasField("base_revision") else None
+        if not request.dry_run:
+            await self._refuse_during_rollouts(context)
         try:
             out = await revisions.apply_bundle(
                 self.store, bundle, author=request.author or "unknown", message=request.message, base=base,
@@ -205,6 +208,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def Rollback(self, request, context):  # noqa: N802
         base = request.base_revision if request.HasField("base_revision") else None
+        await self._refuse_during_rollouts(context)
         try:
             out = await revisions.rollback(self.store, request.to, author=request.author or "unknown",
                                            message=request.message, base=base, now=datetime.now(UTC))
@@ -216,6 +220,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self.on_change()
         log.info("revision %d restores revision %d (by %s)", out.revision.number, request.to, out.revision.author)
         return _apply_response(out)
+
+    async def _refuse_during_rollouts(self, context) -> None:
+        """A revision written now would silently undo an active rollout's progress: refuse it."""
+        active = await self.store.list_rollouts(active_only=True)
+        if active:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, blocking_rollouts_message(active))
 
     async def GetRevision(self, request, context):  # noqa: N802
         rev = await self.store.get_revision(request.number or None)

@@ -56,6 +56,11 @@ class HubConfig(BaseModel):
     """How often each hub process looks for desired-state changes made by other processes (default 0.1 s)."""
     flush_interval_s: float = Field(0.1, gt=0)
     """How often batched heartbeats and applied-acks are written (default 0.1 s)."""
+    rollout_tick_s: float = Field(2.0, gt=0)
+    """How often the rollout controller ticks each active rollout, in seconds (default 2)."""
+    rollout_lease_s: float = Field(15.0, gt=0)
+    """How long a hub process's claim to drive a rollout lasts without renewal; another replica (or this
+    one restarted) takes over after it (default 15 s, at least two ticks)."""
     limits: Limits = Limits()
 
     @model_validator(mode="after")

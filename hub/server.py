@@ -16,8 +16,10 @@ import grpc
 from hub.admin import AdminService, BearerTokenInterceptor
 from hub.config import HubConfig
 from hub.link import AgentLinkService, Broker, Recorder
+from hub.rollout.controller import RolloutController
+from hub.rollout.service import RolloutService
 from hub.store import Database, Store
-from protos.fleet.v1 import admin_pb2_grpc, agent_pb2_grpc
+from protos.fleet.v1 import admin_pb2_grpc, agent_pb2_grpc, rollout_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class Hub:
         self._agent_server: grpc.aio.Server | None = None
         self._admin_server: grpc.aio.Server | None = None
         self._link: AgentLinkService | None = None
+        self.rollouts: RolloutController | None = None
 
     def _credentials(self, client_auth: bool) -> grpc.ServerCredentials:
         d = self.cfg.certs_dir
@@ -100,6 +103,13 @@ class Hub:
             admin_pb2_grpc.add_AdminServicer_to_server(
                 AdminService(self.store, self.cfg.liveness, self.broker.poke), self._admin_server
             )
+            # The admin-serving process drives rollouts (one driver per rollout across replicas: a lease).
+            self.rollouts = RolloutController(
+                self.store, liveness=self.cfg.liveness, on_change=self.broker.poke,
+                tick_s=self.cfg.rollout_tick_s, lease_s=self.cfg.rollout_lease_s,
+            )
+            rollout_pb2_grpc.add_RolloutsServicer_to_server(RolloutService(self.store, self.rollouts),
+                                                            self._admin_server)
             admin_port = self._bind(self._admin_server, self.cfg.admin_listen, client_auth=False)
         self._tasks = [
             asyncio.create_task(self.broker.run(), name="broker"),
@@ -108,10 +118,15 @@ class Hub:
         await self._agent_server.start()
         if self._admin_server is not None:
             await self._admin_server.start()
+        if self.rollouts is not None:
+            await self.rollouts.start()
         log.info("hub serving agents on port %d%s", agent_port, f", admin on port {admin_port}" if admin_port else "")
         return Ports(agent_port, admin_port)
 
     async def stop(self, grace: float = 2.0) -> None:
+        if self.rollouts is not None:
+            with contextlib.suppress(Exception):
+                await self.rollouts.stop()
         servers = [s for s in (self._agent_server, self._admin_server) if s is not None]
         await asyncio.gather(*(s.stop(grace) for s in servers))
         # Cancelled stream handlers still mark their nodes disconnected: let them

@@ -106,5 +106,21 @@ class Database:
         finally:
             engine.dispose()
 
+    def scheduler_engine(self):
+        """A synchronous engine for APScheduler's job store (table ``apscheduler_jobs``).
+
+        On PostgreSQL it is the store's own database. On SQLite it is a file beside the store
+        (``fleet-scheduler.db`` for ``fleet.db``): APScheduler writes synchronously from the event loop's
+        thread, and waiting there for SQLite's single write lock, held by one of the hub's own async
+        transactions that needs that very loop to finish, would deadlock.
+        """
+        if self.is_sqlite:
+            path = Path(self.sync_url.database or "")
+            url = self.sync_url.set(database=str(path.with_name(f"{path.stem}-scheduler{path.suffix or '.db'}")))
+            engine = create_engine(url, poolclass=NullPool)
+            event.listen(engine, "connect", _sqlite_pragmas)
+            return engine
+        return create_engine(self.sync_url, pool_size=2, max_overflow=2, pool_pre_ping=True)
+
     async def close(self) -> None:
         await self.engine.dispose()

@@ -13,11 +13,14 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
+    Unicode,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -120,3 +123,66 @@ class Revision(Base):
     """Totals shown by `fleet get revisions`: replicas, GPUs, cost/h, carbon/h, SLO attainment."""
     rollback_of: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     """Set when this revision restores an earlier one."""
+
+
+class Rollout(Base):
+    """One rollout of a service to a model version: its spec and its state machine (hub.rollout.machine).
+
+    ``state`` is the machine's plain-dict state; ``phase`` copies its phase for
+    queries. ``active_service`` is the service name while the rollout is not
+    terminal and NULL after, so the unique constraint allows one active rollout
+    per service. Only the hub process holding the lease (``lease_owner`` until
+    ``lease_until``) drives the rollout; operator commands are queued in
+    ``commands`` and applied by that driver.
+    """
+
+    __tablename__ = "rollouts"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    service: Mapped[str] = mapped_column(String(63), nullable=False)
+    active_service: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    from_version: Mapped[str] = mapped_column(String(63), nullable=False)
+    to_version: Mapped[str] = mapped_column(String(63), nullable=False)
+    phase: Mapped[str] = mapped_column(String(32), nullable=False)
+    state: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    state_revision: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    commands: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
+    """Queued operator commands: [{id, name, actor, note, at}]."""
+    command_results: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    """command id -> "" (done) or the refusal message, for the caller waiting on it."""
+    created_by: Mapped[str] = mapped_column(String(253), nullable=False, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    __table_args__ = (
+        UniqueConstraint("active_service", name="uq_rollouts_active_service"),
+        Index("ix_rollouts_service", "service"),
+        Index("ix_rollouts_phase", "phase"),
+    )
+
+
+class Audit(Base):
+    """Append-only record of who did what, when, with the figures behind each decision.
+
+    The store only inserts and reads these rows (on PostgreSQL a trigger also
+    refuses UPDATE and DELETE).
+    """
+
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    actor: Mapped[str] = mapped_column(String(253), nullable=False)
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    subject: Mapped[str] = mapped_column(String(253), nullable=False)
+    details: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    __table_args__ = (Index("ix_audit_at", "at"), Index("ix_audit_subject", "subject"))
+
+
+class SchedulerJob(Base):
+    """APScheduler's SQLAlchemyJobStore table (the rollout controller's persistent jobs), declared here so
+    that migrations create it; the job store's own create-if-missing is then a no-op."""
+
+    __tablename__ = "apscheduler_jobs"
+    id: Mapped[str] = mapped_column(Unicode(191), primary_key=True)
+    next_run_time: Mapped[float | None] = mapped_column(Float(25), nullable=True, index=True)
+    job_state: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)

@@ -1,0 +1,198 @@
+"""What the rollout controller sees of the fleet, and how a version switch becomes a placement (pure).
+
+- :func:`switch` turns the current placement into one where a service runs
+  another version at some sites, and refuses the sites where that placement
+  would break a hard constraint of the *current* revision (GPU type the
+  version runs on, memory fit, residency), with the reason.
+- :func:`with_service_version` is the bundle with a service moved to a
+  version (what the last revision of a completed rollout stores, so a later
+  ``fleet apply`` plans from it).
+- :func:`site_facts` derives, per site of the service, the machine's
+  :class:`~hub.rollout.machine.SiteFacts` from store records: reachable
+  (any node of the site not Unreachable), the applied version (every node
+  of the site acknowledged its current Placement object), maintenance
+  (the Site's ``maintenanceWindows``) and opt-out (label
+  ``fleet.edge/rollouts: opt-out`` on the Site's metadata or spec).
+- :func:`telemetry` selects a service's traffic per site and version from
+  stored ``telemetry`` payloads for the gates.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Optional
+
+from hub.placement.build import problem_from_bundle
+from hub.placement.model import Placement
+from hub.placement.verify import violations
+from hub.policy import Bundle
+from hub.rollout.gates import TrafficStats, traffic_from_report
+from hub.rollout.machine import SiteFacts
+from hub.rollout.plan import SiteState
+from hub.store.repo import AppliedRecord, NodeRecord, ObjectRecord
+from hub.sync import LivenessPolicy, Phase, phase
+
+OPT_OUT_LABEL = "fleet.edge/rollouts"
+"""Site label; the value ``opt-out`` keeps rollouts away from the site (it is updated by hand)."""
+
+
+def service_sites(placement: Placement, service: str) -> dict[str, list[str]]:
+    """site -> nodes that run ``service`` in ``placement``."""
+    out: dict[str, list[str]] = {}
+    for a in placement.assignments:
+        if a.service == service and a.node not in out.setdefault(a.site, []):
+            out[a.site].append(a.node)
+    return out
+
+
+def site_versions(placement: Placement, service: str) -> dict[str, str]:
+    """site -> the version ``placement`` gives the service there (the first assignment's)."""
+    out: dict[str, str] = {}
+    for a in placement.assignments:
+        if a.service == service:
+            out.setdefault(a.site, a.version)
+    return out
+
+
+def with_service_version(bundle: Bundle, service: str, version: str, validate: bool = True) -> Bundle:
+    """``bundle`` with Service ``service`` at ``version``: validated again, or (``validate=False``) only each
+    resource on its own, for checking a placement that fleet-wide validation would refuse."""
+    items = bundle.to_canonical()
+    for item in items:
+        if item["kind"] == "Service" and item["metadata"]["name"] == service:
+            item["spec"]["version"] = version
+    if validate:
+        return Bundle.from_json(json.dumps(items, sort_keys=True, separators=(",", ":")))
+    from hub.policy.bundle import Located
+    from hub.policy.schema import RESOURCE_TYPES
+
+    return Bundle.from_located([Located(RESOURCE_TYPES[i["kind"]].model_validate(i)) for i in items], [])
+
+
+@dataclass(frozen=True)
+class Switched:
+    placement: Placement
+    refused: Mapping[str, str]
+    """site -> why the version may not run there (the site keeps its version)."""
+    changed: bool
+    """Whether the placement differs from the one it was made from."""
+
+
+def switch(bundle: Bundle, placement: Placement, service: str, version: str, sites: Iterable[str],
+           at: datetime, check: bool = True) -> Switched:
+    """``placement`` with ``service`` at ``version`` on ``sites``, minus the sites where that breaks a constraint."""
+    wanted = set(sites)
+    spec = bundle.services[service].spec
+    mv = bundle.models[spec.model].spec.version(version)
+    if mv is None:
+        raise ValueError(f"model {spec.model} has no version {version!r}")
+
+    def apply(on: set[str]) -> Placement:
+        return replace(placement, assignments=tuple(
+            replace(a, version=version, memory_per_replica=float(mv.gpu_memory_per_replica))
+            if a.service == service and a.site in on else a
+            for a in placement.assignments))
+
+    refused: dict[str, str] = {}
+    if check and wanted:
+        before = set(violations(problem_from_bundle(bundle, at=at), placement))
+        new_problem = problem_from_bundle(with_service_version(bundle, service, version, validate=False), at=at)
+        after = violations(new_problem, apply(wanted))
+        prefixes = {f"{a.service}/{a.region}#{a.shard} at {a.site}/": a.site
+                    for a in placement.assignments if a.service == service and a.site in wanted}
+        for msg in after:
+            if msg in before or "site unavailable" in msg:
+                continue  # maintenance is the rollout's own business (deferred sites)
+            for prefix, site in prefixes.items():
+                if msg.startswith(prefix) or msg.startswith(f"('{site}',"):
+                    what, _, why = msg.partition(": ")
+                    refused.setdefault(site, f"{why} ({what})" if why else msg)
+    out = apply(wanted - set(refused))
+    return Switched(out, refused, out != placement)
+
+
+def site_states(bundle: Bundle, placement: Placement, service: str, facts: Mapping[str, SiteFacts]) -> list[SiteState]:
+    """The planner's view of the service's sites."""
+    versions = site_versions(placement, service)
+    return [SiteState(site, f.reachable, f.opted_out, f.in_maintenance, versions.get(site))
+            for site, f in sorted(facts.items())]
+
+
+def opted_out(bundle: Bundle, site: str) -> bool:
+    res = bundle.sites.get(site)
+    if res is None:
+        return False
+    return OPT_OUT_LABEL in res.metadata.labels and res.metadata.labels[OPT_OUT_LABEL] == "opt-out" \
+        or res.spec.labels.get(OPT_OUT_LABEL) == "opt-out"
+
+
+def site_facts(
+    bundle: Bundle, placement: Placement, service: str, *, nodes: Sequence[NodeRecord],
+    objects: Sequence[ObjectRecord], applied: Sequence[AppliedRecord], now: datetime, liveness: LivenessPolicy,
+    versions: tuple[str, str] = ("", ""),
+) -> dict[str, SiteFacts]:
+    """Facts per site that runs ``service``. ``versions`` = (from, to): a node that has not applied its
+    current Placement is taken to still run the other one of the two."""
+    by_node = {(n.site, n.node): n for n in nodes}
+    obj_of = {(o.target_site, o.target_node): o for o in objects if o.kind == "Placement" and not o.deleted}
+    acked = {(a.node_id, a.object_id): a for a in applied}
+    out: dict[str, SiteFacts] = {}
+    for site, site_nodes in service_sites(placement, service).items():
+        reachable = False
+        running: Optional[str] = None
+        for node in site_nodes:
+            rec = by_node.get((site, node))
+            obj = obj_of.get((site, node))
+            if rec is not None and phase(rec.last_seen, now, rec.connected, liveness) is not Phase.UNREACHABLE:
+                reachable = True
+            desired = None
+            if obj is not None:
+                desired = next((a["version"] for a in obj.spec.get("assignments", ()) if a.get("service") == service),
+                               None)
+            ack = acked.get((rec.id, obj.id)) if rec is not None and obj is not None else None
+            if desired is None or ack is None or not ack.ok or ack.version < obj.version:
+                if desired in versions and running is None:
+                    running = versions[1] if desired == versions[0] else versions[0]
+            elif running is None:
+                running = desired
+        spec = bundle.sites[site].spec if site in bundle.sites else None
+        out[site] = SiteFacts(
+            reachable=reachable,
+            applied_version=running or None,
+            in_maintenance=bool(spec is not None and spec.in_maintenance(now) is not None),
+            opted_out=opted_out(bundle, site),
+        )
+    return out
+
+
+def telemetry(payloads: Iterable[tuple[str, str, dict]], model: str, new: str, old: str, new_since: datetime,
+              old_since: datetime, sites: Optional[set[str]] = None) -> dict[str, dict[str, TrafficStats]]:
+    """site -> version -> traffic of ``model``: the new version since ``new_since`` (the soak), the old
+    version since ``old_since`` (the canary's baseline on the same sites, before and during the switch).
+
+    ``payloads`` are (verified site, node, payload); the verified identity replaces the payload's.
+    """
+    from hub.report import build_report
+
+    def pick(version: str) -> list[dict]:
+        out = []
+        for site, node, p in payloads:
+            if not isinstance(p, dict) or (sites is not None and site not in sites):
+                continue
+            groups = [g for g in p.get("groups", ()) if isinstance(g, dict) and g.get("model") == model
+                      and g.get("version") == version]
+            if groups:
+                out.append({**p, "site": site, "node": node, "groups": groups})
+        return out
+
+    result: dict[str, dict[str, TrafficStats]] = {}
+    for version, since in ((new, new_since), (old, old_since)):
+        chosen = pick(version)
+        if not chosen:
+            continue
+        for site, per_version in traffic_from_report(build_report(chosen, ("site", "version"), since)).items():
+            result.setdefault(site, {}).update(per_version)
+    return result
