@@ -47,6 +47,7 @@ from edge_agent.runtime.request import (
     RequestStats,
     SamplingParams,
     TokenEvent,
+    coalesced_wakes,
 )
 from edge_agent.runtime.sampling import sample
 from edge_agent.runtime.scheduler import SchedulerConfig, SeqView, StepTimeModel, schedule
@@ -345,13 +346,18 @@ class Engine:
         if not self._waiting and not self._running:
             return False
         self._schedule()
-        self._prefill()
+        # Readers are woken once per phase (see coalesced_wakes): first tokens
+        # leave right after prefill, the decode step's tokens right after it.
+        with coalesced_wakes():
+            self._prefill()
         if self._intake() and any(s.deadline_ns is not None and not s.output for s in self._waiting.values()):
             # Requests with a TTFT objective that arrived during the prefill phase
             # do not wait for the decode step too.
             self._schedule()
-            self._prefill(urgent_only=True)
-        self._decode()
+            with coalesced_wakes():
+                self._prefill(urgent_only=True)
+        with coalesced_wakes():
+            self._decode()
         self._steps += 1
         return True
 
