@@ -34,6 +34,8 @@ SITES = ["s1", "s2", "s3", "s4"]
 FAST = {"heartbeat_interval_s": 0.2, "stale_after_s": 0.8, "unreachable_after_s": 1.5,
         "rollout_tick_s": 0.2, "rollout_lease_s": 2.0}
 SLOW_FACTOR = {"v1": 1.0, "v2": 1.0, "v2-slow": 2.0}
+"""TTFT multiplier per version: v2-slow doubles the time to first token but stays within the 500 ms SLO, so only
+the canary's comparison with v1 can catch it."""
 
 
 # -- helpers ------------------------------------------------------------------
@@ -50,7 +52,7 @@ def telemetry(node: str, version: str, n: int, factor: float, rng: random.Random
     """One telemetry window as the serving layer writes it (edge_agent.serving.telemetry), for ``n`` requests."""
     end = datetime.now(UTC)
     ttft = [rng.lognormvariate(-2.3, 0.3) * factor for _ in range(n)]  # p95 ~ 0.16 s at factor 1
-    itl = [rng.lognormvariate(-4.0, 0.2) * factor for _ in range(n)]   # ~ 0.02 s
+    itl = [rng.lognormvariate(-4.0, 0.2) for _ in range(n)]   # ~ 0.02 s
     return {"schema": 1, "site": "x", "node": node, "windowStart": (end - timedelta(seconds=0.3)).isoformat(),
             "windowEnd": end.isoformat(), "groups": [{
                 "model": synthetic.MODEL, "version": version, "priority": "interactive", "requests": n,
@@ -194,6 +196,7 @@ async def test_waves_advance_after_acks_soak_and_slo_gate(fleet):
 async def test_canary_to_slower_version_is_rolled_back_with_the_numbers(fleet):
     agents = await seeded(fleet)
     traffic = Traffic(agents)
+    await asyncio.sleep(1.5)  # the old version's baseline on the canary site
     try:
         r = await fleet.start_rollout(to_version="v2-slow", strategy="canary", waves="50%,100%",
                                       min_success_time="1s", progress_deadline="30s", min_requests=30,
@@ -202,8 +205,8 @@ async def test_canary_to_slower_version_is_rolled_back_with_the_numbers(fleet):
     finally:
         await traffic.stop()
     assert done.phase == "RolledBack", done.status
-    assert "TTFT" in done.status and "rolling back" in done.status
-    state = json.loads(done.state_json)
+    assert done.status.endswith("1 site(s) back on v1")
+    state = json.loads(done.state_json)  # the verdicts behind the rollback stay in the state (and the audit)
     ttft = next(v for v in state["verdicts"] if v["gate"] == "ttft-comparison")
     assert ttft["outcome"] == "fail" and ttft["numbers"]["pValue"] < 0.05
     canary = state["waves"][0][0]
