@@ -97,6 +97,9 @@ class Admin:
 
 def rpc_error(exc: grpc.RpcError, t: Target) -> CliError:
     code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
+    details, _, hint = (details or "").partition("\nnext: ")
+    if hint:  # the hub named the next command itself
+        return CliError(details, hint, code=2 if code == grpc.StatusCode.INVALID_ARGUMENT else 1)
     if code == grpc.StatusCode.UNAVAILABLE:
         return CliError(
             f"cannot reach the hub at {t.hub}: {details}",

@@ -14,7 +14,7 @@ import sys
 
 from google.protobuf.struct_pb2 import Struct
 
-from hub.cli import certs_cmd, policy_cmd, report_cmd, views
+from hub.cli import certs_cmd, policy_cmd, report_cmd, rollout_cmd, views
 from hub.cli.client import Admin, resolve
 from hub.cli.errors import CliError
 from hub.cli.output import FORMATS
@@ -43,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--insecure", action="store_true", help="plaintext, no client certificates (local development only)")
     serve.add_argument("--workers", type=int, default=1, help="hub processes sharing the agent port (default 1)")
     serve.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between agent heartbeats (default 5)")
+    serve.add_argument("--rollout-tick", type=float, default=2.0, help="seconds between rollout controller ticks (default 2)")
+    serve.add_argument("--rollout-lease", type=float, default=15.0,
+                       help="seconds a hub's claim to drive a rollout lasts unrenewed (default 15)")
 
     certs = sub.add_parser("certs", help="mint the fleet CA and certificates").add_subparsers(dest="certs_cmd", required=True)
     for name, text in (("init", "create the CA and the hub certificate"), ("hub", "reissue the hub certificate"),
@@ -119,6 +122,8 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--slo-ttft", help="draw this p95 TTFT objective on the chart, e.g. 500ms")
     _client_flags(rp)
 
+    rollout_cmd.add_parsers(sub, _client_flags)
+
     demo = sub.add_parser("demo", help="a hub and four edge sites on this machine, end to end")
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory")
     demo.add_argument("--agents-timeout", type=float, default=120.0, help="seconds to wait for agents (default 120)")
@@ -153,6 +158,10 @@ def dispatch(args) -> int:
         return run_demo(args)
     if args.cmd in ("plan", "apply"):
         args.bundle = policy_cmd.load(args.filename)  # bad files: exit 2 before any connection
+    if args.cmd == "rollout" and args.rollout_cmd == "start":
+        rollout_cmd.spec_from_args(args)  # bad flags: exit 2 before any connection
+    if args.cmd in ("rollout", "audit"):
+        return rollout_cmd.run(resolve(args.hub, args.token, args.ca), args)
     admin = Admin(resolve(args.hub, args.token, args.ca))
     try:
         if args.cmd == "get" and args.what == "revisions":

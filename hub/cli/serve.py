@@ -53,6 +53,8 @@ def build_config(args) -> HubConfig:
             certs_dir=Path(args.certs) if args.certs else None,
             admin_token=token,
             heartbeat_interval_s=args.heartbeat_interval,
+            rollout_tick_s=getattr(args, "rollout_tick", 2.0),
+            rollout_lease_s=getattr(args, "rollout_lease", 15.0),
         )
     except ValidationError as exc:
         msgs = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())

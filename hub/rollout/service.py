@@ -144,7 +144,7 @@ class RolloutService(rollout_pb2_grpc.RolloutsServicer):
     async def _find(self, context, service: str, rid: str = "") -> RolloutRecord:
         rec = await self.store.get_rollout(rid) if rid else await self.store.latest_rollout(service)
         if rec is None:
-            what = f"rollout {rid}" if rid else f"a rollout of {service!r}"
+            what = f"rollout {rid}" if rid else f"rollout of {service!r}"
             await context.abort(grpc.StatusCode.NOT_FOUND, _msg(
                 f"there is no {what}", "fleet rollout start SERVICE --to VERSION (`fleet rollout status` lists them)"))
         return rec

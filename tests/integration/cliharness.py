@@ -31,7 +31,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 class Hub:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, extra: tuple[str, ...] = ()) -> None:
         self.tmp = tmp
         self.port, self.admin_port = free_port(), free_port()
         self.data = tmp / "hub"
@@ -42,7 +42,7 @@ class Hub:
         self.env.pop("FLEET_DEBUG", None)
         self.proc = subprocess.Popen(
             [*FLEET, "hub", "serve", "--insecure", "--data-dir", str(self.data), "--listen", f"127.0.0.1:{self.port}",
-             "--admin-listen", f"127.0.0.1:{self.admin_port}", "--heartbeat-interval", "0.5"],
+             "--admin-listen", f"127.0.0.1:{self.admin_port}", "--heartbeat-interval", "0.5", *extra],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
         )
         self.agents: list[subprocess.Popen] = []
