@@ -34,6 +34,7 @@ never raise: errors are logged with the traceback and retried next tick.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import socket
@@ -64,6 +65,10 @@ log = logging.getLogger(__name__)
 
 GATE_EVENTS = frozenset({"wave-passed", "paused", "rolling-back", "rolled-back", "completed", "failed"})
 """Audit events that carry the gate figures behind the decision."""
+
+
+_QUIET = logging.getLogger("hub.rollout.scheduler")
+_QUIET.setLevel(logging.ERROR)
 
 
 def job_id(rollout_id: str) -> str:
@@ -108,6 +113,8 @@ class _Cache:
     number: int = -1
     bundle: Optional[Bundle] = None
     placement: Optional[Placement] = None
+    bundle_json: str = ""
+    digest: str = ""
 
 
 @dataclass
@@ -116,6 +123,7 @@ class TickStats:
 
     ticks: int = 0
     seconds: float = 0.0
+    max_tick: float = 0.0
     per_wave: dict = field(default_factory=dict)
 
 
@@ -132,6 +140,7 @@ class RolloutController:
         self.clock = clock
         self.scheduler: Optional[AsyncIOScheduler] = None
         self._cache = _Cache()
+        self._problems: dict = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.stats = TickStats()
         self.recent_errors: list[str] = []
@@ -146,6 +155,8 @@ class RolloutController:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone=UTC,
             event_loop=asyncio.get_running_loop(),
+            # "skipped: maximum number of running instances" is normal when a tick outlasts the interval.
+            logger=_QUIET,
         )
         self._engine = engine
         self.scheduler.start()
@@ -224,7 +235,9 @@ class RolloutController:
         if rev is None:
             raise LookupError("no revision has been applied yet")
         if self._cache.number != rev.number:
-            self._cache = _Cache(rev.number, Bundle.from_json(rev.bundle), Placement.from_spec(rev.placement))
+            bundle = (self._cache.bundle if self._cache.digest == rev.digest and self._cache.bundle is not None
+                      else await asyncio.to_thread(Bundle.from_json, rev.bundle))
+            self._cache = _Cache(rev.number, bundle, Placement.from_spec(rev.placement), rev.bundle, rev.digest)
         assert self._cache.bundle is not None and self._cache.placement is not None
         return rev, self._cache.bundle, self._cache.placement
 
@@ -243,8 +256,11 @@ class RolloutController:
         soak = state.soak_since
         if (state.phase is Phase.PROGRESSING and state.stage in (Stage.SOAKING, Stage.GATING) and soak is not None
                 and now - soak >= timedelta(seconds=state.spec.min_success_time) and svc is not None):
-            old_since = soak - timedelta(seconds=state.spec.progress_deadline)
-            rows = await self.store.reports_of_kind("telemetry", old_since - timedelta(minutes=10))
+            # The canary wave also needs the old version's traffic on the same sites, from before the switch.
+            canary = state.spec.strategy == "canary" and state.wave == 0
+            old_since = soak - timedelta(seconds=state.spec.progress_deadline) if canary else soak
+            # windowEnd decides what counts; creation can precede it by one reporting window.
+            rows = await self.store.reports_of_kind("telemetry", old_since - timedelta(minutes=1))
             sites = {r.site for r in state.sites}
             telemetry = await asyncio.to_thread(
                 fleetview.telemetry, [(s, n, r.payload) for s, n, r in rows], svc.spec.model, state.to_version,
@@ -262,7 +278,8 @@ class RolloutController:
         """Write a revision that switches ``service`` to ``version`` at ``sites``; returns refused sites."""
         for attempt in range(5):
             rev, bundle, placement = await self.latest()
-            sw = fleetview.switch(bundle, placement, service, version, sites, now, check=check)
+            sw = await asyncio.to_thread(fleetview.switch, bundle, placement, service, version, sites, now, check,
+                                         self._problems)
             if not sw.changed:
                 return dict(sw.refused)
             try:
@@ -279,7 +296,8 @@ class RolloutController:
             svc = bundle.services.get(service)
             if svc is None or svc.spec.version == version:
                 return
-            new = fleetview.with_service_version(bundle, service, version)
+            # Only the version changes, to one the rollout already checked: no fleet-wide validation again.
+            new = fleetview.with_service_version(bundle, service, version, validate=False)
             try:
                 await self._write(rev, new, placement, f"rollout/{rollout_id}", message, now)
                 return
@@ -290,12 +308,17 @@ class RolloutController:
     async def _write(self, rev: RevisionRecord, bundle: Bundle, placement: Placement, author: str, message: str,
                      now: datetime) -> None:
         objects = await asyncio.to_thread(desired_objects, bundle, placement)
+        if bundle is self._cache.bundle and self._cache.bundle_json:
+            text, digest = self._cache.bundle_json, self._cache.digest  # unchanged bundle: no re-serialising
+        else:
+            text = bundle.to_json()
+            digest = hashlib.sha256(text.encode()).hexdigest()  # = Bundle.digest()
         published = await self.store.add_revision(
-            author=author, message=message, digest=bundle.digest(), bundle=bundle.to_json(),
+            author=author, message=message, digest=digest, bundle=text,
             placement=placement.to_spec(), summary=dict(rev.summary), objects=objects,
             managed_kinds=MANAGED_KINDS, base=rev.number, now=now,
         )
-        self._cache = _Cache(published.revision.number, bundle, placement)
+        self._cache = _Cache(published.revision.number, bundle, placement, text, digest)
         log.info("revision %d by %s: %s (%d objects changed)", published.revision.number, author, message,
                  len(published.upserted))
         self.on_change()
@@ -388,6 +411,7 @@ class RolloutController:
         dt = time.perf_counter() - t0
         self.stats.ticks += 1
         self.stats.seconds += dt
+        self.stats.max_tick = max(self.stats.max_tick, dt)
         self.stats.per_wave[state.wave] = self.stats.per_wave.get(state.wave, 0.0) + dt
 
     def _audit(self, rollout_id: str, state: RolloutState, e: AuditEntry, verdicts: tuple,

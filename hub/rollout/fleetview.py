@@ -82,27 +82,42 @@ class Switched:
 
 
 def switch(bundle: Bundle, placement: Placement, service: str, version: str, sites: Iterable[str],
-           at: datetime, check: bool = True) -> Switched:
-    """``placement`` with ``service`` at ``version`` on ``sites``, minus the sites where that breaks a constraint."""
+           at: datetime, check: bool = True, problems: Optional[dict] = None) -> Switched:
+    """``placement`` with ``service`` at ``version`` on ``sites``, minus the sites where that breaks a constraint.
+
+    Only the assignments on ``sites`` are checked (with everything else on those sites, for memory and
+    compute fit): a constraint broken before the switch is not the rollout's doing and is ignored.
+    ``problems`` caches the placement problems per (bundle digest, version) across calls.
+    """
     wanted = set(sites)
     spec = bundle.services[service].spec
     mv = bundle.models[spec.model].spec.version(version)
     if mv is None:
         raise ValueError(f"model {spec.model} has no version {version!r}")
 
-    def apply(on: set[str]) -> Placement:
-        return replace(placement, assignments=tuple(
+    def apply(on: set[str], base: Placement) -> Placement:
+        return replace(base, assignments=tuple(
             replace(a, version=version, memory_per_replica=float(mv.gpu_memory_per_replica))
             if a.service == service and a.site in on else a
-            for a in placement.assignments))
+            for a in base.assignments))
 
     refused: dict[str, str] = {}
     if check and wanted:
-        before = set(violations(problem_from_bundle(bundle, at=at), placement))
-        new_problem = problem_from_bundle(with_service_version(bundle, service, version, validate=False), at=at)
-        after = violations(new_problem, apply(wanted))
+        cache = problems if problems is not None else {}
+        if len(cache) > 64:
+            cache.clear()
+        digest = bundle.digest() if problems is None else cache.setdefault(("digest", id(bundle)), bundle.digest())
+        minute = at.replace(second=0, microsecond=0)  # maintenance windows: minute resolution is plenty
+        key_old, key_new = (digest, spec.version, minute), (digest, version, minute)
+        if key_old not in cache:
+            cache[key_old] = problem_from_bundle(bundle, at=at)
+        if key_new not in cache:
+            cache[key_new] = problem_from_bundle(with_service_version(bundle, service, version, validate=False), at=at)
+        local = replace(placement, assignments=tuple(a for a in placement.assignments if a.site in wanted))
+        before = set(violations(cache[key_old], local))
+        after = violations(cache[key_new], apply(wanted, local))
         prefixes = {f"{a.service}/{a.region}#{a.shard} at {a.site}/": a.site
-                    for a in placement.assignments if a.service == service and a.site in wanted}
+                    for a in local.assignments if a.service == service}
         for msg in after:
             if msg in before or "site unavailable" in msg:
                 continue  # maintenance is the rollout's own business (deferred sites)
@@ -110,7 +125,7 @@ def switch(bundle: Bundle, placement: Placement, service: str, version: str, sit
                 if msg.startswith(prefix) or msg.startswith(f"('{site}',"):
                     what, _, why = msg.partition(": ")
                     refused.setdefault(site, f"{why} ({what})" if why else msg)
-    out = apply(wanted - set(refused))
+    out = apply(wanted - set(refused), placement)
     return Switched(out, refused, out != placement)
 
 

@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import grpc
@@ -66,7 +67,6 @@ class RolloutService(rollout_pb2_grpc.RolloutsServicer):
     # ------------------------------------------------------------- start
 
     async def Start(self, request, context):  # noqa: N802
-        now = datetime.now(UTC)
         try:
             raw = json.loads(request.spec_json or "{}")
             spec = RolloutSpec.from_dict(raw)
@@ -74,70 +74,12 @@ class RolloutService(rollout_pb2_grpc.RolloutsServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "\n".join(cli_errors(exc)))
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"spec_json is not JSON: {exc}")
-        actor = request.actor or "unknown"
         try:
-            rev, bundle, placement = await self.controller.latest()
-        except LookupError:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                _msg("no policy revision has been applied yet, so no service runs anywhere",
-                                     "fleet apply -f fleet_configs -f policies"))
-        svc = bundle.services.get(spec.service)
-        if svc is None:
-            known = ", ".join(sorted(bundle.services)) or "none"
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                _msg(f"service {spec.service!r} is not in revision {rev.number} (services: {known})",
-                                     "fleet rollout start SERVICE --to VERSION with one of them"))
-        model = bundle.models[svc.spec.model].spec
-        if model.version(spec.to_version) is None:
-            known = ", ".join(v.name for v in model.versions)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _msg(
-                f"--to: model {svc.spec.model} has no version {spec.to_version!r} (versions: {known})",
-                f"add it to Model {svc.spec.model} and `fleet apply`, or roll out one of: {known}"))
-        active = await self.store.latest_rollout(spec.service)
-        if active is not None and active.active:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, _msg(
-                f"a rollout of {spec.service} to {active.to_version} is already {active.phase} (id {active.id}, "
-                f"started by {active.created_by}); one rollout per service at a time",
-                f"fleet rollout status {spec.service}, then wait for it or `fleet rollout abort {spec.service}`"))
-        from_version = svc.spec.version
-        facts = await self.controller.facts(bundle, placement, spec.service, now)
-        if not facts:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, _msg(
-                f"service {spec.service} is placed nowhere in revision {rev.number}", f"fleet explain service "
-                f"{spec.service}"))
-        check = fleetview.switch(bundle, placement, spec.service, spec.to_version, list(facts), now)
-        sites = [s for s in fleetview.site_states(bundle, placement, spec.service, facts) if s.name not in check.refused]
-        try:
-            state = machine.start(spec, sites, from_version, now)
-        except ValueError as exc:
-            why = "; ".join(f"{s}: {r}" for s, r in sorted(check.refused.items()))
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, _msg(
-                f"{exc}" + (f"; the current policy revision forbids {spec.to_version} at: {why}" if why else ""),
-                f"fleet explain service {spec.service}"))
-        forbidden = tuple((s, f"the current policy revision forbids {spec.to_version} here: {why}")
-                          for s, why in sorted(check.refused.items()))
-        if forbidden:
-            from dataclasses import replace
-
-            state = replace(state, excluded=state.excluded + forbidden)
-        rid = uuid.uuid4().hex[:12]
-        details = {"rollout": rid, "service": spec.service, "from": from_version, "to": spec.to_version,
-                   "spec": spec.to_dict(), "waves": [list(w) for w in state.waves],
-                   "excluded": [list(x) for x in state.excluded], "revision": rev.number,
-                   "message": f"rollout of {spec.service} from {from_version} to {spec.to_version} requested"}
-        rec = RolloutRecord(id=rid, service=spec.service, from_version=from_version, to_version=spec.to_version,
-                            phase=state.phase.value, state=state.to_dict(), state_revision=state.revision,
-                            created_by=actor, created_at=now, updated_at=now)
-        try:
-            rec = await self.store.create_rollout(
-                rec, [AuditRecord(now, actor, "rollout.start", f"rollout/{rid}", details)])
-        except RolloutConflict:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, _msg(
-                f"another rollout of {spec.service} started just now", f"fleet rollout status {spec.service}"))
-        self.controller.ensure_job(rid, state)
-        log.info("rollout %s of %s to %s started by %s: waves %s", rid, spec.service, spec.to_version, actor,
-                 [len(w) for w in state.waves])
-        return rollout_proto(rec, now)
+            rec, state = await begin(self.store, self.controller, spec, request.actor or "unknown",
+                                     datetime.now(UTC))
+        except StartRefused as exc:
+            await context.abort(exc.code, _msg(exc.message, exc.hint))
+        return rollout_proto(rec, rec.created_at)
 
     # -------------------------------------------------------------- reads
 
@@ -226,3 +168,80 @@ def blocking_rollouts_message(active: list[RolloutRecord]) -> str:
                 "changed", f"wait for them (`fleet rollout status {svc}`), or `fleet rollout abort {svc}` "
                 f"(then `fleet rollout undo {svc}` to revert) before applying")
 
+
+
+class StartRefused(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.code, self.message, self.hint = code, message, hint
+
+
+async def begin(store: Store, controller: RolloutController, spec: RolloutSpec, actor: str,
+                now: datetime) -> tuple[RolloutRecord, RolloutState]:
+    """Check a new rollout against the latest revision, plan its waves, store it and give it its job.
+
+    Raises :class:`StartRefused` (with the gRPC code, message and next command) when it cannot start.
+    """
+    try:
+        rev, bundle, placement = await controller.latest()
+    except LookupError:
+        raise StartRefused(grpc.StatusCode.FAILED_PRECONDITION,
+                           "no policy revision has been applied yet, so no service runs anywhere",
+                           "fleet apply -f fleet_configs -f policies") from None
+    svc = bundle.services.get(spec.service)
+    if svc is None:
+        known = ", ".join(sorted(bundle.services)) or "none"
+        raise StartRefused(grpc.StatusCode.NOT_FOUND,
+                           f"service {spec.service!r} is not in revision {rev.number} (services: {known})",
+                           "fleet rollout start SERVICE --to VERSION with one of them")
+    model = bundle.models[svc.spec.model].spec
+    if model.version(spec.to_version) is None:
+        known = ", ".join(v.name for v in model.versions)
+        raise StartRefused(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"--to: model {svc.spec.model} has no version {spec.to_version!r} (versions: {known})",
+                           f"add it to Model {svc.spec.model} and `fleet apply`, or roll out one of: {known}")
+    active = await store.latest_rollout(spec.service)
+    if active is not None and active.active:
+        raise StartRefused(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"a rollout of {spec.service} to {active.to_version} is already {active.phase} "
+                           f"(id {active.id}, started by {active.created_by}); one rollout per service at a time",
+                           f"fleet rollout status {spec.service}, then wait for it or "
+                           f"`fleet rollout abort {spec.service}`")
+    from_version = svc.spec.version
+    facts = await controller.facts(bundle, placement, spec.service, now)
+    if not facts:
+        raise StartRefused(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"service {spec.service} is placed nowhere in revision {rev.number}",
+                           f"fleet explain service {spec.service}")
+    check = await asyncio.to_thread(fleetview.switch, bundle, placement, spec.service, spec.to_version,
+                                    list(facts), now)
+    sites = [s for s in fleetview.site_states(bundle, placement, spec.service, facts) if s.name not in check.refused]
+    try:
+        state = machine.start(spec, sites, from_version, now)
+    except ValueError as exc:
+        why = "; ".join(f"{s}: {r}" for s, r in sorted(check.refused.items()))
+        raise StartRefused(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"{exc}" + (f"; the current policy revision forbids {spec.to_version} at: {why}"
+                                       if why else ""),
+                           f"fleet explain service {spec.service}") from None
+    forbidden = tuple((s, f"the current policy revision forbids {spec.to_version} here: {why}")
+                      for s, why in sorted(check.refused.items()))
+    if forbidden:
+        state = replace(state, excluded=state.excluded + forbidden)
+    rid = uuid.uuid4().hex[:12]
+    details = {"rollout": rid, "service": spec.service, "from": from_version, "to": spec.to_version,
+               "spec": spec.to_dict(), "waves": [list(w) for w in state.waves],
+               "excluded": [list(x) for x in state.excluded], "revision": rev.number,
+               "message": f"rollout of {spec.service} from {from_version} to {spec.to_version} requested"}
+    rec = RolloutRecord(id=rid, service=spec.service, from_version=from_version, to_version=spec.to_version,
+                        phase=state.phase.value, state=state.to_dict(), state_revision=state.revision,
+                        created_by=actor, created_at=now, updated_at=now)
+    try:
+        rec = await store.create_rollout(rec, [AuditRecord(now, actor, "rollout.start", f"rollout/{rid}", details)])
+    except RolloutConflict:
+        raise StartRefused(grpc.StatusCode.FAILED_PRECONDITION, f"another rollout of {spec.service} started just now",
+                           f"fleet rollout status {spec.service}") from None
+    controller.ensure_job(rid, state)
+    log.info("rollout %s of %s to %s started by %s: waves %s", rid, spec.service, spec.to_version, actor,
+             [len(w) for w in state.waves])
+    return rec, state

@@ -360,7 +360,8 @@ class Store(RolloutStore):
 
     # -- versions -----------------------------------------------------------
 
-    async def _next_version(self, s: AsyncSession) -> int:
+    async def _next_version(self, s: AsyncSession, count: int = 1) -> int:
+        """Allocate ``count`` consecutive versions; returns the highest (the block ends there)."""
         # UPDATE ... RETURNING takes the row lock in PostgreSQL and the write
         # lock in SQLite, so concurrent hub processes never share a version.
         ins = self._insert(t.Counter).values(name=VERSION_COUNTER, value=0)
@@ -368,8 +369,9 @@ class Store(RolloutStore):
         res = await s.execute(
             update(t.Counter)
             .where(t.Counter.name == VERSION_COUNTER)
-            .values(value=t.Counter.value + 1)
+            .values(value=t.Counter.value + count)
             .returning(t.Counter.value)
+            .execution_options(synchronize_session=False)
         )
         return int(res.scalar_one())
 
@@ -619,7 +621,8 @@ class Store(RolloutStore):
                 ).scalars()
             }
             wanted = {(p.kind, p.name): p for p in objects}
-            upserted, deleted, unchanged = [], [], 0
+            changes: list[tuple[DesiredPut, t.DesiredObject | None]] = []
+            unchanged = 0
             for key, put in sorted(wanted.items()):
                 row_ = existing.get(key)
                 if (
@@ -628,16 +631,31 @@ class Store(RolloutStore):
                 ):
                     unchanged += 1
                     continue
-                upserted.append(await self._upsert(s, put, now))
-            for key, row_ in sorted(existing.items()):
-                if key in wanted or row_.deleted:
-                    continue
-                row_.version = await self._next_version(s)
+                changes.append((put, row_))
+            gone = [row_ for key, row_ in sorted(existing.items()) if key not in wanted and not row_.deleted]
+            # One block of versions for the whole revision, in the same order as one at a time.
+            total = len(changes) + len(gone)
+            version = await self._next_version(s, total) - total + 1 if total else 0
+            upserted_rows, deleted_rows = [], []
+            for put, row_ in changes:
+                if row_ is None:
+                    row_ = t.DesiredObject(id=str(uuid.uuid4()), kind=put.kind, name=put.name)
+                    s.add(row_)
+                row_.version, version = version, version + 1
+                row_.spec = put.spec
+                row_.target_site = put.target_site
+                row_.target_node = put.target_node
+                row_.deleted = False
+                row_.updated_at = now
+                upserted_rows.append(row_)
+            for row_ in gone:
+                row_.version, version = version, version + 1
                 row_.deleted = True
                 row_.updated_at = now
-                await s.flush()
-                deleted.append(_object(row_))
-            return Published(_revision(row), tuple(upserted), tuple(deleted), unchanged)
+                deleted_rows.append(row_)
+            await s.flush()
+            return Published(_revision(row), tuple(_object(r) for r in upserted_rows),
+                             tuple(_object(r) for r in deleted_rows), unchanged)
 
     async def get_revision(self, number: int | None = None) -> RevisionRecord | None:
         """Revision ``number``, or the latest when None; None if there is none."""
