@@ -345,7 +345,12 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         except StreamError as err:
             who = f"{session.site}/{session.node}" if session else peer
             log.warning("agent stream %s closed: %s: %s", who, err.code.name, err.message)
-            await context.abort(err.code, err.message)
+            # Set the status and return rather than abort: grpc then sends it
+            # after any message still being written, whereas an abort racing
+            # a write turns the status into INTERNAL and the agent never
+            # learns why its stream ended.
+            context.set_code(err.code)
+            context.set_details(err.message)
         except asyncio.CancelledError:
             raise
         except grpc.aio.AbortError:
