@@ -52,6 +52,7 @@ DEMO_REPORT_COLUMNS = [
     ("$/1K REQ", "usdPer1kRequests"), ("GCO2E/1K REQ", "gco2ePer1kRequests"),
 ]
 MODEL_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edge-fleet" / "demo-model-tiny"
+"""Where the demo's locally built model is cached (``demo-model-<size>`` beside it for other sizes)."""
 
 
 @dataclass(frozen=True)
@@ -178,20 +179,20 @@ class Demo:
 
     # -- steps ------------------------------------------------------------------
 
-    async def build_model(self) -> Path:
+    async def build_model(self, size: str = "tiny") -> Path:
         """A tiny Llama with a locally trained tokenizer (nothing is downloaded), cached between demos."""
         src = Path(__file__).resolve().parents[2] / "edge_agent" / "runtime" / "make_model.py"
         stamp = f"{src.stat().st_size}-{int(src.stat().st_mtime)}" if src.exists() else "installed"
-        cached = MODEL_CACHE / stamp
+        cached = MODEL_CACHE.with_name(f"demo-model-{size}") / stamp
         if not (cached / "config.json").exists():
             tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "edge_agent.cli", "make-model", "--size", "tiny", str(tmp),
+                sys.executable, "-m", "edge_agent.cli", "make-model", "--size", size, str(tmp),
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
             out, _ = await proc.communicate()
             if proc.returncode != 0:
                 raise CliError("building the demo model failed: " + out.decode(errors="replace")[-400:],
-                               "run `fleet-agent make-model --size tiny /tmp/m` to see why")
+                               f"run `fleet-agent make-model --size {size} /tmp/m` to see why")
             cached.parent.mkdir(parents=True, exist_ok=True)
             try:
                 tmp.rename(cached)
@@ -339,7 +340,12 @@ class Demo:
 
 def run_demo(args) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="fleet-demo-"))
-    demo = Demo(workdir, args.agents_timeout, Path(args.html).resolve() if args.html else None, args.requests)
+    if getattr(args, "scenario", "fleet") == "rollout":
+        from hub.cli.demo_rollout import RolloutDemo
+
+        demo: Demo = RolloutDemo(workdir, args.agents_timeout)
+    else:
+        demo = Demo(workdir, args.agents_timeout, Path(args.html).resolve() if args.html else None, args.requests)
 
     async def main() -> None:
         try:

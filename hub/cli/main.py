@@ -129,6 +129,9 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--agents-timeout", type=float, default=120.0, help="seconds to wait for agents (default 120)")
     demo.add_argument("--html", metavar="FILE", help="write the report page with charts here")
     demo.add_argument("--requests", type=int, default=12, help="requests per agent in the load step (default 12)")
+    demo.add_argument("--scenario", choices=["fleet", "rollout"], default="fleet",
+                      help="fleet: plan, serve, measure and report the shipped fleet (default); rollout: a canary "
+                           "to a slower version caught and rolled back by its gate, then a good version in waves")
     return p
 
 
