@@ -17,7 +17,7 @@ from hub import convert, report, revisions
 from hub.policy import Bundle, PolicyError
 from hub.rollout.service import blocking_rollouts_message
 from hub.store import Store
-from hub.store.repo import NodeRecord, ObjectRecord, RevisionRecord, StaleRevision
+from hub.store.repo import AuditRecord, NodeRecord, ObjectRecord, RevisionRecord, StaleRevision
 from hub.sync import LivenessPolicy, Phase, Progress, phase, progress
 from protos.fleet.v1 import admin_pb2, admin_pb2_grpc
 
@@ -204,6 +204,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             self.on_change()
             log.info("revision %d applied by %s: %d objects published, %d deleted", out.revision.number,
                      out.revision.author, len(out.published.upserted), len(out.published.deleted))
+            await self._audit_revision("revision.apply", out)
         return _apply_response(out)
 
     async def Rollback(self, request, context):  # noqa: N802
@@ -219,7 +220,17 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             await context.abort(grpc.StatusCode.ABORTED, _stale(exc))
         self.on_change()
         log.info("revision %d restores revision %d (by %s)", out.revision.number, request.to, out.revision.author)
+        await self._audit_revision("revision.rollback", out)
         return _apply_response(out)
+
+    async def _audit_revision(self, action: str, out: revisions.ApplyOutcome) -> None:
+        rev, p = out.revision, out.published
+        assert rev is not None and p is not None
+        await self.store.append_audit([AuditRecord(
+            at=rev.created_at, actor=rev.author, action=action, subject=f"revision/{rev.number}",
+            details={"message": rev.message or f"revision {rev.number}", "digest": rev.digest,
+                     "rollbackOf": rev.rollback_of, "objectsPublished": len(p.upserted),
+                     "objectsDeleted": len(p.deleted), "summary": rev.summary, "changes": out.plan.lines()[:50]})])
 
     async def _refuse_during_rollouts(self, context) -> None:
         """A revision written now would silently undo an active rollout's progress: refuse it."""

@@ -357,3 +357,41 @@ async def test_bad_input_is_refused_with_the_next_command(fleet):
         await fleet.command("Resume")
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "next: start a new one with `fleet rollout start chat --to VERSION`" in err.value.details()
+
+
+async def test_maintenance_site_is_deferred_and_schedule_waits_for_its_window(fleet):
+    now = datetime.now(UTC)
+    window = {"maintenanceWindows": [{"start": (now - timedelta(minutes=5)).isoformat(),
+                                      "end": (now + timedelta(hours=1)).isoformat(), "reason": "firmware"}]}
+    agents = await seeded(fleet, site_extra={"s2": {"spec": window}})
+    traffic = Traffic(agents)
+    try:
+        await fleet.start_rollout(to_version="v2", waves="1,100%", max_unavailable=3, min_success_time="1s",
+                                  progress_deadline="3s", min_requests=20)
+        done = await fleet.wait_phase("Completed", "Paused")
+    finally:
+        await traffic.stop()
+    assert done.phase == "Completed", done.status
+    state = json.loads(done.state_json)
+    s2 = next(s for s in state["sites"] if s["site"] == "s2")
+    assert s2["status"] == "skipped" and "in maintenance" in s2["reason"]
+    assert held_version(agents[1]) == "v1"  # never touched during its maintenance
+    assert "not updated: s2 (skipped)" in done.status
+    # A schedule whose window is not open: the rollout waits, and says when the window opens.
+    later = (now + timedelta(hours=3)).hour
+    r = await fleet.start_rollout(to_version="v2-slow", schedule=f"0 {later} * * *", window="1h")
+    sched = await fleet.wait_phase("Scheduled")
+    assert "waiting for the next window" in sched.status and f"T{later:02d}:00:00" in sched.status
+    assert fleet.hub.rollouts.scheduler.get_job(f"rollout-window:{r.id}") is not None
+    assert all(held_version(a) == ("v1" if a is agents[1] else "v2") for a in agents)
+
+
+async def test_apply_and_rollback_are_in_the_audit_trail(fleet):
+    bundle = synthetic.fleet_bundle(SITES)
+    resp = await fleet.admin.Apply(admin_pb2.ApplyRequest(bundle_json=bundle.to_json(), author="ana", message="m1"),
+                                   metadata=fleet.md, timeout=60)
+    assert resp.revision.number == 1
+    records = await fleet.audit("revision/1")
+    assert [(r.actor, r.action) for r in records] == [("ana", "revision.apply")]
+    details = json.loads(records[0].details_json)
+    assert details["message"] == "m1" and details["objectsPublished"] > 0

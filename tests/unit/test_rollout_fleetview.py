@@ -1,0 +1,98 @@
+"""What the rollout controller sees of the fleet (hub.rollout.fleetview): pure, on the synthetic fleet."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+
+from ddsketch import DDSketch
+from ddsketch.pb.proto import DDSketchProto
+
+from hub.rollout import fleetview, synthetic
+from hub.store.repo import AppliedRecord, NodeRecord, ObjectRecord
+from hub.sync import LivenessPolicy
+
+T0 = datetime(2026, 11, 27, 21, 0, tzinfo=UTC)
+SITES = ["a", "b", "c"]
+
+
+def fleet(**kw):
+    bundle = synthetic.fleet_bundle(SITES, **kw)
+    return bundle, synthetic.one_per_site(bundle)
+
+
+def test_switch_changes_only_the_named_sites():
+    bundle, placement = fleet()
+    sw = fleetview.switch(bundle, placement, "chat", "v2", ["a", "c"], T0)
+    assert sw.changed and not sw.refused
+    assert fleetview.site_versions(sw.placement, "chat") == {"a": "v2", "b": "v1", "c": "v2"}
+    again = fleetview.switch(bundle, sw.placement, "chat", "v2", ["a"], T0)
+    assert not again.changed  # re-emitted after a crash: nothing new to publish
+
+
+def test_switch_refuses_a_version_the_current_revision_forbids_there():
+    bundle, placement = fleet()
+    sw = fleetview.switch(bundle, placement, "chat", "v2-a100", ["a", "b"], T0)
+    assert set(sw.refused) == {"a", "b"} and not sw.changed
+    assert sw.refused["a"].startswith("model does not run on L4")
+    # a revert is not checked (the old version ran there)
+    assert fleetview.switch(bundle, placement, "chat", "v2-a100", ["a"], T0, check=False).changed
+
+
+def test_bundle_moves_to_the_new_version():
+    bundle, _ = fleet()
+    assert fleetview.with_service_version(bundle, "chat", "v2").services["chat"].spec.version == "v2"
+    assert bundle.services["chat"].spec.version == "v1"
+
+
+def _node(i: int, site: str, last_seen: datetime, connected: bool = True) -> NodeRecord:
+    return NodeRecord(i, site, synthetic.node_of(site), "t", {}, T0, last_seen, connected, [], 0, 0)
+
+
+def _obj(i: int, site: str, version: int, chat: str) -> ObjectRecord:
+    spec = {"assignments": [{"service": "chat", "version": chat}]}
+    return ObjectRecord(f"o{i}", "Placement", f"p{i}", version, spec, site, synthetic.node_of(site), False, T0)
+
+
+def test_site_facts_from_store_records():
+    window = {"maintenanceWindows": [{"start": "2026-11-27T20:00:00Z", "end": "2026-11-27T22:00:00Z"}]}
+    bundle, placement = fleet(site_extra={"b": {"spec": window}, "c": {"labels": {"fleet.edge/rollouts": "opt-out"}}})
+    nodes = [_node(1, "a", T0), _node(2, "b", T0 - timedelta(minutes=5)), _node(3, "c", T0)]
+    objects = [_obj(1, "a", 7, "v2"), _obj(2, "b", 5, "v1"), _obj(3, "c", 9, "v2")]
+    applied = [AppliedRecord(1, "o1", 7, True), AppliedRecord(2, "o2", 5, True), AppliedRecord(3, "o3", 8, True)]
+    facts = fleetview.site_facts(bundle, placement, "chat", nodes=nodes, objects=objects, applied=applied, now=T0,
+                                 liveness=LivenessPolicy(), versions=("v1", "v2"))
+    assert facts["a"].reachable and facts["a"].applied_version == "v2" and not facts["a"].in_maintenance
+    assert not facts["b"].reachable and facts["b"].applied_version == "v1" and facts["b"].in_maintenance
+    # c acknowledged an older object than its current one: it still runs the other version
+    assert facts["c"].applied_version == "v1" and facts["c"].opted_out
+
+
+def _sketch(values: list[float]) -> str:
+    sk = DDSketch(0.01)
+    for v in values:
+        sk.add(v)
+    return base64.b64encode(DDSketchProto.to_proto(sk).SerializeToString()).decode()
+
+
+def _payload(end: datetime, model: str, version: str, n: int) -> dict:
+    return {"schema": 1, "site": "spoofed", "node": "x", "windowStart": (end - timedelta(seconds=1)).isoformat(),
+            "windowEnd": end.isoformat(), "groups": [{
+                "model": model, "version": version, "priority": "interactive", "requests": n, "errors": 0,
+                "rejected": 0, "cancelled": 0, "forbidden": 0, "promptTokens": n, "outputTokens": n,
+                "gpuSeconds": 0.0, "costUsd": 0.0, "energyJ": 0.0, "carbonG": 0.0,
+                "sketches": {"ttftS": _sketch([0.1] * n), "itlS": _sketch([0.01] * n), "e2eS": _sketch([1.0] * n)}}]}
+
+
+def test_telemetry_selects_the_model_and_each_versions_window():
+    soak = T0
+    rows = [
+        ("a", "a-gpu", _payload(soak - timedelta(seconds=30), "assistant", "v1", 10)),  # old, before the soak
+        ("a", "a-gpu", _payload(soak + timedelta(seconds=5), "assistant", "v2", 7)),
+        ("a", "a-gpu", _payload(soak - timedelta(seconds=30), "assistant", "v2", 100)),  # new, before: ignored
+        ("a", "a-gpu", _payload(soak + timedelta(seconds=5), "other-model", "v2", 50)),  # another model
+        ("b", "b-gpu", _payload(soak + timedelta(seconds=5), "assistant", "v2", 3)),
+    ]
+    out = fleetview.telemetry(rows, "assistant", "v2", "v1", soak, soak - timedelta(minutes=1), {"a"})
+    assert set(out) == {"a"}  # b is not one of the rollout's sites here; the verified site wins over "spoofed"
+    assert out["a"]["v2"].requests == 7 and out["a"]["v1"].requests == 10
