@@ -125,6 +125,8 @@ class TickStats:
     seconds: float = 0.0
     max_tick: float = 0.0
     per_wave: dict = field(default_factory=dict)
+    log: list = field(default_factory=list)
+    """(wave, phase/stage, seconds, changed, {load, observe, step, act, persist: seconds}) of the last 1000 ticks."""
 
 
 class RolloutController:
@@ -141,6 +143,7 @@ class RolloutController:
         self.scheduler: Optional[AsyncIOScheduler] = None
         self._cache = _Cache()
         self._problems: dict = {}
+        self._objects: dict[str, tuple] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.stats = TickStats()
         self.recent_errors: list[str] = []
@@ -243,9 +246,18 @@ class RolloutController:
 
     async def facts(self, bundle: Bundle, placement: Placement, service: str, now: datetime,
                     versions: tuple[str, str] = ("", "")) -> dict[str, machine.SiteFacts]:
-        nodes = await self.store.list_nodes()
-        objects = await self.store.live_objects("Placement")
-        applied = await self.store.applied_rows()
+        nodes = await self.store.node_liveness()
+        heads = await self.store.object_heads("Placement")
+        # Specs are read again only for objects whose version changed since the last tick.
+        stale = [i for i, v, _, _ in heads if self._objects.get(i, (None, -1))[1] != v]
+        if stale:
+            for o in await self.store.objects_by_id(stale):
+                self._objects[o.id] = (o, o.version)
+        live = {i for i, *_ in heads}
+        for gone in [i for i in self._objects if i not in live]:
+            del self._objects[gone]
+        objects = [self._objects[i][0] for i in live if i in self._objects]
+        applied = await self.store.applied_of_kind("Placement")
         return fleetview.site_facts(bundle, placement, service, nodes=nodes, objects=objects, applied=applied,
                                     now=now, liveness=self.liveness, versions=versions)
 
@@ -259,8 +271,9 @@ class RolloutController:
             # The canary wave also needs the old version's traffic on the same sites, from before the switch.
             canary = state.spec.strategy == "canary" and state.wave == 0
             old_since = soak - timedelta(seconds=state.spec.progress_deadline) if canary else soak
-            # windowEnd decides what counts; creation can precede it by one reporting window.
-            rows = await self.store.reports_of_kind("telemetry", old_since - timedelta(minutes=1))
+            # windowEnd decides what counts (build_report); an agent creates a report when its window ends, so
+            # reports created before old_since cannot count. 5 s of slack for clocks that disagree slightly.
+            rows = await self.store.reports_of_kind("telemetry", old_since - timedelta(seconds=5))
             sites = {r.site for r in state.sites}
             telemetry = await asyncio.to_thread(
                 fleetview.telemetry, [(s, n, r.payload) for s, n, r in rows], svc.spec.model, state.to_version,
@@ -382,14 +395,19 @@ class RolloutController:
                 audit.append((AuditEntry(now, "command-refused", f"{cmd['name']} refused: {exc}",
                                          actor=cmd.get("actor", "")), ()))
         rev, bundle, placement = await self.latest()
+        t_obs = time.perf_counter()
         obs = await self.observe(state, bundle, placement, now)
+        t_step = time.perf_counter()
         state, acts, entries = machine.step(state, obs, now)
         actions += acts
         audit += [(e, state.verdicts) for e in entries]
+        t_act = time.perf_counter()
         audit += [(e, ()) for e in await self.carry_out(rollout_id, state, actions, now)]
         records = [self._audit(rollout_id, state, e, verdicts, actions) for e, verdicts in audit]
+        t_persist = time.perf_counter()
+        parts = {"load": t_obs - t0, "observe": t_step - t_obs, "step": t_act - t_step, "act": t_persist - t_act}
         if state.revision == rec.state_revision and not consumed and not records:
-            self._account(state, t0)
+            self._account(state, t0, changed=False, parts=parts)
             if state.phase in Phase.terminal():
                 self._drop_jobs(rollout_id)
                 await self.store.release_lease(rollout_id, self.owner)
@@ -401,14 +419,17 @@ class RolloutController:
         if not saved:
             log.warning("rollout %s: lost the lease or the state changed under us; the next tick repeats", rollout_id)
             return
-        self._account(state, t0)
+        parts["persist"] = time.perf_counter() - t_persist
+        self._account(state, t0, parts=parts)
         if state.phase in Phase.terminal():
             self._drop_jobs(rollout_id)
             await self.store.release_lease(rollout_id, self.owner)
             log.info("rollout %s of %s is %s: %s", rollout_id, state.service, state.phase.value, state.reason)
 
-    def _account(self, state: RolloutState, t0: float) -> None:
+    def _account(self, state: RolloutState, t0: float, changed: bool = True, parts: Optional[dict] = None) -> None:
         dt = time.perf_counter() - t0
+        what = f"{state.phase.value}/{state.stage.value if state.stage else '-'}"
+        self.stats.log = [*self.stats.log[-999:], (state.wave, what, dt, changed, parts or {})]
         self.stats.ticks += 1
         self.stats.seconds += dt
         self.stats.max_tick = max(self.stats.max_tick, dt)

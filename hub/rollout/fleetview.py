@@ -58,18 +58,19 @@ def site_versions(placement: Placement, service: str) -> dict[str, str]:
 
 
 def with_service_version(bundle: Bundle, service: str, version: str, validate: bool = True) -> Bundle:
-    """``bundle`` with Service ``service`` at ``version``: validated again, or (``validate=False``) only each
-    resource on its own, for checking a placement that fleet-wide validation would refuse."""
-    items = bundle.to_canonical()
-    for item in items:
-        if item["kind"] == "Service" and item["metadata"]["name"] == service:
-            item["spec"]["version"] = version
+    """``bundle`` with Service ``service`` at ``version``: validated again as a whole, or (``validate=False``)
+    copied with only that Service changed (for checking a placement that fleet-wide validation would
+    refuse, or for a version the rollout already checked)."""
+    svc = bundle.services[service]
     if validate:
+        items = bundle.to_canonical()
+        for item in items:
+            if item["kind"] == "Service" and item["metadata"]["name"] == service:
+                item["spec"]["version"] = version
         return Bundle.from_json(json.dumps(items, sort_keys=True, separators=(",", ":")))
-    from hub.policy.bundle import Located
-    from hub.policy.schema import RESOURCE_TYPES
-
-    return Bundle.from_located([Located(RESOURCE_TYPES[i["kind"]].model_validate(i)) for i in items], [])
+    moved = svc.model_copy(update={"spec": svc.spec.model_copy(update={"version": version})})
+    return Bundle(sites=bundle.sites, models=bundle.models, services={**bundle.services, service: moved},
+                  residency_policies=bundle.residency_policies, priority_classes=bundle.priority_classes)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from hub.store import tables as t
 from hub.store.db import Database
 
 VERSION_COUNTER = "desired_version"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def utc(dt: datetime) -> datetime:
@@ -709,6 +710,37 @@ class Store(RolloutStore):
                 )
             for node_id, object_id in deletions:
                 await s.execute(delete(t.Applied).where(t.Applied.node_id == node_id, t.Applied.object_id == object_id))
+
+    async def object_heads(self, kind: str) -> list[tuple[str, int, str, str]]:
+        """(id, version, target_site, target_node) of the live objects of ``kind``, without their specs."""
+        async with self.db.sessions() as s:
+            q = select(t.DesiredObject.id, t.DesiredObject.version, t.DesiredObject.target_site,
+                       t.DesiredObject.target_node).where(t.DesiredObject.kind == kind,
+                                                          t.DesiredObject.deleted.is_(False))
+            return [(i, int(v), ts, tn) for i, v, ts, tn in (await s.execute(q)).all()]
+
+    async def objects_by_id(self, ids: Sequence[str]) -> list[ObjectRecord]:
+        out: list[ObjectRecord] = []
+        async with self.db.sessions() as s:
+            for i in range(0, len(ids), 500):
+                q = select(t.DesiredObject).where(t.DesiredObject.id.in_(list(ids[i:i + 500])))
+                out += [_object(r) for r in (await s.execute(q)).scalars()]
+        return out
+
+    async def applied_of_kind(self, kind: str) -> list[AppliedRecord]:
+        """Applied rows of the live objects of ``kind`` only."""
+        async with self.db.sessions() as s:
+            q = (select(t.Applied.node_id, t.Applied.object_id, t.Applied.version, t.Applied.ok)
+                 .join(t.DesiredObject, t.DesiredObject.id == t.Applied.object_id)
+                 .where(t.DesiredObject.kind == kind, t.DesiredObject.deleted.is_(False)))
+            return [AppliedRecord(n, o, int(v), bool(ok), "", _EPOCH) for n, o, v, ok in (await s.execute(q)).all()]
+
+    async def node_liveness(self) -> list[NodeRecord]:
+        """Every node's identity and liveness (inventory and counters left empty: cheap for thousands)."""
+        async with self.db.sessions() as s:
+            q = select(t.Node.id, t.Node.site, t.Node.node, t.Node.last_seen, t.Node.connected)
+            return [NodeRecord(i, site, node, "", {}, utc(seen), utc(seen), bool(c), [], 0, 0)
+                    for i, site, node, seen, c in (await s.execute(q)).all()]
 
     async def applied_rows(self) -> list[AppliedRecord]:
         async with self.db.sessions() as s:
