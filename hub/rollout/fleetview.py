@@ -29,7 +29,7 @@ from hub.placement.build import problem_from_bundle
 from hub.placement.model import Placement
 from hub.placement.verify import violations
 from hub.policy import Bundle
-from hub.rollout.gates import TrafficStats, traffic_from_report
+from hub.rollout.gates import RELATIVE_ACCURACY, TrafficStats
 from hub.rollout.machine import SiteFacts
 from hub.rollout.plan import SiteState
 from hub.store.repo import AppliedRecord, NodeRecord, ObjectRecord
@@ -186,29 +186,52 @@ def site_facts(
 
 def telemetry(payloads: Iterable[tuple[str, str, dict]], model: str, new: str, old: str, new_since: datetime,
               old_since: datetime, sites: Optional[set[str]] = None) -> dict[str, dict[str, TrafficStats]]:
-    """site -> version -> traffic of ``model``: the new version since ``new_since`` (the soak), the old
-    version since ``old_since`` (the canary's baseline on the same sites, before and during the switch).
+    """site -> version -> traffic of ``model``: the new version in windows ending after ``new_since`` (the
+    soak), the old version after ``old_since`` (the canary's baseline on the same sites, before and during
+    the switch).
 
-    ``payloads`` are (verified site, node, payload); the verified identity replaces the payload's.
+    ``payloads`` are (verified site, node, payload): the verified identity wins over the payload's. The
+    same rules as :func:`hub.report.build_report` (a payload counts when ``since < windowEnd``; a payload
+    that does not parse is skipped whole), but only the gates' sketches (TTFT, ITL, TPOT) of the groups
+    asked for are decoded: the gate of a 1000-site wave reads thousands of payloads.
     """
-    from hub.report import build_report
+    from ddsketch import DDSketch
 
-    def pick(version: str) -> list[dict]:
-        out = []
-        for site, node, p in payloads:
-            if not isinstance(p, dict) or (sites is not None and site not in sites):
-                continue
-            groups = [g for g in p.get("groups", ()) if isinstance(g, dict) and g.get("model") == model
-                      and g.get("version") == version]
-            if groups:
-                out.append({**p, "site": site, "node": node, "groups": groups})
-        return out
+    from hub.report.telemetry import SCHEMA, PayloadError, decode_sketch
 
-    result: dict[str, dict[str, TrafficStats]] = {}
-    for version, since in ((new, new_since), (old, old_since)):
-        chosen = pick(version)
-        if not chosen:
+    since = {new: new_since, old: old_since}
+    acc: dict[tuple[str, str], list] = {}
+    for site, _node, p in payloads:
+        if (sites is not None and site not in sites) or not isinstance(p, dict) or p.get("schema") != SCHEMA:
             continue
-        for site, per_version in traffic_from_report(build_report(chosen, ("site", "version"), since)).items():
-            result.setdefault(site, {}).update(per_version)
+        try:
+            end = datetime.fromisoformat(str(p["windowEnd"]).replace("Z", "+00:00"))
+            if end.tzinfo is None:
+                continue
+            parts = []
+            for g in p.get("groups", ()):
+                if not isinstance(g, dict) or g.get("model") != model or g.get("version") not in since:
+                    continue
+                version = g["version"]
+                if end <= since[version]:
+                    continue
+                sk = g.get("sketches") or {}
+                decoded = [decode_sketch(sk[k]) if k in sk else None for k in ("ttftS", "itlS", "tpotS")]
+                requests, errors = int(g["requests"]), int(g.get("errors", 0))
+                if requests < 0 or errors < 0:
+                    raise PayloadError("negative counts")
+                parts.append((version, requests, errors, decoded))
+        except (KeyError, TypeError, ValueError):
+            continue  # skipped whole, as the report does
+        for version, requests, errors, decoded in parts:
+            a = acc.setdefault((site, version), [0, 0, DDSketch(RELATIVE_ACCURACY), DDSketch(RELATIVE_ACCURACY),
+                                                DDSketch(RELATIVE_ACCURACY)])
+            a[0] += requests
+            a[1] += errors
+            for target, part in zip(a[2:], decoded):
+                if part is not None:
+                    target.merge(part)
+    result: dict[str, dict[str, TrafficStats]] = {}
+    for (site, version), (requests, errors, ttft, itl, tpot) in acc.items():
+        result.setdefault(site, {})[version] = TrafficStats(requests, errors, ttft, itl, tpot)
     return result

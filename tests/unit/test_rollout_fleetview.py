@@ -96,3 +96,21 @@ def test_telemetry_selects_the_model_and_each_versions_window():
     out = fleetview.telemetry(rows, "assistant", "v2", "v1", soak, soak - timedelta(minutes=1), {"a"})
     assert set(out) == {"a"}  # b is not one of the rollout's sites here; the verified site wins over "spoofed"
     assert out["a"]["v2"].requests == 7 and out["a"]["v1"].requests == 10
+
+
+def test_telemetry_agrees_with_the_hub_report():
+    from hub.report import build_report
+    from hub.rollout.gates import traffic_from_report
+
+    soak = T0
+    rows = [(site, f"{site}-gpu", _payload(soak + timedelta(seconds=i), "assistant", "v2", 5 + i))
+            for i, site in enumerate(["a", "b", "a", "c"])]
+    rows.append(("a", "a-gpu", {"schema": 1, "windowEnd": "junk"}))  # skipped whole by both
+    mine = fleetview.telemetry(rows, "assistant", "v2", "v1", soak, soak)
+    payloads = [{**p, "site": s, "node": n} for s, n, p in rows]
+    theirs = traffic_from_report(build_report(payloads, ("site", "version"), soak))
+    assert set(mine) == set(theirs)
+    for site in mine:
+        m, t = mine[site]["v2"], theirs[site]["v2"]
+        assert (m.requests, m.errors) == (t.requests, t.errors)
+        assert m.p("ttft", 0.95) == t.p("ttft", 0.95) and m.p("itl", 0.5) == t.p("itl", 0.5)
