@@ -164,8 +164,8 @@ class Rollout(Base):
 class Audit(Base):
     """Append-only record of who did what, when, with the figures behind each decision.
 
-    The store only inserts and reads these rows (on PostgreSQL a trigger also
-    refuses UPDATE and DELETE).
+    The store only inserts and reads these rows, and database triggers
+    (migration 0003) refuse UPDATE and DELETE on SQLite and PostgreSQL alike.
     """
 
     __tablename__ = "audit"

@@ -184,3 +184,20 @@ async def test_register_nodes_in_one_batch_with_their_last_report_seq(store):
     par, par_seq = got[("par", "b")]
     assert (par.agent_version, par.inventory, par_seq) == ("1.2", {"x": 1}, 0)  # the last hello wins
     assert await store.register_nodes([], T0) == {}
+
+
+async def test_audit_trail_is_append_only_in_the_database(store):
+    from datetime import UTC, datetime
+
+    from sqlalchemy import delete, update
+
+    from hub.store import tables as t
+    from hub.store.repo import AuditRecord
+
+    now = datetime.now(UTC)
+    await store.append_audit([AuditRecord(now, "ana", "rollout.start", "rollout/x", {"n": 1})])
+    for stmt in (update(t.Audit).values(actor="mallory"), delete(t.Audit)):
+        with pytest.raises(Exception, match="append-only"):  # noqa: B017 - the driver's error, whichever it is
+            async with store.db.sessions.begin() as s:
+                await s.execute(stmt)
+    assert [(a.actor, a.details) for a in await store.list_audit()] == [("ana", {"n": 1})]

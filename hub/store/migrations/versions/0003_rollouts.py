@@ -47,8 +47,13 @@ def upgrade() -> None:
     )
     op.create_index("ix_audit_at", "audit", ["at"])
     op.create_index("ix_audit_subject", "audit", ["subject"])
-    if op.get_bind().dialect.name == "postgresql":
+    dialect = op.get_bind().dialect.name
+    if dialect == "sqlite":
         # Append-only, enforced by the database too (record-keeping).
+        for verb in ("UPDATE", "DELETE"):
+            op.execute(f"CREATE TRIGGER audit_no_{verb.lower()} BEFORE {verb} ON audit "
+                       "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END")
+    if dialect == "postgresql":
         op.execute(
             "CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
             "RAISE EXCEPTION 'the audit trail is append-only'; END $$"
@@ -68,6 +73,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("apscheduler_jobs")
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("DROP TRIGGER IF EXISTS audit_no_update")
+        op.execute("DROP TRIGGER IF EXISTS audit_no_delete")
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP TRIGGER IF EXISTS audit_append_only ON audit")
         op.execute("DROP FUNCTION IF EXISTS audit_append_only()")
