@@ -84,7 +84,8 @@ def add_parsers(sub, client_flags) -> None:
 
     s = rs.add_parser("status", help="phase, waves, per-site state and the last gate verdicts")
     s.add_argument("service", nargs="?", default="", help="default: every rollout")
-    s.add_argument("--watch", "-w", action="store_true", help="redraw until the rollout finishes")
+    s.add_argument("--watch", "-w", action="store_true",
+                   help="redraw until the rollout finishes; exit 0 if it completed, 3 otherwise")
     client(s)
 
     for name, text in (("pause", "stop publishing (sites already published keep applying)"),

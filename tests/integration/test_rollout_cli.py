@@ -102,6 +102,8 @@ def test_rollout_commands_views_and_errors(hub):
     proc = fleet(hub, "rollout", "pause", "chat")
     assert_clean_error(proc)
     assert "nothing to pause" in proc.stderr
+    proc = fleet(hub, "rollout", "status", "chat", "--watch")  # already over: draws once, says how it ended
+    assert proc.returncode == 3 and "RolledBack" in proc.stdout and "1/1 sites" in proc.stdout, proc.stdout
 
     proc = fleet(hub, "rollout", "history", "chat")
     assert proc.returncode == 0, proc.stderr
