@@ -150,15 +150,16 @@ def site_facts(
     objects: Sequence[ObjectRecord], applied: Sequence[AppliedRecord], now: datetime, liveness: LivenessPolicy,
     versions: tuple[str, str] = ("", ""),
 ) -> dict[str, SiteFacts]:
-    """Facts per site that runs ``service``. ``versions`` = (from, to): a node that has not applied its
-    current Placement is taken to still run the other one of the two."""
+    """Facts per site that runs ``service``. ``versions`` = (from, to). A site runs a version when every
+    node of it acknowledged a Placement giving it that version; a node given ``to`` that has not
+    acknowledged it yet still runs ``from``; any other unacknowledged state is unknown (None)."""
     by_node = {(n.site, n.node): n for n in nodes}
     obj_of = {(o.target_site, o.target_node): o for o in objects if o.kind == "Placement" and not o.deleted}
     acked = {(a.node_id, a.object_id): a for a in applied}
     out: dict[str, SiteFacts] = {}
     for site, site_nodes in service_sites(placement, service).items():
         reachable = False
-        running: Optional[str] = None
+        running: set[Optional[str]] = set()
         for node in site_nodes:
             rec = by_node.get((site, node))
             obj = obj_of.get((site, node))
@@ -169,15 +170,17 @@ def site_facts(
                 desired = next((a["version"] for a in obj.spec.get("assignments", ()) if a.get("service") == service),
                                None)
             ack = acked.get((rec.id, obj.id)) if rec is not None and obj is not None else None
-            if desired is None or ack is None or not ack.ok or ack.version < obj.version:
-                if desired in versions and running is None:
-                    running = versions[1] if desired == versions[0] else versions[0]
-            elif running is None:
-                running = desired
+            if desired is not None and ack is not None and ack.ok and ack.version >= obj.version:
+                running.add(desired)
+            elif versions[1] and desired == versions[1]:
+                running.add(versions[0])  # given the new version, not applied yet: still on the old one
+            else:
+                running.add(None)  # reverting, or never acknowledged: the hub cannot tell
+        version = running.pop() if len(running) == 1 else None
         spec = bundle.sites[site].spec if site in bundle.sites else None
         out[site] = SiteFacts(
             reachable=reachable,
-            applied_version=running or None,
+            applied_version=version or None,
             in_maintenance=bool(spec is not None and spec.in_maintenance(now) is not None),
             opted_out=opted_out(bundle, site),
         )

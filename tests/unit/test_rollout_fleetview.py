@@ -114,3 +114,15 @@ def test_telemetry_agrees_with_the_hub_report():
         m, t = mine[site]["v2"], theirs[site]["v2"]
         assert (m.requests, m.errors) == (t.requests, t.errors)
         assert m.p("ttft", 0.95) == t.p("ttft", 0.95) and m.p("itl", 0.5) == t.p("itl", 0.5)
+
+
+def test_an_unacknowledged_old_placement_is_not_taken_for_the_new_version():
+    bundle, placement = fleet()
+    nodes = [_node(1, "a", T0), _node(2, "b", T0), _node(3, "c", T0)]
+    objects = [_obj(1, "a", 4, "v1"), _obj(2, "b", 5, "v2"), _obj(3, "c", 6, "v1")]
+    applied = [AppliedRecord(1, "o1", 3, True), AppliedRecord(2, "o2", 4, True), AppliedRecord(3, "o3", 6, False)]
+    facts = fleetview.site_facts(bundle, placement, "chat", nodes=nodes, objects=objects, applied=applied, now=T0,
+                                 liveness=LivenessPolicy(), versions=("v1", "v2"))
+    assert facts["a"].applied_version is None  # never acknowledged its current v1 object: unknown, not v2
+    assert facts["b"].applied_version == "v1"  # given v2, not applied yet
+    assert facts["c"].applied_version is None  # the agent reported a failure applying it
