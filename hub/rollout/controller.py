@@ -118,6 +118,18 @@ class _Cache:
 
 
 @dataclass
+class _TelemetryCache:
+    """Telemetry of one soaking wave, added up as it arrives: the reports seen and the running totals."""
+
+    key: tuple
+    fetched: Optional[datetime] = None
+    seen: set = field(default_factory=set)
+    """(site, node, seq) of the reports already added."""
+    acc: dict = field(default_factory=dict)
+    """(site, version) -> [requests, errors, ttft, itl, tpot sketches]."""
+
+
+@dataclass
 class TickStats:
     """Decision time of the last ticks (observe + step + act + persist), for the benchmark."""
 
@@ -144,6 +156,7 @@ class RolloutController:
         self._cache = _Cache()
         self._problems: dict = {}
         self._objects: dict[str, tuple] = {}
+        self._tele: dict[str, _TelemetryCache] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.stats = TickStats()
         self.recent_errors: list[str] = []
@@ -266,23 +279,49 @@ class RolloutController:
         facts = await self.facts(bundle, placement, state.service, now, (state.from_version, state.to_version))
         telemetry: dict = {}
         soak = state.soak_since
-        if (state.phase is Phase.PROGRESSING and state.stage in (Stage.SOAKING, Stage.GATING) and soak is not None
-                and now - soak >= timedelta(seconds=state.spec.min_success_time) and svc is not None):
-            # The canary wave also needs the old version's traffic on the same sites, from before the switch.
-            canary = state.spec.strategy == "canary" and state.wave == 0
-            old_since = soak - timedelta(seconds=state.spec.progress_deadline) if canary else soak
-            # windowEnd decides what counts (build_report); an agent creates a report when its window ends, so
-            # reports created before old_since cannot count. 5 s of slack for clocks that disagree slightly.
-            rows = await self.store.reports_of_kind("telemetry", old_since - timedelta(seconds=5))
-            sites = {r.site for r in state.sites}
-            telemetry = await asyncio.to_thread(
-                fleetview.telemetry, [(s, n, r.payload) for s, n, r in rows], svc.spec.model, state.to_version,
-                state.from_version, soak, old_since, sites)
+        if svc is not None and state.phase is Phase.PROGRESSING and state.stage in (Stage.SOAKING, Stage.GATING) \
+                and soak is not None:
+            telemetry = await self._telemetry(state, svc.spec.model, soak, now)
         return Observation(
             sites=facts, telemetry=telemetry,
             slo_ttft_p95_s=svc.spec.slo.ttft_p95 if svc else None,
             slo_tpot_p95_s=svc.spec.slo.tpot_p95 if svc else None,
         )
+
+    async def _telemetry(self, state: RolloutState, model: str, soak: datetime, now: datetime) -> dict:
+        """The gates' traffic, read incrementally while the wave soaks: each tick decodes only the reports
+        received since the last one, so the gate itself merges what is already decoded."""
+        # The canary wave also needs the old version's traffic on the same sites, from before the switch.
+        canary = state.spec.strategy == "canary" and state.wave == 0
+        old_since = soak - timedelta(seconds=state.spec.progress_deadline) if canary else soak
+        key = (soak, old_since, state.to_version, state.from_version)
+        cache = self._tele.get(state.service)
+        if cache is None or cache.key != key:
+            cache = self._tele[state.service] = _TelemetryCache(key)
+        fetch = self.clock()
+        # windowEnd decides what counts; an agent creates a report when its window ends, so reports created
+        # before old_since cannot count (5 s of slack for clocks that disagree slightly). Reports received
+        # before the last fetch are added already (1 s of overlap for transactions still committing then;
+        # duplicates are keyed out).
+        rows = await self.store.reports_of_kind(
+            "telemetry", old_since - timedelta(seconds=5),
+            received_since=cache.fetched - timedelta(seconds=1) if cache.fetched else None)
+        sites = {r.site for r in state.sites}
+        since = {state.to_version: soak, state.from_version: old_since}
+        fresh = [(site, node, r) for site, node, r in rows
+                 if site in sites and (site, node, r.seq) not in cache.seen]
+
+        def add() -> None:
+            decoded = [(site, fleetview.decode_report(r.payload, model, since)) for site, node, r in fresh]
+            cache.seen.update((site, node, r.seq) for site, node, r in fresh)
+            fleetview.aggregate(decoded, cache.acc)  # running totals: the gate merges nothing again
+
+        if fresh:
+            await asyncio.to_thread(add)
+        cache.fetched = fetch
+        if now - soak < timedelta(seconds=state.spec.min_success_time):
+            return {}  # still soaking: the gate is not judged yet
+        return fleetview.aggregate((), cache.acc)
 
     # --------------------------------------------------------------- acting
 
@@ -421,6 +460,8 @@ class RolloutController:
             return
         parts["persist"] = time.perf_counter() - t_persist
         self._account(state, t0, parts=parts)
+        if state.stage not in (Stage.SOAKING, Stage.GATING):
+            self._tele.pop(state.service, None)
         if state.phase in Phase.terminal():
             self._drop_jobs(rollout_id)
             await self.store.release_lease(rollout_id, self.owner)

@@ -187,54 +187,69 @@ def site_facts(
     return out
 
 
-def telemetry(payloads: Iterable[tuple[str, str, dict]], model: str, new: str, old: str, new_since: datetime,
-              old_since: datetime, sites: Optional[set[str]] = None) -> dict[str, dict[str, TrafficStats]]:
-    """site -> version -> traffic of ``model``: the new version in windows ending after ``new_since`` (the
-    soak), the old version after ``old_since`` (the canary's baseline on the same sites, before and during
-    the switch).
+def decode_report(payload: object, model: str, since: Mapping[str, datetime]) -> list[tuple]:
+    """The parts of one telemetry payload the gates use: [(version, requests, errors, [ttft, itl, tpot])] for the
+    groups of ``model`` whose version is in ``since`` and whose window ends after it. Same rules as
+    :func:`hub.report.build_report` (counted when ``since < windowEnd``; a payload that does not parse is
+    skipped whole), but only the gates' sketches are decoded: a 1000-site gate reads thousands of payloads.
+    """
+    from hub.report.telemetry import SCHEMA, PayloadError, decode_sketch
 
-    ``payloads`` are (verified site, node, payload): the verified identity wins over the payload's. The
-    same rules as :func:`hub.report.build_report` (a payload counts when ``since < windowEnd``; a payload
-    that does not parse is skipped whole), but only the gates' sketches (TTFT, ITL, TPOT) of the groups
-    asked for are decoded: the gate of a 1000-site wave reads thousands of payloads.
+    if not isinstance(payload, dict) or payload.get("schema") != SCHEMA:
+        return []
+    try:
+        end = datetime.fromisoformat(str(payload["windowEnd"]).replace("Z", "+00:00"))
+        if end.tzinfo is None:
+            return []
+        parts = []
+        for g in payload.get("groups", ()):
+            if not isinstance(g, dict) or g.get("model") != model or g.get("version") not in since:
+                continue
+            version = g["version"]
+            if end <= since[version]:
+                continue
+            sk = g.get("sketches") or {}
+            decoded = [decode_sketch(sk[k]) if k in sk else None for k in ("ttftS", "itlS", "tpotS")]
+            requests, errors = int(g["requests"]), int(g.get("errors", 0))
+            if requests < 0 or errors < 0:
+                raise PayloadError("negative counts")
+            parts.append((version, requests, errors, decoded))
+        return parts
+    except (KeyError, TypeError, ValueError):
+        return []  # skipped whole, as the report does
+
+
+def aggregate(decoded: Iterable[tuple[str, list[tuple]]],
+              acc: Optional[dict] = None) -> dict[str, dict[str, TrafficStats]]:
+    """site -> version -> merged :class:`TrafficStats` from (site, :func:`decode_report` parts).
+
+    ``acc`` (site, version) -> running totals may be kept by the caller to add reports as they arrive;
+    the stats returned share its sketches (read them before adding more).
     """
     from ddsketch import DDSketch
 
-    from hub.report.telemetry import SCHEMA, PayloadError, decode_sketch
-
-    since = {new: new_since, old: old_since}
-    acc: dict[tuple[str, str], list] = {}
-    for site, _node, p in payloads:
-        if (sites is not None and site not in sites) or not isinstance(p, dict) or p.get("schema") != SCHEMA:
-            continue
-        try:
-            end = datetime.fromisoformat(str(p["windowEnd"]).replace("Z", "+00:00"))
-            if end.tzinfo is None:
-                continue
-            parts = []
-            for g in p.get("groups", ()):
-                if not isinstance(g, dict) or g.get("model") != model or g.get("version") not in since:
-                    continue
-                version = g["version"]
-                if end <= since[version]:
-                    continue
-                sk = g.get("sketches") or {}
-                decoded = [decode_sketch(sk[k]) if k in sk else None for k in ("ttftS", "itlS", "tpotS")]
-                requests, errors = int(g["requests"]), int(g.get("errors", 0))
-                if requests < 0 or errors < 0:
-                    raise PayloadError("negative counts")
-                parts.append((version, requests, errors, decoded))
-        except (KeyError, TypeError, ValueError):
-            continue  # skipped whole, as the report does
-        for version, requests, errors, decoded in parts:
-            a = acc.setdefault((site, version), [0, 0, DDSketch(RELATIVE_ACCURACY), DDSketch(RELATIVE_ACCURACY),
-                                                DDSketch(RELATIVE_ACCURACY)])
+    acc = {} if acc is None else acc
+    for site, parts in decoded:
+        for version, requests, errors, sketches in parts:
+            a = acc.get((site, version))
+            if a is None:
+                a = acc[(site, version)] = [0, 0, *(DDSketch(RELATIVE_ACCURACY) for _ in range(3))]
             a[0] += requests
             a[1] += errors
-            for target, part in zip(a[2:], decoded):
+            for target, part in zip(a[2:], sketches):
                 if part is not None:
                     target.merge(part)
     result: dict[str, dict[str, TrafficStats]] = {}
     for (site, version), (requests, errors, ttft, itl, tpot) in acc.items():
         result.setdefault(site, {})[version] = TrafficStats(requests, errors, ttft, itl, tpot)
     return result
+
+
+def telemetry(payloads: Iterable[tuple[str, str, dict]], model: str, new: str, old: str, new_since: datetime,
+              old_since: datetime, sites: Optional[set[str]] = None) -> dict[str, dict[str, TrafficStats]]:
+    """site -> version -> traffic of ``model``: the new version in windows ending after ``new_since`` (the
+    soak), the old version after ``old_since`` (the canary's baseline on the same sites, before and during
+    the switch). ``payloads`` are (verified site, node, payload): the verified identity wins."""
+    since = {new: new_since, old: old_since}
+    return aggregate((site, decode_report(p, model, since)) for site, _node, p in payloads
+                     if sites is None or site in sites)

@@ -797,9 +797,10 @@ class Store(RolloutStore):
             return {int(n): (int(c), int(m)) for n, c, m in res.all()}
 
     async def reports_of_kind(
-        self, kind: str, since: datetime | None = None
+        self, kind: str, since: datetime | None = None, received_since: datetime | None = None
     ) -> list[tuple[str, str, IncomingReport]]:
-        """(site, node, report) of every stored report of ``kind`` created at or after ``since``."""
+        """(site, node, report) of every stored report of ``kind`` created at or after ``since`` (and, if
+        given, received by the hub at or after ``received_since``: for reading new reports incrementally)."""
         async with self.db.sessions() as s:
             q = (
                 select(t.Node.site, t.Node.node, t.Report)
@@ -809,6 +810,8 @@ class Store(RolloutStore):
             )
             if since is not None:
                 q = q.where(t.Report.created_at >= since)
+            if received_since is not None:
+                q = q.where(t.Report.received_at >= received_since)
             return [
                 (site, node, IncomingReport(r.seq, r.kind, utc(r.created_at), dict(r.payload)))
                 for site, node, r in (await s.execute(q)).all()
