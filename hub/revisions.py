@@ -53,10 +53,16 @@ def summary(diff_: PlanDiff, placement: Placement) -> dict:
     }
 
 
-def _quiet_plan(bundle: Bundle, previous: Optional[Placement], solver: str):
+def _quiet_plan(bundle: Bundle, previous: Optional[Placement], solver: str, unschedulable: dict | None = None):
     # HiGHS writes its log to stdout from C; keep the hub's stdout for the hub.
     with contextlib.redirect_stdout(io.StringIO()):
-        return plan(bundle, previous, solver=solver)  # type: ignore[arg-type]
+        return plan(bundle, previous, solver=solver, unschedulable=unschedulable)  # type: ignore[arg-type]
+
+
+async def unschedulable_nodes(store: Store) -> dict[tuple[str, str], str]:
+    """(site, node) -> why, for nodes whose agent reports them unschedulable (cordoned in Kubernetes)."""
+    return {(n.site, n.node): "node is cordoned (unschedulable, as its agent reports)"
+            for n in await store.list_nodes() if n.inventory.get("unschedulable")}
 
 
 async def apply_bundle(
@@ -80,7 +86,7 @@ async def apply_bundle(
     if base is not None and base != latest_no:
         raise StaleRevision(base, latest_no)
     previous = Placement.from_spec(latest.placement) if latest else None
-    result = await asyncio.to_thread(_quiet_plan, bundle, previous, solver)
+    result = await asyncio.to_thread(_quiet_plan, bundle, previous, solver, await unschedulable_nodes(store))
     before = Bundle.from_json(latest.bundle) if latest else Bundle()
     bundle_lines = diff(before, bundle).lines()
     if latest is not None and latest.digest == bundle.digest() and not (result.diff.changes or result.diff.moves):

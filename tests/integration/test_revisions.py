@@ -130,3 +130,16 @@ async def test_rollback_restores_the_old_placement_exactly(store, shipped):
     assert {k: o.spec for k, o in (await objects_by_key(store)).items()} == objs_one
     with pytest.raises(LookupError):
         await rollback(store, 9, author="cy", message="", base=None, now=T0)
+
+
+async def test_apply_leaves_out_a_node_its_agent_reports_cordoned(store, shipped):
+    from hub.placement.api import plan
+
+    free = plan(shipped, solver="greedy").placement
+    site, node = next((a.site, a.node) for a in free.assignments if a.service == "assistant-de")
+    await store.register_node(site, node, "test", {"unschedulable": True}, T0)
+    out = await apply_bundle(store, shipped, author="ana", message="", base=0, now=T0, solver="greedy")
+    placed = Placement.from_spec(out.revision.placement)
+    assert all((a.site, a.node) != (site, node) for a in placed.assignments)
+    targets = {(o.target_site, o.target_node) for (k, _), o in (await objects_by_key(store)).items() if k == "Placement"}
+    assert (site, node) not in targets
