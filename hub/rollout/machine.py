@@ -585,8 +585,11 @@ def _rollback_progress(tx: _Tx, obs: Observation) -> None:
     waiting = tx.in_status(SiteStatus.REVERTING)
     if not waiting:
         reverted = tx.in_status(SiteStatus.REVERTED)
-        tx.set_phase(Phase.ROLLED_BACK, f"{len(reverted)} site(s) back on {tx.old.from_version}")
-        tx.log("rolled-back", tx.get("reason"), reverted)
+        why = tx.get("reason")
+        # Keep why it rolled back in the status line, not only in the audit.
+        tx.set_phase(Phase.ROLLED_BACK, f"{len(reverted)} site(s) back on {tx.old.from_version}"
+                     + (f" after: {why}" if why else ""))
+        tx.log("rolled-back", why, reverted)
         return
     if tx.now - tx.old.phase_since >= timedelta(seconds=tx.spec.progress_deadline):
         def where(site: str) -> str:

@@ -205,7 +205,7 @@ async def test_canary_to_slower_version_is_rolled_back_with_the_numbers(fleet):
     finally:
         await traffic.stop()
     assert done.phase == "RolledBack", done.status
-    assert done.status.endswith("1 site(s) back on v1")
+    assert "1 site(s) back on v1 after: " in done.status and "slower than allowed" in done.status
     state = json.loads(done.state_json)  # the verdicts behind the rollback stay in the state (and the audit)
     ttft = next(v for v in state["verdicts"] if v["gate"] == "ttft-comparison")
     assert ttft["outcome"] == "fail" and ttft["numbers"]["pValue"] < 0.05
