@@ -70,13 +70,13 @@ def channel(t: Target) -> grpc.Channel:
     return grpc.secure_channel(t.hub, creds)
 
 
-class Admin:
-    """A thin wrapper that adds the token and turns gRPC errors into CliErrors."""
+class Client:
+    """A gRPC stub that adds the admin token and turns gRPC errors into CliErrors."""
 
-    def __init__(self, t: Target, timeout: float = 15.0) -> None:
+    def __init__(self, t: Target, stub_class, timeout: float = 15.0) -> None:
         self.target = t
         self._channel = channel(t)
-        self._stub = admin_pb2_grpc.AdminStub(self._channel)
+        self._stub = stub_class(self._channel)
         self._md = [("authorization", f"Bearer {t.token}")]
         self._timeout = timeout
 
@@ -93,6 +93,13 @@ class Admin:
 
     def close(self) -> None:
         self._channel.close()
+
+
+class Admin(Client):
+    """The Admin service."""
+
+    def __init__(self, t: Target, timeout: float = 15.0) -> None:
+        super().__init__(t, admin_pb2_grpc.AdminStub, timeout)
 
 
 def rpc_error(exc: grpc.RpcError, t: Target) -> CliError:

@@ -10,7 +10,6 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-import grpc
 import yaml
 from pydantic import ValidationError
 from rich.console import Group
@@ -19,7 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from hub.cli.client import Target, channel, rpc_error
+from hub.cli.client import Client, Target
 from hub.cli.errors import CliError
 from hub.cli.output import age, console, emit
 from hub.rollout.machine import Phase, RolloutState, SiteStatus
@@ -29,29 +28,11 @@ from protos.fleet.v1 import rollout_pb2, rollout_pb2_grpc
 MARK = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "insufficient": "[yellow]waiting[/]"}
 
 
-class Rollouts:
-    """The Rollouts stub with the token, turning gRPC errors into CliErrors (like hub.cli.client.Admin)."""
+class Rollouts(Client):
+    """The Rollouts service."""
 
     def __init__(self, t: Target, timeout: float = 30.0) -> None:
-        self.target = t
-        self._channel = channel(t)
-        self._stub = rollout_pb2_grpc.RolloutsStub(self._channel)
-        self._md = [("authorization", f"Bearer {t.token}")]
-        self._timeout = timeout
-
-    def __getattr__(self, name: str):
-        method = getattr(self._stub, name)
-
-        def call(request):
-            try:
-                return method(request, metadata=self._md, timeout=self._timeout)
-            except grpc.RpcError as exc:
-                raise rpc_error(exc, self.target) from None
-
-        return call
-
-    def close(self) -> None:
-        self._channel.close()
+        super().__init__(t, rollout_pb2_grpc.RolloutsStub, timeout)
 
 
 def add_parsers(sub, client_flags) -> None:
