@@ -362,7 +362,7 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
             try:
                 if session is not None and self.broker.detach(session):
                     with contextlib.suppress(Exception):
-                        await self.store.mark_disconnected(session.node_id, _now())
+                        await asyncio.shield(self.store.mark_disconnected(session.node_id, _now()))
             finally:
                 self._streams -= 1
                 if self._streams == 0:
@@ -509,9 +509,12 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
                 )
             prev = r.seq
         now = _now()
-        stored = await self.store.store_reports(
+        # Shielded: a stream cancelled mid-transaction (agent gone, hub stopping)
+        # would otherwise abandon the store's one SQLite connection in the middle
+        # of a write; the transaction finishes, then the cancellation goes on.
+        stored = await asyncio.shield(self.store.store_reports(
             session.node_id, [convert.report_from_proto(r, now) for r in batch.reports], now
-        )
+        ))
         if stored.duplicate:
             log.info(
                 "agent %s/%s re-sent %d reports already stored (seq %d..%d); acknowledged again",
