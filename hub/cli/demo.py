@@ -162,10 +162,10 @@ class Demo:
         self.out.print(f"    {ok}/{len(results)} served; " + ", ".join(
             f"{label}: {sum(r.ok for r in results if r.node == label)}" for label in http))
         self.step("Residency at the door: personal data of a German user sent to Virginia")
-        await self.residency_refusal(nodes, http)
+        refused = await self.residency_refusal(nodes, http)
 
         self.step("The report the hub merged from the agents' telemetry sketches")
-        report = await self.wait_report(ok)
+        report = await self.wait_report(ok + refused)  # a refusal is measured too
         table = json.loads(report.table_json)
         emit(table["rows"], DEMO_REPORT_COLUMNS, "table")
         self.out.print("    (every column: `fleet report`; as data: `fleet report -o json`)")
@@ -292,11 +292,12 @@ class Demo:
             await asyncio.sleep(0.1)
         return int(json.loads(path.read_text())["http"])
 
-    async def residency_refusal(self, nodes: list[DemoNode], http: dict[str, int]) -> None:
+    async def residency_refusal(self, nodes: list[DemoNode], http: dict[str, int]) -> int:
+        """Requests refused (0 when the plan put no US node in the demo)."""
         us = next((n for n in nodes if n.country == "US"), None)
         if us is None or not us.assignments:
             self.out.print("    (no US node in the demo plan; skipped)")
-            return
+            return 0
         async with httpx.AsyncClient(timeout=30) as client:
             r = await client.post(
                 f"http://127.0.0.1:{http[us.label]}/v1/chat/completions",
@@ -311,13 +312,15 @@ class Demo:
             raise CliError(f"{us.label} served personal-de data (HTTP {r.status_code}); residency must refuse it",
                            "this is a bug: report it with the agent log")
         self.out.print("    refused at the door and written to the audit trail (report kind 'audit')")
+        return 1
 
-    async def wait_report(self, served: int) -> admin_pb2.GetReportResponse:
+    async def wait_report(self, measured: int) -> admin_pb2.GetReportResponse:
+        """The report once it counts ``measured`` requests (agents flush telemetry every second)."""
         t0 = time.monotonic()
         while True:
             rep = await self.admin("GetReport", admin_pb2.GetReportRequest(html=self.html is not None), timeout=60)
             total = json.loads(rep.report_json)["total"]
-            if total["requests"] >= served or time.monotonic() - t0 > 30:
+            if total["requests"] >= measured or time.monotonic() - t0 > 30:
                 return rep
             await asyncio.sleep(0.5)
 
