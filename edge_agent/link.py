@@ -145,7 +145,8 @@ class HubLink:
             delay = backoff_delay(attempt, self.cfg.backoff_initial_s, self.cfg.backoff_max_s, self.rng)
             log.debug("reconnecting in %.2fs (attempt %d)", delay, attempt)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._stop.wait()
 
     # -- one stream ---------------------------------------------------------
 
@@ -289,7 +290,8 @@ class HubLink:
             outq.put_nowait(agent_pb2.AgentMessage(heartbeat=hb))
             self._inventory_changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._inventory_changed.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._inventory_changed.wait()
 
     async def _sender(self, outq: asyncio.Queue, inflight: dict[int, int]) -> None:
         """Send unacknowledged reports in order, at most `report_window` batches ahead."""
@@ -313,4 +315,5 @@ class HubLink:
                 sent_through = pending[-1].seq
                 outq.put_nowait(agent_pb2.AgentMessage(reports=batch))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._outbox_wake.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._outbox_wake.wait()

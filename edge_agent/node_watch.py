@@ -151,7 +151,8 @@ class NodeWatch:
     async def wait_synced(self, timeout: float) -> bool:
         """True once the Node was read; False after `timeout` (the agent goes on with what it has)."""
         try:
-            await asyncio.wait_for(self._synced.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._synced.wait()
             return True
         except TimeoutError:
             return False

@@ -187,7 +187,8 @@ class Broker:
     async def run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 current = await self.store.current_version()
@@ -327,7 +328,8 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until every stream handler has finished its clean-up; False on timeout."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
         except TimeoutError:
             return False
         return True
@@ -375,7 +377,8 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         if identity is None and self.require_identity:
             raise StreamError(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
         try:
-            first = await asyncio.wait_for(anext(request_iterator), self.limits.hello_timeout_s)
+            async with asyncio.timeout(self.limits.hello_timeout_s):
+                first = await anext(request_iterator)
         except TimeoutError:
             raise StreamError(grpc.StatusCode.DEADLINE_EXCEEDED, "no Hello within the hello timeout") from None
         except StopAsyncIteration:
@@ -410,6 +413,13 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         self.broker.attach(session)
         wanted = self.broker.objects_for(site, node)
         session.push(resync(session.held, wanted), resync_complete=True)
+        # What the agent holds is applied: record it as if acknowledged again. The ack of an
+        # earlier stream may never have reached the store (the hub died before the recorder's
+        # next batch), and the agent, holding the object, will not acknowledge it a second time.
+        now = _now()
+        for o in wanted:
+            if o.id in session.held:
+                self.recorder.applied(AppliedRecord(rec.id, o.id, session.held[o.id], True, "", now))
         log.info("agent %s/%s connected (%d objects held, %d meant)", site, node, len(hello.held), len(wanted))
         return session
 

@@ -125,8 +125,10 @@ class Hub:
 
     async def stop(self, grace: float = 2.0) -> None:
         if self.rollouts is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self.rollouts.stop()
+            except Exception:  # noqa: BLE001 - shutting down goes on; leases expire by themselves
+                log.exception("stopping the rollout controller failed")
         servers = [s for s in (self._agent_server, self._admin_server) if s is not None]
         await asyncio.gather(*(s.stop(grace) for s in servers))
         # Cancelled stream handlers still mark their nodes disconnected: let them

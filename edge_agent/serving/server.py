@@ -186,7 +186,8 @@ class Serving:
             self._started.set()
             while not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), cfg.telemetry_interval_s)
+                    async with asyncio.timeout(cfg.telemetry_interval_s):
+                        await self._stop.wait()
                 if not self._stop.is_set():
                     self.flush()
         finally:

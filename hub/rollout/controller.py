@@ -185,17 +185,21 @@ class RolloutController:
         sched, self.scheduler = self.scheduler, None
         executor = sched._lookup_executor("default")
         pending = [f for f in executor._pending_futures if not f.done()]
-        sched.shutdown(wait=False)
-        # Let running ticks finish (they are short); cancel what does not.
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=5.0)
-            for f in late:
-                f.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        for rec in await self.store.list_rollouts(active_only=True):
-            if rec.lease_owner == self.owner:
-                await self.store.release_lease(rec.id, self.owner)
-        self._engine.dispose()
+        try:
+            sched.shutdown(wait=False)
+            # Let running ticks finish (they are short); cancel what does not.
+            if pending:
+                _, late = await asyncio.wait(pending, timeout=5.0)
+                for f in late:
+                    f.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+            for rec in await self.store.list_rollouts(active_only=True):
+                if rec.lease_owner == self.owner:
+                    await self.store.release_lease(rec.id, self.owner)
+        finally:
+            # Even when releasing the leases failed (they expire on their own): the job store's
+            # connections are closed, not left to the garbage collector.
+            self._engine.dispose()
 
     def ensure_job(self, rollout_id: str, state: Optional[RolloutState] = None) -> None:
         """Give a rollout its persistent interval job (and its window job) unless it has them."""

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, delete, func, select, tuple_, update
+from sqlalchemy import bindparam, case, delete, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -685,13 +685,19 @@ class Store(RolloutStore):
                 for a in acks:
                     latest[(a.node_id, a.object_id)] = a
                 ins = self._insert(t.Applied)
+                cur = t.Applied.__table__.c
                 stmt = ins.on_conflict_do_update(
                     index_elements=["node_id", "object_id"],
                     set_={
                         "version": ins.excluded.version,
                         "ok": ins.excluded.ok,
                         "error": ins.excluded.error,
-                        "applied_at": ins.excluded.applied_at,
+                        # When the version was first applied: an agent re-stating what it holds
+                        # (its Hello after a reconnect) does not move it.
+                        "applied_at": case(
+                            ((cur.version == ins.excluded.version) & cur.ok & ins.excluded.ok, cur.applied_at),
+                            else_=ins.excluded.applied_at,
+                        ),
                     },
                 )
                 await s.execute(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import signal
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,10 +50,22 @@ def held_version(agent: Agent) -> str | None:
     return None
 
 
+def dump_tasks() -> None:
+    for t in asyncio.all_tasks():
+        print(f"--- {t.get_name()}: {t!r}", file=sys.stderr)
+        try:
+            t.print_stack(file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - a compiled coroutine (gRPC's) may have no Python frames
+            print(f"    (no stack: {exc!r})", file=sys.stderr)
+    sys.stderr.flush()
+
+
 async def main(hub: str, site: str, node: str, data_dir: Path) -> None:
     cfg = AgentConfig(hub=hub, site=site, node=node, data_dir=data_dir, insecure=True, backoff_initial_s=0.05,
                       backoff_max_s=0.5)
     agent = Agent(cfg, probe_gpus=False)
+    # SIGUSR1 prints every task's stack to the log: the test asks for it when an agent looks stuck.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     while not (data_dir / "stop").exists():

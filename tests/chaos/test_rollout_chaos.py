@@ -76,6 +76,12 @@ class Fleet:
         return subprocess.run([sys.executable, "-m", "hub.cli.main", *args], capture_output=True, text=True,
                               timeout=60, env=self.env)
 
+    def dump_agent_tasks(self) -> None:
+        for p in self.agents.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+
     @staticmethod
     def kill(p: subprocess.Popen | None) -> None:
         if p is not None and p.poll() is None:
@@ -165,6 +171,8 @@ def test_rollout_completes_under_hub_sigkill(tmp_path, db_url):
             if state and state["phase"] in ("Completed", "Failed", "RolledBack", "Aborted", "Paused"):
                 break
             time.sleep(0.5)
+        if not (state and state["phase"] == "Completed"):
+            fleet.dump_agent_tasks()  # into <site>.log, to see where a stuck agent waits
         for s in SITES:
             (tmp_path / "agents" / s / "stop").touch()
         end = time.monotonic() + 60

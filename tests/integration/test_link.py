@@ -395,6 +395,61 @@ async def test_hub_restart_agent_keeps_state_resyncs_and_reports_exactly_once(ma
     assert [r.payload["i"] for r in stored] == list(range(90))
 
 
+async def test_an_ack_lost_with_the_hub_is_recovered_from_the_agents_hello(make_fleet):
+    """The hub batches applied-acks; if it dies before writing a batch, the agent's next Hello
+    (what it holds) records them, since the agent will not acknowledge an object it holds again.
+    Found by the rollout chaos test: a wave waited for an ack that had died with the hub."""
+    from sqlalchemy import delete
+
+    from hub.store import tables
+
+    fleet = await make_fleet()
+    a = fleet.start_agent("fra", "a")
+    await a.resynced()
+    obj = await fleet.put("Config", "c", {"x": 1})
+    await eventually(lambda: _applied_counts(fleet, {"c": (1, 1)}))
+    first = {r.object_id: r for r in await fleet.hub.store.applied_rows()}[obj.id]
+
+    # Reconnecting with nothing lost leaves the row as it was (applied_at included).
+    await fleet.stop_hub()
+    a.link.status.resynced.clear()
+    await fleet.start_hub()
+    await a.resynced()
+    await fleet.hub.recorder.flush()
+    again = {r.object_id: r for r in await fleet.hub.store.applied_rows()}[obj.id]
+    assert (again.version, again.ok, again.applied_at) == (first.version, True, first.applied_at)
+
+    # The hub applied-ack batch is lost: the hub stops with the row gone, as if never written.
+    await fleet.stop_hub()
+    async with fleet_store_session(fleet) as s:
+        await s.execute(delete(tables.Applied))
+    a.link.status.resynced.clear()
+    n_updates = len(a.updates)
+    await fleet.start_hub()
+    await a.resynced()
+    assert [list(u.upserts) for u in a.updates[n_updates:]] == [[]], "it holds it: nothing re-sent, no new ack"
+    await eventually(lambda: _applied_counts(fleet, {"c": (1, 1)}), what="the Hello to count as the ack")
+
+
+def fleet_store_session(fleet: Fleet):
+    """A transaction on the store under test, opened while the hub is stopped."""
+    from hub.store import Database
+
+    class _Tx:
+        async def __aenter__(self):
+            self.db = Database(fleet.db_url)
+            self.cm = self.db.sessions.begin()
+            return await self.cm.__aenter__()
+
+        async def __aexit__(self, *exc):
+            try:
+                return await self.cm.__aexit__(*exc)
+            finally:
+                await self.db.close()
+
+    return _Tx()
+
+
 async def test_reports_acked_only_once_stored_across_restart_race(make_fleet):
     """Reports in flight when the hub stops are re-sent and de-duplicated, never lost or double-counted."""
     fleet = await make_fleet()
