@@ -17,6 +17,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -75,6 +76,19 @@ class Fleet:
     def fleet(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "hub.cli.main", *args], capture_output=True, text=True,
                               timeout=60, env=self.env)
+
+    def wait_serving(self, timeout: float = 60.0) -> None:
+        """Until the hub accepts connections on its agent and admin ports."""
+        deadline = time.monotonic() + timeout
+        for port in (self.port, self.admin_port):
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+                    break
+                except OSError:
+                    assert self.hub is not None and self.hub.poll() is None, "the hub exited on its own"
+                    assert time.monotonic() < deadline, f"the hub did not serve on port {port} within {timeout:g} s"
+                    time.sleep(0.05)
 
     def dump_agent_tasks(self) -> None:
         for p in self.agents.values():
@@ -149,7 +163,7 @@ def test_rollout_completes_under_hub_sigkill(tmp_path, db_url):
         started = None
         while started is None and time.monotonic() < deadline:
             proc = fleet.fleet("rollout", "start", "chat", "--to", "v2", "--waves", "1,2,50%,100%",
-                               "--max-unavailable", "2", "--min-success-time", "3s", "--progress-deadline", "3m",
+                               "--max-unavailable", "2", "--min-success-time", "12s", "--progress-deadline", "3m",
                                "--min-requests", "20", "--max-failures", "0", "--author", "chaos")
             if proc.returncode == 0:
                 started = proc.stdout
@@ -157,7 +171,14 @@ def test_rollout_completes_under_hub_sigkill(tmp_path, db_url):
                 time.sleep(0.5)
         assert started, proc.stderr
         for _ in range(KILLS):
-            time.sleep(rng.uniform(0.3, 2.5))
+            # Mostly a random moment of a serving hub (on a loaded machine, a fixed delay after the
+            # start would kill most hubs while they are still importing); sometimes one still starting
+            # (migrating the store, binding its ports, resuming the job store).
+            if rng.random() < 0.25:
+                time.sleep(rng.uniform(0.0, 1.5))
+            else:
+                fleet.wait_serving()
+                time.sleep(rng.uniform(0.3, 2.5))
             state, _, _ = asyncio.run(outcome(db_url))
             during += state is not None and state["phase"] not in ("Completed", "Failed", "RolledBack", "Aborted")
             fleet.kill(fleet.hub)
