@@ -412,14 +412,15 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         # change reaches this session through dispatch.
         self.broker.attach(session)
         wanted = self.broker.objects_for(site, node)
-        session.push(resync(session.held, wanted), resync_complete=True)
-        # What the agent holds is applied: record it as if acknowledged again. The ack of an
-        # earlier stream may never have reached the store (the hub died before the recorder's
+        # What the agent says it holds is applied: record it as if acknowledged again. The ack of
+        # an earlier stream may never have reached the store (the hub died before the recorder's
         # next batch), and the agent, holding the object, will not acknowledge it a second time.
-        now = _now()
+        # (From the Hello itself: after the push, `session.held` is what the agent *will* hold.)
+        held, now = dict(hello.held), _now()
         for o in wanted:
-            if o.id in session.held:
-                self.recorder.applied(AppliedRecord(rec.id, o.id, session.held[o.id], True, "", now))
+            if o.id in held:
+                self.recorder.applied(AppliedRecord(rec.id, o.id, held[o.id], True, "", now))
+        session.push(resync(session.held, wanted), resync_complete=True)
         log.info("agent %s/%s connected (%d objects held, %d meant)", site, node, len(hello.held), len(wanted))
         return session
 

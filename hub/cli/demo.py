@@ -161,6 +161,9 @@ class Demo:
         ok = sum(r.ok for r in results)
         self.out.print(f"    {ok}/{len(results)} served; " + ", ".join(
             f"{label}: {sum(r.ok for r in results if r.node == label)}" for label in http))
+        if ok == 0:
+            raise CliError("no request was served, although every agent acknowledged its placement",
+                           "rerun with `fleet demo --keep` and read the agent logs in the directory it keeps")
         self.step("Residency at the door: personal data of a German user sent to Virginia")
         refused = await self.residency_refusal(nodes, http)
 

@@ -881,3 +881,23 @@ async def test_admin_rejects_bad_names_and_unknown_deletes(make_fleet):
         await fleet.delete("Config", "nope")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert await fleet.hub.store.current_version() == 0
+
+
+async def test_a_hello_counts_as_applied_only_what_it_says_it_holds(make_fleet):
+    """The other side of recovering lost acks from a Hello: an object the agent was just sent but
+    has not applied (its model still loading) is not applied, whatever the hub queued for it."""
+    fleet = await make_fleet()
+    one = await fleet.put("Config", "one", {"x": 1}, site="raw")
+    two = await fleet.put("Config", "two", {"x": 2}, site="raw")
+    ch, call = await raw_call(fleet)
+    async with ch:
+        await send(call, hello("raw", "n", **{one.id: one.version}))
+        assert (await call.read()).WhichOneof("msg") == "welcome"
+        resync = (await call.read()).desired
+        assert [o.name for o in resync.upserts] == ["two"]
+        await fleet.hub.recorder.flush()
+        node = await fleet.hub.store.get_node("raw", "n")
+        rows = {(r.object_id, r.version) for r in await fleet.hub.store.applied_rows() if r.node_id == node.id}
+        assert rows == {(one.id, one.version)}, "only what the Hello holds; `two` waits for its ack"
+        assert two.id not in {o for o, _ in rows}
+        call.cancel()
