@@ -94,8 +94,16 @@ class Gateway:
 
     def admit(self, model: str, data_class: str | None, priority_class: str | None,
               request_id: str | None = None) -> Admission:
-        """Resolve and check a request; raises ModelNotFound, BadRequest or Forbidden (recorded, audited)."""
+        """Check and resolve a request; raises Forbidden, ModelNotFound or BadRequest (recorded, audited).
+
+        Residency comes first: data that may not be processed here is refused whatever else is
+        wrong with the request, also while the model it names is still loading (fail-closed, and a
+        refused caller learns nothing about what this node serves)."""
         rid = request_id or self.new_request_id()
+        dc = data_class if data_class else self.default_data_class
+        verdict = residency.evaluate(self._rules, dc, self.here)
+        if not verdict.allowed:
+            self._refuse(verdict, rid, model, priority_class)
         backend, assignment = self.registry.resolve(model)
         group = (backend.model, backend.version)
         try:
@@ -104,14 +112,26 @@ class Gateway:
         except UnknownPriorityClass as exc:
             self.telemetry.record(RequestRecord(*group, priority_class or "", Outcome.ERROR))
             raise BadRequest(str(exc), param="priority", code="unknown_priority_class") from None
-        dc = data_class if data_class else self.default_data_class
-        verdict = residency.evaluate(self._rules, dc, self.here)
-        if not verdict.allowed or self.audit_allowed:
+        if self.audit_allowed:
             self._audit(verdict, rid, f"{backend.model}:{backend.version}")
-        if not verdict.allowed:
-            self.telemetry.record(RequestRecord(*group, pc.name if pc else "", Outcome.FORBIDDEN))
-            raise Forbidden(verdict.message)
         return Admission(rid, backend, assignment, pc, verdict)
+
+    def _refuse(self, verdict: Verdict, request_id: str, model: str, priority_class: str | None) -> None:
+        """Audit a refused request, count it under its model when that is loaded here, raise Forbidden."""
+        try:
+            backend, assignment = self.registry.resolve(model)
+        except ServingError:  # not loaded (yet), or no model named: the audit record still says what was asked
+            self._audit(verdict, request_id, model)
+            raise Forbidden(verdict.message) from None
+        self._audit(verdict, request_id, f"{backend.model}:{backend.version}")
+        try:
+            pc = resolve(self._by_name, priority_class, assignment.priority_class if assignment else None,
+                         self.default_priority_class)
+            pc_name = pc.name if pc else ""
+        except UnknownPriorityClass:
+            pc_name = priority_class or ""
+        self.telemetry.record(RequestRecord(backend.model, backend.version, pc_name, Outcome.FORBIDDEN))
+        raise Forbidden(verdict.message)
 
     def _audit(self, v: Verdict, request_id: str, model: str) -> None:
         decision = "allow" if v.allowed else "deny"

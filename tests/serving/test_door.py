@@ -85,6 +85,21 @@ def test_unknown_class_missing_class_and_no_policy_are_refused(harness) -> None:
     assert post(d, {}).status_code == 403
 
 
+def test_residency_is_checked_before_the_model(harness) -> None:
+    """Refused data is refused whatever model it names, also one not loaded (yet): 403, not 404, and
+    audited, so a refused caller learns nothing about what the node serves. (fleet demo once sent its
+    residency probe to a node still loading its model and got a 404.)"""
+    h = harness(site="iad-1", country="US", jurisdiction="US").standard().start()
+    for model in ("not-loaded-yet", "tiny"):
+        r = post(h, {"X-Fleet-Data-Class": "personal-de"}, {**BODY, "model": model})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "data_residency", (model, r.text)
+    assert [(a["decision"], a["model"]) for a in h.kinds("audit")] == [("deny", "not-loaded-yet"),
+                                                                        ("deny", "tiny:v1")]
+    # an allowed class still learns that the model is not here
+    r = post(h, {"X-Fleet-Data-Class": "public"}, {**BODY, "model": "not-loaded-yet"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
 def test_priority_class_maps_to_the_engine_and_slos(harness) -> None:
     h = harness(default_priority_class="batch").standard(ttftSloS=5.0, tpotSloS=1.0).start()
     seen: list[RequestRecord] = []
