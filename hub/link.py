@@ -416,10 +416,10 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         # an earlier stream may never have reached the store (the hub died before the recorder's
         # next batch), and the agent, holding the object, will not acknowledge it a second time.
         # (From the Hello itself: after the push, `session.held` is what the agent *will* hold.)
-        now = _now()
+        held, now = dict(hello.held), _now()
         for o in wanted:
-            if o.id in hello.held:
-                self.recorder.applied(AppliedRecord(rec.id, o.id, hello.held[o.id], True, "", now))
+            if o.id in held:
+                self.recorder.applied(AppliedRecord(rec.id, o.id, held[o.id], True, "", now))
         session.push(resync(session.held, wanted), resync_complete=True)
         log.info("agent %s/%s connected (%d objects held, %d meant)", site, node, len(hello.held), len(wanted))
         return session

@@ -107,7 +107,8 @@ class Gateway:
         backend, assignment = self.registry.resolve(model)
         group = (backend.model, backend.version)
         try:
-            pc = self._priority(priority_class, assignment)
+            pc = resolve(self._by_name, priority_class, assignment.priority_class if assignment else None,
+                         self.default_priority_class)
         except UnknownPriorityClass as exc:
             self.telemetry.record(RequestRecord(*group, priority_class or "", Outcome.ERROR))
             raise BadRequest(str(exc), param="priority", code="unknown_priority_class") from None
@@ -115,20 +116,17 @@ class Gateway:
             self._audit(verdict, rid, f"{backend.model}:{backend.version}")
         return Admission(rid, backend, assignment, pc, verdict)
 
-    def _priority(self, asked: str | None, assignment: Assignment | None) -> PriorityClass | None:
-        return resolve(self._by_name, asked, assignment.priority_class if assignment else None,
-                       self.default_priority_class)
-
     def _refuse(self, verdict: Verdict, request_id: str, model: str, priority_class: str | None) -> None:
         """Audit a refused request, count it under its model when that is loaded here, raise Forbidden."""
         try:
             backend, assignment = self.registry.resolve(model)
-        except ServingError:  # not loaded (yet), or no model named: the audit record says what was asked
+        except ServingError:  # not loaded (yet), or no model named: the audit record still says what was asked
             self._audit(verdict, request_id, model)
             raise Forbidden(verdict.message) from None
         self._audit(verdict, request_id, f"{backend.model}:{backend.version}")
         try:
-            pc = self._priority(priority_class, assignment)
+            pc = resolve(self._by_name, priority_class, assignment.priority_class if assignment else None,
+                         self.default_priority_class)
             pc_name = pc.name if pc else ""
         except UnknownPriorityClass:
             pc_name = priority_class or ""

@@ -401,7 +401,7 @@ async def test_an_ack_lost_with_the_hub_is_recovered_from_the_agents_hello(make_
     Found by the rollout chaos test: a wave waited for an ack that had died with the hub."""
     from sqlalchemy import delete
 
-    from hub.store import Database, tables
+    from hub.store import tables
 
     fleet = await make_fleet()
     a = fleet.start_agent("fra", "a")
@@ -421,18 +421,33 @@ async def test_an_ack_lost_with_the_hub_is_recovered_from_the_agents_hello(make_
 
     # The hub applied-ack batch is lost: the hub stops with the row gone, as if never written.
     await fleet.stop_hub()
-    db = Database(fleet.db_url)
-    try:
-        async with db.sessions.begin() as s:
-            await s.execute(delete(tables.Applied))
-    finally:
-        await db.close()
+    async with fleet_store_session(fleet) as s:
+        await s.execute(delete(tables.Applied))
     a.link.status.resynced.clear()
     n_updates = len(a.updates)
     await fleet.start_hub()
     await a.resynced()
     assert [list(u.upserts) for u in a.updates[n_updates:]] == [[]], "it holds it: nothing re-sent, no new ack"
     await eventually(lambda: _applied_counts(fleet, {"c": (1, 1)}), what="the Hello to count as the ack")
+
+
+def fleet_store_session(fleet: Fleet):
+    """A transaction on the store under test, opened while the hub is stopped."""
+    from hub.store import Database
+
+    class _Tx:
+        async def __aenter__(self):
+            self.db = Database(fleet.db_url)
+            self.cm = self.db.sessions.begin()
+            return await self.cm.__aenter__()
+
+        async def __aexit__(self, *exc):
+            try:
+                return await self.cm.__aexit__(*exc)
+            finally:
+                await self.db.close()
+
+    return _Tx()
 
 
 async def test_reports_acked_only_once_stored_across_restart_race(make_fleet):

@@ -28,20 +28,27 @@ def link(tmp_path):
     state.close()
 
 
-@pytest.mark.parametrize("loop", ["sender", "heartbeats"])
-async def test_session_loops_stop_when_cancelled_as_they_are_woken(link, loop):
+async def test_sender_stops_when_cancelled_as_a_report_wakes_it(link):
     outq: asyncio.Queue = asyncio.Queue()
-    run, wake = {
-        "sender": (lambda: link._sender(outq, {}), link._outbox_wake.set),  # a report was queued ...
-        "heartbeats": (lambda: link._heartbeats(outq, 5.0), link.inventory_changed),  # the node was cordoned ...
-    }[loop]
     for _ in range(50):
-        task = asyncio.create_task(run())
-        await asyncio.sleep(0.01)  # the loop is waiting for its wake-up
-        wake()
+        task = asyncio.create_task(link._sender(outq, {}))
+        await asyncio.sleep(0.01)  # the sender is waiting for its wake-up
+        link._outbox_wake.set()  # a report was queued ...
         task.cancel()  # ... in the same turn of the loop as the session ends
         done, _ = await asyncio.wait([task], timeout=2.0)
-        assert done, f"the {loop} loop ignored its cancellation"
+        assert done, "the report sender ignored its cancellation"
+        assert task.cancelled()
+
+
+async def test_heartbeats_stop_when_cancelled_as_the_inventory_changes(link):
+    outq: asyncio.Queue = asyncio.Queue()
+    for _ in range(50):
+        task = asyncio.create_task(link._heartbeats(outq, 5.0))
+        await asyncio.sleep(0.01)
+        link.inventory_changed()
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=2.0)
+        assert done, "the heartbeat loop ignored its cancellation"
         assert task.cancelled()
 
 
