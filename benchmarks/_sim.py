@@ -309,6 +309,7 @@ class SimAgent:
             identity=types_pb2.AgentIdentity(site=f"s{self.i}", node="n", agent_version="sim"),
             inventory=types_pb2.Inventory(region="bench", country="DE", jurisdiction="EU"),
             held=self.held,
+            incarnation=f"sim{self.i}",  # one report stream per simulated agent, kept across its reconnects
         )))
         first = await call.read()
         if first is grpc.aio.EOF or first.WhichOneof("msg") != "welcome":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -25,7 +26,8 @@ from google.protobuf.struct_pb2 import Struct
 
 from edge_agent.config import AgentConfig
 from edge_agent.inventory import Inventory
-from edge_agent.state import LocalObject, LocalState
+from edge_agent.report_check import report_problem
+from edge_agent.state import LocalObject, LocalState, PendingReport
 from protos.fleet.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 log = logging.getLogger(__name__)
@@ -181,6 +183,7 @@ class HubLink:
                 identity=types_pb2.AgentIdentity(site=self.cfg.site, node=self.cfg.node, agent_version=AGENT_VERSION),
                 inventory=pb_inv,
                 held=self.state.held(),
+                incarnation=self.state.incarnation,
             )
         )
 
@@ -194,6 +197,17 @@ class HubLink:
                 await call.done_writing()
                 raise ConnectionError("hub did not answer hello with welcome")
             interval = max(0.05, first.welcome.heartbeat_interval.ToTimedelta().total_seconds() or 5.0)
+            # Before anything is sent: no new report may reuse a seq the hub already
+            # stored for this incarnation (it would be dropped as a duplicate).
+            hub_last = first.welcome.last_report_seq
+            own_last = self.state.last_seq()
+            moved = self.state.resume_after(hub_last)
+            if hub_last > own_last:
+                log.warning(
+                    "the hub stored reports through seq %d of this agent's incarnation but its own counter was at %d "
+                    "(local state restored from an older copy?): continuing after %d, %d queued reports renumbered",
+                    hub_last, own_last, hub_last, moved,
+                )
             self.status.connected = True
             self.status.session_id = first.welcome.session_id
             self.status.connects += 1
@@ -294,7 +308,11 @@ class HubLink:
                     await self._inventory_changed.wait()
 
     async def _sender(self, outq: asyncio.Queue, inflight: dict[int, int]) -> None:
-        """Send unacknowledged reports in order, at most `report_window` batches ahead."""
+        """Send unacknowledged reports in order, at most `report_window` batches ahead.
+
+        A report the hub could not store (`report_problem`) is never sent: it goes to
+        the dead-letter table, once, with a log line and an entry in recent_errors.
+        """
         sent_through = 0
         batch_id = 0
         while True:
@@ -303,17 +321,39 @@ class HubLink:
                 pending = self.state.pending(sent_through, self.cfg.report_batch)
                 if not pending:
                     break
-                batch_id += 1
+                sent_through = pending[-1].seq
                 batch = agent_pb2.ReportBatch()
                 for p in pending:
-                    r = batch.reports.add(seq=p.seq, kind=p.kind)
-                    r.created_at.FromNanoseconds(int(p.created_at * 1e9))
-                    payload = Struct()
-                    payload.update(p.payload)
-                    r.payload.CopyFrom(payload)
-                    inflight[p.seq] = batch_id
-                sent_through = pending[-1].seq
+                    r = self._encode(p)
+                    if r is not None:
+                        batch.reports.append(r)
+                if not batch.reports:
+                    continue
+                batch_id += 1
+                for r in batch.reports:
+                    inflight[r.seq] = batch_id
                 outq.put_nowait(agent_pb2.AgentMessage(reports=batch))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await self._outbox_wake.wait()
+
+    def _encode(self, p: PendingReport) -> types_pb2.Report | None:
+        """The report as sent, or None after setting it aside as a dead letter."""
+        problem = report_problem(p)
+        if problem is None:
+            try:
+                r = types_pb2.Report(seq=p.seq, kind=p.kind)
+                secs = math.floor(p.created_at)
+                r.created_at.seconds = secs
+                r.created_at.nanos = min(999_999_999, int((p.created_at - secs) * 1e9))
+                payload = Struct()
+                payload.update(p.payload)
+                r.payload.CopyFrom(payload)
+                return r
+            except (ValueError, TypeError, OverflowError) as exc:
+                problem = f"report seq {p.seq}: cannot be encoded: {exc}"
+        self.state.dead_letter(p.seq, problem)
+        log.error("report set aside, never to be sent (dead letter %d in %s): %s",
+                  self.state.dead_letter_count(), self.state.path, problem)
+        self.status.error(f"dead letter: {problem}")
+        return None

@@ -6,7 +6,9 @@ store's version counter and hands every change to the sessions it concerns,
 so hub processes that share one database all push what any of them wrote.
 Heartbeats and applied-acks are batched by a `Recorder` (thousands arrive per
 second); reports are stored before they are acknowledged, one transaction per
-batch, de-duplicated by (node, seq).
+batch, de-duplicated by (node, incarnation, seq): the incarnation, sent in the
+Hello, names the agent's report stream, which starts again at seq 1 when the
+agent has lost its local state.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -70,9 +73,15 @@ class Session:
     node_id: int
     held: dict[str, int]
     queue: asyncio.Queue[agent_pb2.HubMessage]
+    incarnation: str = ""
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     close_reason: StreamError | None = None
+    # What this stream was told, so that an agent acknowledges only that:
+    # object id -> highest version sent (or held and meant, per the Hello), and
+    # ids it was told to delete.
+    sent: dict[str, int] = field(default_factory=dict)
+    sent_deletes: set[str] = field(default_factory=set)
 
     def close(self, reason: StreamError) -> None:
         if not self.closed.is_set():
@@ -95,8 +104,11 @@ class Session:
         """
         for o in delta.upserts:
             self.held[o.id] = o.version
+            if o.version > self.sent.get(o.id, 0):
+                self.sent[o.id] = o.version
         for i in delta.deletes:
             self.held.pop(i, None)
+            self.sent_deletes.add(i)
         self.send(msg if msg is not None else update_message(delta, resync_complete=resync_complete))
 
 
@@ -120,6 +132,8 @@ class Broker:
     its snapshot in one step misses nothing and gets nothing twice.
     """
 
+    GONE_KEPT = 10_000
+
     def __init__(self, store: Store, poll_interval: float) -> None:
         self.store = store
         self.poll_interval = poll_interval
@@ -128,6 +142,9 @@ class Broker:
         self._wake = asyncio.Event()
         self._live: dict[str, ObjectRecord] = {}
         self._by_target: dict[tuple[str, str], dict[str, ObjectRecord]] = {}
+        # Objects deleted while this process watched, newest last (bounded): an
+        # agent may still acknowledge one it was applying when it was deleted.
+        self._gone: OrderedDict[str, ObjectRecord] = OrderedDict()
 
     async def start(self) -> None:
         # Version first: objects written in between are read here *and* come
@@ -143,6 +160,17 @@ class Broker:
             if not o.deleted:
                 self._live[o.id] = o
                 self._by_target.setdefault((o.target_site, o.target_node), {})[o.id] = o
+                self._gone.pop(o.id, None)
+            else:
+                self._gone[o.id] = o  # a tombstone keeps its targets
+                self._gone.move_to_end(o.id)
+                while len(self._gone) > self.GONE_KEPT:
+                    self._gone.popitem(last=False)
+
+    def was_meant_for(self, object_id: str, site: str, node: str, version: int | None = None) -> bool:
+        """Whether an object (up to ``version``, if given) is, or when deleted lately was, meant for a node."""
+        o = self._live.get(object_id) or self._gone.get(object_id)
+        return o is not None and o.targets(site, node) and (version is None or 0 < version <= o.version)
 
     def objects_for(self, site: str, node: str) -> list[ObjectRecord]:
         """Live objects meant for one node, in version order (as `Store.objects_for`)."""
@@ -248,6 +276,7 @@ class NodeHello:
     node: str
     agent_version: str
     inventory: dict
+    incarnation: str
 
 
 class Registrar:
@@ -263,7 +292,7 @@ class Registrar:
         self._task: asyncio.Task | None = None
 
     async def register(self, h: NodeHello) -> tuple[NodeRecord, int]:
-        """The node's record and its highest stored report seq."""
+        """The node's record and the highest report seq stored for its incarnation."""
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending.append((h, fut))
         if self._task is None or self._task.done():
@@ -279,7 +308,7 @@ class Registrar:
                 continue
             try:
                 got = await self.store.register_nodes(
-                    [(h.site, h.node, h.agent_version, h.inventory) for h, _ in live], _now())
+                    [(h.site, h.node, h.agent_version, h.inventory, h.incarnation) for h, _ in live], _now())
             except Exception as exc:  # noqa: BLE001 - each waiting stream reports it
                 for _, f in live:
                     if not f.done():
@@ -287,7 +316,7 @@ class Registrar:
                 continue
             for h, f in live:
                 if not f.done():
-                    f.set_result(got[(h.site, h.node)])
+                    f.set_result(got[(h.site, h.node, h.incarnation)])
 
 
 def peer_identity(context: grpc.aio.ServicerContext) -> tuple[str, str] | None:
@@ -396,10 +425,14 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"certificate is for {identity[0]}/{identity[1]} but hello claims {site}/{node}",
             )
-        rec, last_seq = await self.registrar.register(
-            NodeHello(site, node, hello.identity.agent_version, convert.inventory_from_proto(hello.inventory))
-        )
-        session = Session(site, node, rec.id, dict(hello.held), asyncio.Queue(self.limits.send_queue))
+        problem = convert.incarnation_problem(hello.incarnation)
+        if problem is not None:
+            raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        rec, last_seq = await self.registrar.register(NodeHello(
+            site, node, hello.identity.agent_version, convert.inventory_from_proto(hello.inventory), hello.incarnation
+        ))
+        session = Session(site, node, rec.id, dict(hello.held), asyncio.Queue(self.limits.send_queue),
+                          incarnation=hello.incarnation)
         welcome = agent_pb2.Welcome(
             session_id=session.id,
             heartbeat_interval=Duration(
@@ -420,8 +453,10 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         for o in wanted:
             if o.id in held:
                 self.recorder.applied(AppliedRecord(rec.id, o.id, held[o.id], True, "", now))
+                session.sent[o.id] = held[o.id]
         session.push(resync(session.held, wanted), resync_complete=True)
-        log.info("agent %s/%s connected (%d objects held, %d meant)", site, node, len(hello.held), len(wanted))
+        log.info("agent %s/%s connected (%d objects held, %d meant, reports stored through seq %d of incarnation %s)",
+                 site, node, len(hello.held), len(wanted), last_seq, hello.incarnation[:8])
         return session
 
     async def _serve(
@@ -495,12 +530,31 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
     def _applied(self, session: Session, a: agent_pb2.Applied) -> None:
         if not a.object_id or len(a.object_id) > 36:
             raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "applied.object_id must be an object id")
+        if not a.deleted and a.version <= 0:
+            raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "applied.version must be positive")
+        if not self._meant(session, a):
+            what = "deletion of" if a.deleted else f"version {a.version} of"
+            raise StreamError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"applied: {what} object {a.object_id} was never meant for {session.site}/{session.node}; "
+                "an agent acknowledges only what the hub sent it",
+            )
         if a.deleted:
             self.recorder.deleted(session.node_id, a.object_id)
         else:
-            if a.version <= 0:
-                raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "applied.version must be positive")
             self.recorder.applied(AppliedRecord(session.node_id, a.object_id, a.version, a.ok, a.error[:2000], _now()))
+
+    def _meant(self, session: Session, a: agent_pb2.Applied) -> bool:
+        """Whether an ack is for something this node was meant to apply (or delete): sent on this
+        stream, or, for an ack that crosses a change (retargeted, deleted while it was applying),
+        meant for the node as the broker knows the object, tombstones of late included."""
+        if a.deleted:
+            if a.object_id in session.sent_deletes or a.object_id in session.sent:
+                return True
+            return self.broker.was_meant_for(a.object_id, session.site, session.node)
+        if a.version <= session.sent.get(a.object_id, 0):
+            return True
+        return self.broker.was_meant_for(a.object_id, session.site, session.node, a.version)
 
     async def _reports(self, session: Session, batch: agent_pb2.ReportBatch) -> None:
         n = len(batch.reports)
@@ -520,15 +574,20 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
                 )
             prev = r.seq
         now = _now()
+        try:
+            incoming = [convert.report_from_proto(r, now) for r in batch.reports]
+        except convert.BadReport as exc:  # the whole batch is refused: nothing half-stored
+            raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, f"{exc} (nothing of this batch was stored)") from None
         # Shielded: a stream cancelled mid-transaction (agent gone, hub stopping)
         # would otherwise abandon the store's one SQLite connection in the middle
         # of a write; the transaction finishes, then the cancellation goes on.
         stored = await asyncio.shield(self.store.store_reports(
-            session.node_id, [convert.report_from_proto(r, now) for r in batch.reports], now
+            session.node_id, incoming, now, incarnation=session.incarnation
         ))
         if stored.duplicate:
             log.info(
-                "agent %s/%s re-sent %d reports already stored (seq %d..%d); acknowledged again",
+                "agent %s/%s re-sent %d reports already stored (seq %d..%d of incarnation %s); acknowledged again",
                 session.site, session.node, len(stored.duplicate), stored.duplicate[0], stored.duplicate[-1],
+                session.incarnation[:8],
             )
         session.send(agent_pb2.HubMessage(report_ack=agent_pb2.ReportAck(seqs=[r.seq for r in batch.reports])))

@@ -79,6 +79,14 @@ class IncomingReport:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredReport(IncomingReport):
+    """A report read back from the store, with the report stream (incarnation) it came in on."""
+
+    incarnation: str = ""
+    received_at: datetime = _EPOCH
+
+
+@dataclass(frozen=True, slots=True)
 class DesiredPut:
     """A desired object to publish: what `put_object` and revisions write."""
 
@@ -413,14 +421,16 @@ class Store(RolloutStore):
             return _node(row)
 
     async def register_nodes(
-        self, hellos: Sequence[tuple[str, str, str, dict]], now: datetime
-    ) -> dict[tuple[str, str], tuple[NodeRecord, int]]:
-        """`register_node` for many (site, node, agent_version, inventory) at once, in one
-        transaction, with each node's highest stored report seq. The last entry wins
-        for a node listed twice."""
-        latest = {(site, node): (site, node, ver, inv) for site, node, ver, inv in hellos}
+        self, hellos: Sequence[tuple[str, str, str, dict, str]], now: datetime
+    ) -> dict[tuple[str, str, str], tuple[NodeRecord, int]]:
+        """`register_node` for many (site, node, agent_version, inventory, incarnation) at once,
+        in one transaction. Keyed by (site, node, incarnation): the node's record and the
+        highest report seq stored for that incarnation of it (0 if none). The last entry
+        wins for the node's fields when a node is listed twice."""
+        latest = {(site, node): (site, node, ver, inv) for site, node, ver, inv, _ in hellos}
         if not latest:
             return {}
+        streams = {(site, node, inc) for site, node, _, _, inc in hellos}
         async with self.db.sessions.begin() as s:
             ins = self._insert(t.Node)
             stmt = ins.on_conflict_do_update(
@@ -437,12 +447,17 @@ class Store(RolloutStore):
             ])
             rows = (await s.execute(select(t.Node).where(tuple_(t.Node.site, t.Node.node).in_(list(latest))))).scalars()
             nodes = {(r.site, r.node): _node(r) for r in rows}
-            seqs = dict((await s.execute(
-                select(t.Report.node_id, func.max(t.Report.seq))
-                .where(t.Report.node_id.in_([n.id for n in nodes.values()]))
-                .group_by(t.Report.node_id)
+            # One grouped read, along the primary key (node_id, incarnation, seq).
+            seqs = dict(((n, i), m) for n, i, m in (await s.execute(
+                select(t.Report.node_id, t.Report.incarnation, func.max(t.Report.seq))
+                .where(tuple_(t.Report.node_id, t.Report.incarnation).in_(
+                    [(nodes[(site, node)].id, inc) for site, node, inc in streams]))
+                .group_by(t.Report.node_id, t.Report.incarnation)
             )).all())
-            return {key: (n, int(seqs.get(n.id) or 0)) for key, n in nodes.items()}
+            return {
+                (site, node, inc): (nodes[(site, node)], int(seqs.get((nodes[(site, node)].id, inc)) or 0))
+                for site, node, inc in streams
+            }
 
     async def mark_disconnected(self, node_id: int, now: datetime) -> None:
         async with self.db.sessions.begin() as s:
@@ -757,17 +772,27 @@ class Store(RolloutStore):
 
     # -- reports ------------------------------------------------------------
 
-    async def store_reports(self, node_id: int, reports: Sequence[IncomingReport], now: datetime) -> StoredReports:
-        """Store a batch exactly once per (node, seq), atomically with the node's counters."""
+    async def store_reports(
+        self, node_id: int, reports: Sequence[IncomingReport], now: datetime, *, incarnation: str = ""
+    ) -> StoredReports:
+        """Store a batch exactly once per (node, incarnation, seq), atomically with the node's counters.
+
+        One multi-row insert that skips rows already stored: no read per report. The hub's
+        link always names the stream's incarnation; '' is the stream of rows from before
+        incarnations existed (migration 0004).
+        """
         if not reports:
             return StoredReports((), ())
         async with self.db.sessions.begin() as s:
-            ins = self._insert(t.Report).on_conflict_do_nothing(index_elements=["node_id", "seq"]).returning(t.Report.seq)
+            ins = (self._insert(t.Report)
+                   .on_conflict_do_nothing(index_elements=["node_id", "incarnation", "seq"])
+                   .returning(t.Report.seq))
             res = await s.execute(
                 ins,
                 [
                     {
                         "node_id": node_id,
+                        "incarnation": incarnation,
                         "seq": r.seq,
                         "kind": r.kind,
                         "created_at": r.created_at,
@@ -789,9 +814,11 @@ class Store(RolloutStore):
             )
             return StoredReports(tuple(sorted(new)), dup)
 
-    async def max_report_seq(self, node_id: int) -> int:
+    async def max_report_seq(self, node_id: int, incarnation: str = "") -> int:
+        """The highest seq stored for one report stream (node, incarnation); 0 if none."""
         async with self.db.sessions() as s:
-            res = await s.execute(select(func.max(t.Report.seq)).where(t.Report.node_id == node_id))
+            res = await s.execute(select(func.max(t.Report.seq)).where(
+                t.Report.node_id == node_id, t.Report.incarnation == incarnation))
             return int(res.scalar_one_or_none() or 0)
 
     async def report_counts(self) -> dict[int, tuple[int, int]]:
@@ -804,7 +831,7 @@ class Store(RolloutStore):
 
     async def reports_of_kind(
         self, kind: str, since: datetime | None = None, received_since: datetime | None = None
-    ) -> list[tuple[str, str, IncomingReport]]:
+    ) -> list[tuple[str, str, StoredReport]]:
         """(site, node, report) of every stored report of ``kind`` created at or after ``since`` (and, if
         given, received by the hub at or after ``received_since``: for reading new reports incrementally)."""
         async with self.db.sessions() as s:
@@ -812,20 +839,23 @@ class Store(RolloutStore):
                 select(t.Node.site, t.Node.node, t.Report)
                 .join(t.Node, t.Node.id == t.Report.node_id)
                 .where(t.Report.kind == kind)
-                .order_by(t.Report.node_id, t.Report.seq)
+                .order_by(t.Report.node_id, t.Report.incarnation, t.Report.seq)
             )
             if since is not None:
                 q = q.where(t.Report.created_at >= since)
             if received_since is not None:
                 q = q.where(t.Report.received_at >= received_since)
-            return [
-                (site, node, IncomingReport(r.seq, r.kind, utc(r.created_at), dict(r.payload)))
-                for site, node, r in (await s.execute(q)).all()
-            ]
+            return [(site, node, _report(r)) for site, node, r in (await s.execute(q)).all()]
 
-    async def reports(self, node_id: int, kind: str | None = None) -> list[IncomingReport]:
+    async def reports(self, node_id: int, kind: str | None = None) -> list[StoredReport]:
+        """One node's reports in the order they arrived (then by stream and seq)."""
         async with self.db.sessions() as s:
-            q = select(t.Report).where(t.Report.node_id == node_id).order_by(t.Report.seq)
+            q = (select(t.Report).where(t.Report.node_id == node_id)
+                 .order_by(t.Report.received_at, t.Report.incarnation, t.Report.seq))
             if kind:
                 q = q.where(t.Report.kind == kind)
-            return [IncomingReport(r.seq, r.kind, utc(r.created_at), dict(r.payload)) for r in (await s.execute(q)).scalars()]
+            return [_report(r) for r in (await s.execute(q)).scalars()]
+
+
+def _report(r: t.Report) -> StoredReport:
+    return StoredReport(r.seq, r.kind, utc(r.created_at), dict(r.payload), r.incarnation, utc(r.received_at))

@@ -12,6 +12,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -91,16 +92,29 @@ class Applied(Base):
     applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
 
+REPORT_KIND_MAX = 64
+"""Longest report kind, in characters: the hub refuses longer ones and the database checks it too."""
+
+
 class Report(Base):
-    """One report from an agent's outbox, stored once per (node, seq)."""
+    """One report from an agent's outbox, stored once per (node, incarnation, seq).
+
+    The incarnation names one report stream of an agent (minted with its local
+    state): an agent that lost its state starts a new stream at seq 1, which
+    must not collide with what the old one stored. Rows from before migration
+    0004 have the incarnation ''. SQLite does not enforce VARCHAR lengths, so
+    a CHECK does it for the kind on every database.
+    """
 
     __tablename__ = "reports"
     node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True)
+    incarnation: Mapped[str] = mapped_column(String(64), primary_key=True, server_default="")
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(64), nullable=False)
+    kind: Mapped[str] = mapped_column(String(REPORT_KIND_MAX), nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     payload: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    __table_args__ = (CheckConstraint(f"length(kind) <= {REPORT_KIND_MAX}", name="ck_reports_kind_length"),)
 
 
 class Revision(Base):

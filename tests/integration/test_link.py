@@ -588,9 +588,10 @@ SMALL = Limits(
 )
 
 
-def hello(site: str, node: str, **held: int) -> agent_pb2.AgentMessage:
+def hello(site: str, node: str, incarnation: str = "raw0", **held: int) -> agent_pb2.AgentMessage:
     return agent_pb2.AgentMessage(
-        hello=agent_pb2.Hello(identity=types_pb2.AgentIdentity(site=site, node=node, agent_version="raw"), held=held)
+        hello=agent_pb2.Hello(identity=types_pb2.AgentIdentity(site=site, node=node, agent_version="raw"), held=held,
+                              incarnation=incarnation)
     )
 
 

@@ -12,7 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, func, inspect, select
 from sqlalchemy.pool import NullPool
 
-from hub.store import Database
+from hub.store import Database, Store
 from hub.store.db import alembic_config
 from hub.store import tables as t
 from hub.store.repo import IncomingReport
@@ -172,18 +172,97 @@ async def test_applied_rows_upsert_and_delete(store):
 
 async def test_register_nodes_in_one_batch_with_their_last_report_seq(store):
     first = await store.register_node("fra", "a", "1.0", {}, T0)
-    await store.store_reports(first.id, reports(1, 2, 7), T0)
+    await store.store_reports(first.id, reports(1, 2, 7), T0, incarnation="inc1")
+    await store.store_reports(first.id, reports(1, 2, 3, 4, 5, 6, 7, 8, 9), T0, incarnation="old")
     got = await store.register_nodes(
-        [("fra", "a", "1.1", {"gpus": []}), ("par", "b", "1.1", {}), ("par", "b", "1.2", {"x": 1})],
+        [("fra", "a", "1.1", {"gpus": []}, "inc1"), ("par", "b", "1.1", {}, "p1"), ("par", "b", "1.2", {"x": 1}, "p1")],
         T0 + timedelta(seconds=5),
     )
-    assert set(got) == {("fra", "a"), ("par", "b")}
-    fra, fra_seq = got[("fra", "a")]
+    assert set(got) == {("fra", "a", "inc1"), ("par", "b", "p1")}
+    fra, fra_seq = got[("fra", "a", "inc1")]
     assert (fra.id, fra.agent_version, fra.connected, fra_seq) == (first.id, "1.1", True, 7)
     assert fra.first_seen == T0 and fra.last_seen == T0 + timedelta(seconds=5)
-    par, par_seq = got[("par", "b")]
+    par, par_seq = got[("par", "b", "p1")]
     assert (par.agent_version, par.inventory, par_seq) == ("1.2", {"x": 1}, 0)  # the last hello wins
     assert await store.register_nodes([], T0) == {}
+
+
+async def test_register_nodes_answers_each_incarnation_with_its_own_last_seq(store):
+    """The Welcome's last_report_seq is per report stream: a new incarnation starts at 0."""
+    n = await store.register_node("fra", "a", "1.0", {}, T0)
+    await store.store_reports(n.id, reports(1, 2, 3), T0, incarnation="gone")
+    got = await store.register_nodes([("fra", "a", "1.0", {}, "gone"), ("fra", "a", "1.0", {}, "fresh")], T0)
+    assert {k: seq for k, (_, seq) in got.items()} == {("fra", "a", "gone"): 3, ("fra", "a", "fresh"): 0}
+    assert got[("fra", "a", "gone")][0].id == got[("fra", "a", "fresh")][0].id == n.id
+
+
+async def test_a_new_incarnation_starts_a_new_stream_stored_in_full(store):
+    """An agent that lost its state starts again at seq 1 under a new incarnation: stored, not dropped."""
+    n = await store.register_node("fra", "a", "1.0", {}, T0)
+    old = await store.store_reports(n.id, reports(1, 2, 3), T0, incarnation="aaaa")
+    new = await store.store_reports(n.id, [IncomingReport(s, "audit", T0, {"new": s}) for s in (1, 2)], T0,
+                                    incarnation="bbbb")
+    again = await store.store_reports(n.id, reports(2, 3), T0, incarnation="aaaa")
+    assert (old.new, new.new, new.duplicate, again.duplicate) == ((1, 2, 3), (1, 2), (), (2, 3))
+    got = [(r.incarnation, r.seq, r.kind, r.payload) for r in await store.reports(n.id)]
+    assert got == [("aaaa", 1, "event", {"seq": 1}), ("aaaa", 2, "event", {"seq": 2}), ("aaaa", 3, "event", {"seq": 3}),
+                   ("bbbb", 1, "audit", {"new": 1}), ("bbbb", 2, "audit", {"new": 2})]
+    assert (await store.max_report_seq(n.id, "aaaa"), await store.max_report_seq(n.id, "bbbb")) == (3, 2)
+    node = await store.get_node("fra", "a")
+    assert (node.reports_received, node.reports_duplicate) == (5, 2)
+
+
+def test_migration_0004_keeps_old_reports_under_the_empty_incarnation(db_url):
+    """A store with reports from before incarnations: upgraded, its rows are the stream '' and a
+    new incarnation's seq 1 is a different report."""
+    from alembic import command
+    from sqlalchemy import text
+
+    db = Database(db_url)
+    engine = _sync_engine(db)
+    try:
+        with engine.begin() as conn:
+            cfg = alembic_config(db.sync_url)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0003")
+            conn.execute(text("INSERT INTO nodes (site, node, agent_version, inventory, first_seen, last_seen, connected, "
+                              "recent_errors, reports_received, reports_duplicate) VALUES ('fra', 'a', '0', '{}', "
+                              ":t, :t, false, '[]', 2, 0)"), {"t": T0})
+            for seq in (1, 2):
+                conn.execute(text("INSERT INTO reports (node_id, seq, kind, created_at, received_at, payload) "
+                                  "VALUES (1, :s, 'event', :t, :t, '{\"old\": true}')"), {"s": seq, "t": T0})
+        db.migrate()
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT incarnation, seq FROM reports ORDER BY seq")).all()
+            checks = {c["name"] for c in inspect(conn).get_check_constraints("reports")}
+            pk = inspect(conn).get_pk_constraint("reports")["constrained_columns"]
+        assert [tuple(r) for r in rows] == [("", 1), ("", 2)]
+        assert "ck_reports_kind_length" in checks
+        assert sorted(pk) == ["incarnation", "node_id", "seq"]
+
+        async def more():
+            store = Store(db)
+            fresh = await store.store_reports(1, reports(1, 2, 3), T0, incarnation="new0")
+            return fresh.new, [(r.incarnation, r.seq) for r in await store.reports(1)]
+
+        new, stored = asyncio.run(more())
+        assert new == (1, 2, 3)
+        assert sorted(stored) == [("", 1), ("", 2), ("new0", 1), ("new0", 2), ("new0", 3)]
+    finally:
+        engine.dispose()
+        asyncio.run(db.close())
+
+
+async def test_the_database_refuses_a_report_kind_over_64_characters(store):
+    """SQLite ignores VARCHAR(64); the CHECK of migration 0004 holds on every database."""
+    from sqlalchemy.exc import DBAPIError
+
+    n = await store.register_node("fra", "a", "1.0", {}, T0)
+    ok = await store.store_reports(n.id, [IncomingReport(1, "k" * 64, T0, {})], T0, incarnation="i")
+    assert ok.new == (1,)
+    with pytest.raises(DBAPIError, match="ck_reports_kind_length|too long"):
+        await store.store_reports(n.id, [IncomingReport(2, "k" * 65, T0, {})], T0, incarnation="i")
+    assert [r.seq for r in await store.reports(n.id)] == [1]
 
 
 async def test_audit_trail_is_append_only_in_the_database(store):

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from protos.fleet.v1 import types_pb2 as protos_dot_fleet_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotos/fleet/v1/agent.proto\x12\x08\x66leet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bprotos/fleet/v1/types.proto\"\xb1\x01\n\x0c\x41gentMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.fleet.v1.HelloH\x00\x12$\n\x07\x61pplied\x18\x02 \x01(\x0b\x32\x11.fleet.v1.AppliedH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.fleet.v1.HeartbeatH\x00\x12(\n\x07reports\x18\x04 \x01(\x0b\x32\x15.fleet.v1.ReportBatchH\x00\x42\x05\n\x03msg\"\x90\x01\n\nHubMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.fleet.v1.WelcomeH\x00\x12*\n\x07\x64\x65sired\x18\x02 \x01(\x0b\x32\x17.fleet.v1.DesiredUpdateH\x00\x12)\n\nreport_ack\x18\x03 \x01(\x0b\x32\x13.fleet.v1.ReportAckH\x00\x42\x05\n\x03msg\"\xb0\x01\n\x05Hello\x12)\n\x08identity\x18\x01 \x01(\x0b\x32\x17.fleet.v1.AgentIdentity\x12&\n\tinventory\x18\x02 \x01(\x0b\x32\x13.fleet.v1.Inventory\x12\'\n\x04held\x18\x03 \x03(\x0b\x32\x19.fleet.v1.Hello.HeldEntry\x1a+\n\tHeldEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"m\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0flast_report_seq\x18\x03 \x01(\x04\"c\n\rDesiredUpdate\x12(\n\x07upserts\x18\x01 \x03(\x0b\x32\x17.fleet.v1.DesiredObject\x12\x0f\n\x07\x64\x65letes\x18\x02 \x03(\t\x12\x17\n\x0fresync_complete\x18\x03 \x01(\x08\"Y\n\x07\x41pplied\x12\x11\n\tobject_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x08\x12\n\n\x02ok\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"w\n\tHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\tinventory\x18\x02 \x01(\x0b\x32\x13.fleet.v1.Inventory\x12\x15\n\rrecent_errors\x18\x03 \x03(\t\"0\n\x0bReportBatch\x12!\n\x07reports\x18\x01 \x03(\x0b\x32\x10.fleet.v1.Report\"\x19\n\tReportAck\x12\x0c\n\x04seqs\x18\x01 \x03(\x04\x32H\n\tAgentLink\x12;\n\x07\x43onnect\x12\x16.fleet.v1.AgentMessage\x1a\x14.fleet.v1.HubMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotos/fleet/v1/agent.proto\x12\x08\x66leet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bprotos/fleet/v1/types.proto\"\xb1\x01\n\x0c\x41gentMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.fleet.v1.HelloH\x00\x12$\n\x07\x61pplied\x18\x02 \x01(\x0b\x32\x11.fleet.v1.AppliedH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.fleet.v1.HeartbeatH\x00\x12(\n\x07reports\x18\x04 \x01(\x0b\x32\x15.fleet.v1.ReportBatchH\x00\x42\x05\n\x03msg\"\x90\x01\n\nHubMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.fleet.v1.WelcomeH\x00\x12*\n\x07\x64\x65sired\x18\x02 \x01(\x0b\x32\x17.fleet.v1.DesiredUpdateH\x00\x12)\n\nreport_ack\x18\x03 \x01(\x0b\x32\x13.fleet.v1.ReportAckH\x00\x42\x05\n\x03msg\"\xc5\x01\n\x05Hello\x12)\n\x08identity\x18\x01 \x01(\x0b\x32\x17.fleet.v1.AgentIdentity\x12&\n\tinventory\x18\x02 \x01(\x0b\x32\x13.fleet.v1.Inventory\x12\'\n\x04held\x18\x03 \x03(\x0b\x32\x19.fleet.v1.Hello.HeldEntry\x12\x13\n\x0bincarnation\x18\x04 \x01(\t\x1a+\n\tHeldEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"m\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0flast_report_seq\x18\x03 \x01(\x04\"c\n\rDesiredUpdate\x12(\n\x07upserts\x18\x01 \x03(\x0b\x32\x17.fleet.v1.DesiredObject\x12\x0f\n\x07\x64\x65letes\x18\x02 \x03(\t\x12\x17\n\x0fresync_complete\x18\x03 \x01(\x08\"Y\n\x07\x41pplied\x12\x11\n\tobject_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x08\x12\n\n\x02ok\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"w\n\tHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\tinventory\x18\x02 \x01(\x0b\x32\x13.fleet.v1.Inventory\x12\x15\n\rrecent_errors\x18\x03 \x03(\t\"0\n\x0bReportBatch\x12!\n\x07reports\x18\x01 \x03(\x0b\x32\x10.fleet.v1.Report\"\x19\n\tReportAck\x12\x0c\n\x04seqs\x18\x01 \x03(\x04\x32H\n\tAgentLink\x12;\n\x07\x43onnect\x12\x16.fleet.v1.AgentMessage\x1a\x14.fleet.v1.HubMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,21 +41,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HUBMESSAGE']._serialized_start=316
   _globals['_HUBMESSAGE']._serialized_end=460
   _globals['_HELLO']._serialized_start=463
-  _globals['_HELLO']._serialized_end=639
-  _globals['_HELLO_HELDENTRY']._serialized_start=596
-  _globals['_HELLO_HELDENTRY']._serialized_end=639
-  _globals['_WELCOME']._serialized_start=641
-  _globals['_WELCOME']._serialized_end=750
-  _globals['_DESIREDUPDATE']._serialized_start=752
-  _globals['_DESIREDUPDATE']._serialized_end=851
-  _globals['_APPLIED']._serialized_start=853
-  _globals['_APPLIED']._serialized_end=942
-  _globals['_HEARTBEAT']._serialized_start=944
-  _globals['_HEARTBEAT']._serialized_end=1063
-  _globals['_REPORTBATCH']._serialized_start=1065
-  _globals['_REPORTBATCH']._serialized_end=1113
-  _globals['_REPORTACK']._serialized_start=1115
-  _globals['_REPORTACK']._serialized_end=1140
-  _globals['_AGENTLINK']._serialized_start=1142
-  _globals['_AGENTLINK']._serialized_end=1214
+  _globals['_HELLO']._serialized_end=660
+  _globals['_HELLO_HELDENTRY']._serialized_start=617
+  _globals['_HELLO_HELDENTRY']._serialized_end=660
+  _globals['_WELCOME']._serialized_start=662
+  _globals['_WELCOME']._serialized_end=771
+  _globals['_DESIREDUPDATE']._serialized_start=773
+  _globals['_DESIREDUPDATE']._serialized_end=872
+  _globals['_APPLIED']._serialized_start=874
+  _globals['_APPLIED']._serialized_end=963
+  _globals['_HEARTBEAT']._serialized_start=965
+  _globals['_HEARTBEAT']._serialized_end=1084
+  _globals['_REPORTBATCH']._serialized_start=1086
+  _globals['_REPORTBATCH']._serialized_end=1134
+  _globals['_REPORTACK']._serialized_start=1136
+  _globals['_REPORTACK']._serialized_end=1161
+  _globals['_AGENTLINK']._serialized_start=1163
+  _globals['_AGENTLINK']._serialized_end=1235
 # @@protoc_insertion_point(module_scope)

@@ -34,7 +34,7 @@ class HubMessage(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., desired: _Optional[_Union[DesiredUpdate, _Mapping]] = ..., report_ack: _Optional[_Union[ReportAck, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("identity", "inventory", "held")
+    __slots__ = ("identity", "inventory", "held", "incarnation")
     class HeldEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -45,10 +45,12 @@ class Hello(_message.Message):
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     identity: _types_pb2.AgentIdentity
     inventory: _types_pb2.Inventory
     held: _containers.ScalarMap[str, int]
-    def __init__(self, identity: _Optional[_Union[_types_pb2.AgentIdentity, _Mapping]] = ..., inventory: _Optional[_Union[_types_pb2.Inventory, _Mapping]] = ..., held: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, identity: _Optional[_Union[_types_pb2.AgentIdentity, _Mapping]] = ..., inventory: _Optional[_Union[_types_pb2.Inventory, _Mapping]] = ..., held: _Optional[_Mapping[str, int]] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("session_id", "heartbeat_interval", "last_report_seq")
