@@ -465,6 +465,90 @@ async def test_reports_acked_only_once_stored_across_restart_race(make_fleet):
     assert (stats.reports, stats.max_seq, stats.counted) == (300, 300, 300)
 
 
+async def test_an_agent_that_lost_its_data_dir_has_every_new_report_stored(make_fleet):
+    """Issue 10: an agent restarted on an empty data dir (a replaced pod with an emptyDir) starts its
+    outbox at seq 1 again. Under a new incarnation the hub stores those reports (audit records of
+    refusals included) instead of acknowledging them as re-sends of the old stream's and dropping them."""
+    import shutil
+
+    fleet = await make_fleet()
+    a = fleet.start_agent("fra", "a")
+    await a.resynced()
+    before = a.state.incarnation
+    for i in range(4):
+        a.link.report("telemetry", {"life": 1, "i": i})
+    a.link.report("audit", {"life": 1, "decision": "refused", "dataClass": "de-personal"})
+    await eventually(lambda: a.state.outbox_size() == 0, what="the first life's reports acked")
+    data_dir = a.cfg.data_dir
+    await fleet.stop_agent(a)
+
+    shutil.rmtree(data_dir)  # the disk is gone
+    a = fleet.start_agent("fra", "a", data_dir=data_dir)
+    await a.resynced()
+    assert a.state.incarnation != before and a.state.last_seq() == 0
+    for i in range(3):
+        a.link.report("telemetry", {"life": 2, "i": i})
+    a.link.report("audit", {"life": 2, "decision": "refused", "dataClass": "de-personal"})
+    await eventually(lambda: a.state.outbox_size() == 0, what="the second life's reports acked")
+
+    node = await fleet.hub.store.get_node("fra", "a")
+    stored = [(r.incarnation, r.seq, r.kind, r.payload) for r in await fleet.hub.store.reports(node.id)]
+    assert stored == [
+        (before, 1, "telemetry", {"life": 1, "i": 0}), (before, 2, "telemetry", {"life": 1, "i": 1}),
+        (before, 3, "telemetry", {"life": 1, "i": 2}), (before, 4, "telemetry", {"life": 1, "i": 3}),
+        (before, 5, "audit", {"life": 1, "decision": "refused", "dataClass": "de-personal"}),
+        (a.state.incarnation, 1, "telemetry", {"life": 2, "i": 0}),
+        (a.state.incarnation, 2, "telemetry", {"life": 2, "i": 1}),
+        (a.state.incarnation, 3, "telemetry", {"life": 2, "i": 2}),
+        (a.state.incarnation, 4, "audit", {"life": 2, "decision": "refused", "dataClass": "de-personal"}),
+    ]
+    assert (node.reports_received, node.reports_duplicate) == (9, 0)
+
+
+async def test_an_agent_restored_from_an_old_backup_continues_after_what_the_hub_stored(make_fleet, tmp_path):
+    """Same incarnation, older counter (the data dir restored from a backup): the Welcome's
+    last_report_seq moves the agent's counter past the hub's, and reports it queued before it
+    reached the hub are renumbered, so no new report collides with a stored one."""
+    import shutil
+
+    fleet = await make_fleet()
+    a = fleet.start_agent("fra", "a")
+    await a.resynced()
+    for i in range(3):
+        a.link.report("telemetry", {"n": i})
+    await eventually(lambda: a.state.outbox_size() == 0, what="acked before the backup")
+    data_dir, backup = a.cfg.data_dir, tmp_path / "backup"
+    await fleet.stop_agent(a)
+    shutil.copytree(data_dir, backup)
+    a = fleet.start_agent("fra", "a", data_dir=data_dir)
+    await a.resynced()
+    for i in range(3, 8):
+        a.link.report("telemetry", {"n": i})
+    await eventually(lambda: a.state.outbox_size() == 0, what="acked after the backup")
+    hub_last = a.state.last_seq()
+    await fleet.stop_agent(a)
+
+    shutil.rmtree(data_dir)
+    shutil.copytree(backup, data_dir)  # restored: same incarnation, counter back at 3
+    await fleet.stop_hub()
+    a = fleet.start_agent("fra", "a", data_dir=data_dir)
+    assert a.state.last_seq() == 3
+    for i in range(8, 10):  # queued while the hub is away: locally seqs 4 and 5, which the hub holds
+        a.link.report("telemetry", {"n": i})
+    await fleet.start_hub()
+    await a.resynced()
+    for i in range(10, 12):
+        a.link.report("telemetry", {"n": i})
+    await eventually(lambda: a.state.outbox_size() == 0, what="outbox drained after the restore")
+    assert a.state.last_seq() == hub_last + 4
+
+    node = await fleet.hub.store.get_node("fra", "a")
+    stored = await fleet.hub.store.reports(node.id, "telemetry")
+    assert sorted(r.payload["n"] for r in stored) == list(range(12)), "every report stored once, none dropped"
+    assert {r.incarnation for r in stored} == {a.state.incarnation}
+    assert [r.seq for r in stored if r.payload["n"] >= 8] == [hub_last + 1, hub_last + 2, hub_last + 3, hub_last + 4]
+
+
 def telemetry_payload(site: str, node: str, ttfts: list[float], start: str, end: str) -> dict:
     """A `telemetry` report as an agent writes it (edge_agent.serving.telemetry), built here from raw values."""
     import base64
@@ -691,6 +775,104 @@ async def test_out_of_order_seqs_are_invalid_argument_and_nothing_is_stored(guar
         assert (node.reports_received, node.reports_duplicate) == (0, 0)
     assert await fleet.hub.store.report_counts() == {}
     assert "strictly increasing" in caplog.text
+
+
+async def test_a_hello_without_incarnation_is_invalid_argument_and_registers_nothing(guarded):
+    fleet, good = guarded
+    for case, inc in {"missing": "", "bad-chars": "a b/c", "too-long": "x" * 65}.items():
+        ch, call = await raw_call(fleet)
+        async with ch:
+            await send(call, hello("old", case, incarnation=inc))
+            assert await finish(call) == grpc.StatusCode.INVALID_ARGUMENT, case
+            assert "hello.incarnation" in await call.details(), case
+        assert await fleet.hub.store.get_node("old", case) is None, case
+
+
+def bad_report(case: str) -> agent_pb2.AgentMessage:
+    """A batch whose second report (seq 2) has one field out of what the hub can store."""
+    b = agent_pb2.ReportBatch()
+    b.reports.add(seq=1, kind="event")
+    r = b.reports.add(seq=2, kind="event")
+    if case == "seq-2^63":
+        r.seq = 2**63
+    elif case == "seq-2^64-1":
+        r.seq = 2**64 - 1
+    elif case == "after-9999":
+        r.created_at.seconds = 253_402_300_800  # 10000-01-01
+    elif case == "before-1":
+        r.created_at.seconds = -62_135_596_801
+    elif case == "kind-65":
+        r.kind = "k" * 65
+    elif case == "kind-empty":
+        r.kind = ""
+    elif case == "nan":
+        r.payload.update({"x": {"y": [1.0, float("nan")]}})
+    return agent_pb2.AgentMessage(reports=b)
+
+
+async def test_report_fields_out_of_range_are_invalid_argument_naming_the_seq(guarded, caplog):
+    """They were INTERNAL with a traceback in the hub's log (the database driver's overflow)."""
+    fleet, good = guarded
+    caplog.set_level(logging.INFO, logger="hub.link")
+    cases = {"seq-2^63": "seq 9223372036854775808", "seq-2^64-1": "seq 18446744073709551615",
+             "after-9999": "seq 2: created_at", "before-1": "seq 2: created_at", "kind-65": "seq 2: kind",
+             "kind-empty": "seq 2: kind", "nan": "seq 2: payload"}
+    for case, says in cases.items():
+        ch, call = await raw_call(fleet)
+        async with ch:
+            await send(call, hello("bad", case), bad_report(case))
+            assert await finish(call) == grpc.StatusCode.INVALID_ARGUMENT, case
+            assert says in await call.details(), (case, await call.details())
+        node = await fleet.hub.store.get_node("bad", case)
+        assert await fleet.hub.store.reports(node.id) == [], f"{case}: half the batch stored"
+    assert "Traceback" not in caplog.text and "INTERNAL" not in caplog.text
+
+
+async def test_acks_for_objects_not_meant_for_the_node_are_refused(guarded):
+    """Applied acks were stored as rows for any object id; now only for what the node was sent
+    (or, crossing a change, what is or lately was meant for it: a tombstone of its own object)."""
+    fleet, good = guarded
+    theirs = await fleet.put("Config", "theirs", {"x": 1}, site="par")
+    gone = await fleet.put("Config", "gone-theirs", {"x": 1}, site="par")
+    await fleet.delete("Config", "gone-theirs")
+    mine = await fleet.put("Config", "mine", {"x": 1}, site="raw")
+
+    def applied(obj_id: str, version: int = 0, deleted: bool = False) -> agent_pb2.AgentMessage:
+        return agent_pb2.AgentMessage(applied=agent_pb2.Applied(object_id=obj_id, version=version, deleted=deleted,
+                                                                ok=True))
+
+    refused = {
+        "other-node": applied(theirs.id, theirs.version),
+        "other-node-deletion": applied(theirs.id, deleted=True),
+        "other-node-tombstone": applied(gone.id, deleted=True),
+        "unknown": applied("0" * 32, 1),
+        "newer-than-sent": applied(mine.id, mine.version + 5),
+    }
+    for i, (case, msg) in enumerate(refused.items()):
+        ch, call = await raw_call(fleet)
+        async with ch:
+            await send(call, hello("raw", f"n{i}"), msg)
+            assert await finish(call) == grpc.StatusCode.PERMISSION_DENIED, case
+            assert "never meant for raw/" in await call.details(), case
+    await fleet.hub.recorder.flush()
+    rows = await fleet.hub.store.applied_rows()
+    good_node = await fleet.hub.store.get_node("good", "n1")
+    assert {r.node_id for r in rows} <= {good_node.id}, "no junk rows for refused acks"
+
+    # What the node was meant for is acknowledged, also across its deletion.
+    ch, call = await raw_call(fleet)
+    async with ch:
+        await send(call, hello("raw", "ok"))
+        assert (await call.read()).WhichOneof("msg") == "welcome"
+        assert [o.name for o in (await call.read()).desired.upserts] == ["mine"]
+        await fleet.delete("Config", "mine")
+        assert list((await asyncio.wait_for(call.read(), WAIT)).desired.deletes) == [mine.id]
+        # The upsert's ack arrives after the deletion (it was applying), then the deletion's.
+        await send(call, applied(mine.id, mine.version), applied(mine.id, deleted=True), batch(1))
+        while (m := await asyncio.wait_for(call.read(), WAIT)).WhichOneof("msg") != "report_ack":
+            pass
+        assert list(m.report_ack.seqs) == [1], "the stream is still open: both acks were accepted"
+        call.cancel()
 
 
 async def test_oversized_batch_is_invalid_argument_and_nothing_is_stored(guarded):
