@@ -67,3 +67,57 @@ def test_no_asyncio_wait_for_in_the_code():
                         and isinstance(node.value, ast.Name) and node.value.id == "asyncio"):
                     found.append(f"{f.relative_to(root)}:{node.lineno}")
     assert found == [], "use `async with asyncio.timeout(...)` instead of asyncio.wait_for at " + ", ".join(found)
+
+
+async def test_the_sender_sets_aside_reports_the_hub_could_not_store_and_sends_the_rest(link, caplog):
+    """A report out of the hub's bounds was sent at every reconnect and refused every time, with
+    everything queued behind it. Now it goes to the dead-letter table, once, and the rest flows."""
+    import logging
+
+    state = link.state
+    state.append("event", {"ok": 1}, 1000.0)
+    state.append("k" * 65, {}, 1000.0)                       # kind too long
+    state.append("event", {}, 253_402_300_800.0)             # created_at in the year 10000
+    state.append("event", {"x": [1.0, float("nan")]}, 1.0)  # PostgreSQL's JSON has no NaN
+    state.append("", {}, 1000.0)                             # no kind
+    state.append("event", {"ok": 2}, 1000.5)
+    outq: asyncio.Queue = asyncio.Queue()
+    inflight: dict[int, int] = {}
+    caplog.set_level(logging.ERROR, logger="edge_agent.link")
+    task = asyncio.create_task(link._sender(outq, inflight))
+    try:
+        async with asyncio.timeout(5.0):
+            msg = await outq.get()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    sent = msg.reports.reports
+    assert [r.seq for r in sent] == [1, 6] and sorted(inflight) == [1, 6]
+    assert sent[1].created_at.seconds == 1000 and sent[1].created_at.nanos == 500_000_000
+    assert [(d.seq, d.reason.split(":")[0]) for d in state.dead_letters()] == [
+        (2, "report seq 2"), (3, "report seq 3"), (4, "report seq 4"), (5, "report seq 5")]
+    assert state.outbox_size() == 2
+    assert caplog.text.count("dead letter") == 4, "logged once each"
+    assert [e.split(":")[0] for e in link.status.recent_errors] == ["dead letter"] * 4
+
+
+def test_report_bounds_match_the_hubs():
+    """The agent sets aside exactly what the hub refuses (hub/convert.py): same numbers."""
+    from edge_agent import report_check
+    from hub import convert
+
+    assert report_check.MAX_SEQ == convert.MAX_REPORT_SEQ
+    assert report_check.KIND_MAX == convert.REPORT_KIND_MAX
+    assert (report_check.MIN_CREATED_AT, report_check.MAX_CREATED_AT) == (convert.MIN_TIMESTAMP_S, convert.MAX_TIMESTAMP_S)
+
+
+def test_report_problem_names_the_seq():
+    from edge_agent.report_check import report_problem
+    from edge_agent.state import PendingReport
+
+    assert report_problem(PendingReport(7, "event", 0.0, {"a": [1, {"b": 2.5}]})) is None
+    assert "seq 9223372036854775808" in report_problem(PendingReport(2**63, "event", 0.0, {}))
+    assert "seq 0" in report_problem(PendingReport(0, "event", 0.0, {}))
+    assert "seq 3: created_at" in report_problem(PendingReport(3, "event", -62_135_596_801.0, {}))
+    assert "seq 3: created_at" in report_problem(PendingReport(3, "event", float("inf"), {}))
+    assert "seq 3: payload" in report_problem(PendingReport(3, "event", 0.0, {"a": {"b": [float("-inf")]}}))
