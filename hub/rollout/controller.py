@@ -313,11 +313,11 @@ class RolloutController:
         sites = {r.site for r in state.sites}
         since = {state.to_version: soak, state.from_version: old_since}
         fresh = [(site, node, r) for site, node, r in rows
-                 if site in sites and (site, node, r.seq) not in cache.seen]
+                 if site in sites and (site, node, r.incarnation, r.seq) not in cache.seen]
 
         def add() -> None:
             decoded = [(site, fleetview.decode_report(r.payload, model, since)) for site, node, r in fresh]
-            cache.seen.update((site, node, r.seq) for site, node, r in fresh)
+            cache.seen.update((site, node, r.incarnation, r.seq) for site, node, r in fresh)
             fleetview.aggregate(decoded, cache.acc)  # running totals: the gate merges nothing again
 
         if fresh:
