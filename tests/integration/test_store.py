@@ -248,6 +248,16 @@ def test_migration_0004_keeps_old_reports_under_the_empty_incarnation(db_url):
         new, stored = asyncio.run(more())
         assert new == (1, 2, 3)
         assert sorted(stored) == [("", 1), ("", 2), ("new0", 1), ("new0", 2), ("new0", 3)]
+
+        # Back to 0003: one row per (node, seq), the legacy stream's where both have one.
+        with engine.begin() as conn:
+            cfg = alembic_config(db.sync_url)
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0003")
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT seq, payload FROM reports ORDER BY seq")).all()
+            assert "incarnation" not in {c["name"] for c in inspect(conn).get_columns("reports")}
+        assert [r[0] for r in rows] == [1, 2, 3] and "old" in str(rows[0][1]) and "old" not in str(rows[2][1])
     finally:
         engine.dispose()
         asyncio.run(db.close())
