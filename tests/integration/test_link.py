@@ -337,6 +337,9 @@ async def test_agent_restart_with_held_state_gets_nothing_resent(make_fleet, tmp
     # Changes while the agent was away: exactly those, and nothing it already had.
     await fleet.delete("Config", "drop")
     added = await fleet.put("Config", "added", {"x": 3})
+    # The hub's broker reads changes from the store (poked, but a query away on a loaded machine):
+    # once it has them they are part of the resync, otherwise they come as a live update after it.
+    await eventually(lambda: fleet.hub.broker.version >= added.version, what="the broker to see the changes")
     a = fleet.start_agent("fra", "a")
     await a.resynced()
     resync = a.updates[0]
