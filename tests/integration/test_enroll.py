@@ -13,6 +13,7 @@ import os
 import stat
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -286,3 +287,70 @@ def test_agent_without_certificate_or_token_says_what_to_do(tmp_path: Path) -> N
     assert out.returncode == 2, out.stderr
     assert "no bootstrap token" in out.stderr and f"fleet certs token create --site {SITE}" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+async def test_agent_renews_before_expiry_and_redials_with_the_new_certificate(tmp_path: Path) -> None:
+    """Short-lived certificates (10 s): the agent renews at 70-90 % with a new key over mTLS, installs it,
+    and its link redials; once the first certificate has expired the link still connects (with the new one)."""
+    import random
+    from datetime import timedelta
+
+    from edge_agent.agent import Agent
+    from edge_agent.config import AgentConfig
+    from edge_agent.enroll import IdentityFiles, Rotator, ensure_identity
+    from hub.config import HubConfig
+    from hub.server import Hub
+    from hub.store.enroll_repo import RequestState
+
+    d = tmp_path / "certs"
+    certs.init_ca(d)
+    certs.issue_hub(d, [])
+    hub = Hub(HubConfig(db_url=f"sqlite:///{tmp_path / 'fleet.db'}", agent_listen="127.0.0.1:0",
+                        admin_listen="127.0.0.1:0", enroll_listen="127.0.0.1:0", certs_dir=d,
+                        admin_token="t" * 32, agent_cert_ttl_s=10, heartbeat_interval_s=0.5))
+    ports = await hub.start()
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task] = []
+    try:
+        _, text = await hub.enrollment.create_token(SITE, timedelta(hours=1), True, "", "test")
+        cfg = AgentConfig(hub=f"127.0.0.1:{ports.agent}", enroll_address=f"127.0.0.1:{ports.enroll}", site=SITE,
+                          node="gpu-r", data_dir=tmp_path / "agent", ca=d / "ca.pem",
+                          backoff_initial_s=0.1, backoff_max_s=0.5)
+        files = IdentityFiles(cfg.data_dir)
+        assert await ensure_identity(cfg, files, text, stop)
+        first = files.load()
+        assert first is not None
+        agent_cfg = cfg.model_copy(update={"cert": files.cert_path, "key": files.key_path})
+        agent = Agent(agent_cfg, probe_gpus=False)
+        rotator = Rotator(agent_cfg, files, agent.link.reconnect, rng=random.Random(7))
+        tasks = [asyncio.create_task(agent.run(stop)), asyncio.create_task(rotator.run(stop))]
+
+        async def until(what: str, check, timeout: float = 60) -> None:
+            async with asyncio.timeout(timeout):
+                while not check():
+                    for t in tasks:
+                        if t.done():
+                            t.result()
+                    await asyncio.sleep(0.05)
+
+        await until("first session", lambda: agent.link.status.connected)
+        await until("a renewal and a new session", lambda: rotator.rotations >= 1 and agent.link.status.connects >= 2)
+        renewed = files.load()
+        assert renewed is not None
+        assert renewed.cert.serial_number != first.cert.serial_number
+        assert renewed.cert.public_key() != first.cert.public_key()  # a new key, not the old one re-signed
+        # Renewed before the first certificate expired.
+        reqs = await hub.enrollment.store.list_requests(SITE)
+        renewal = [r for r in reqs if r.kind == "renewal"]
+        assert renewal and all(r.state == RequestState.APPROVED for r in renewal)
+        assert renewal[0].created_at < first.cert.not_valid_after_utc
+        assert any(r.certificate_pem.encode() == renewed.cert_path.read_bytes() for r in renewal)
+        # After the first certificate expired the link still gets in: it dials with the current one.
+        await until("the first certificate expired", lambda: datetime.now(UTC) > first.cert.not_valid_after_utc)
+        before = agent.link.status.connects
+        agent.link.reconnect()
+        await until("a session after expiry", lambda: agent.link.status.connects > before and agent.link.status.connected)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await hub.stop(grace=0.5)
