@@ -136,7 +136,8 @@ class AgentConfig(BaseModel):
         if (self.cert is None) != (self.key is None):
             raise ValueError("cert and key go together: pass both --cert and --key, or neither (then the node "
                              f"enrolls with --bootstrap-token-file and keeps its key in {self.data_dir / 'tls'})")
-        for n in ("ca", "cert", "key", "bootstrap_token_file"):
+        # (A missing bootstrap token file is no error here: a node that holds its certificate needs none.)
+        for n in ("ca", "cert", "key"):
             p = getattr(self, n)
             if p is not None and not p.exists():
                 raise ValueError(f"{n} file {p} does not exist")

@@ -64,7 +64,11 @@ class EnrollError(Exception):
 def bootstrap_token(cfg: AgentConfig) -> str | None:
     """The token from --bootstrap-token-file, else $FLEET_BOOTSTRAP_TOKEN; None without either."""
     if cfg.bootstrap_token_file is not None:
-        text = cfg.bootstrap_token_file.read_text().strip()
+        try:
+            text = cfg.bootstrap_token_file.read_text().strip()
+        except FileNotFoundError:
+            # E.g. the token's Secret was removed after the site joined: fine while the node holds its certificate.
+            return os.environ.get("FLEET_BOOTSTRAP_TOKEN", "").strip() or None
         if not text:
             raise EnrollError(f"bootstrap token file {cfg.bootstrap_token_file} is empty",
                               f"put the token from `fleet certs token create --site {cfg.site}` in it")
@@ -378,7 +382,9 @@ async def ensure_identity(cfg: AgentConfig, files: IdentityFiles, token: str | N
     if not why:
         return True
     if token is None:
-        raise EnrollError(f"this node has no usable certificate in {files.dir} ({why}) and no bootstrap token",
+        missing = (f" ({cfg.bootstrap_token_file} does not exist)"
+                   if cfg.bootstrap_token_file is not None and not cfg.bootstrap_token_file.exists() else "")
+        raise EnrollError(f"this node has no usable certificate in {files.dir} ({why}) and no bootstrap token{missing}",
                           f"on the hub: `fleet certs token create --site {cfg.site}`; then pass "
                           "--bootstrap-token-file FILE (or set FLEET_BOOTSTRAP_TOKEN_FILE)")
     log.warning("enrolling %s/%s with the hub at %s (%s)", cfg.site, cfg.node, cfg.enroll_target, why)

@@ -74,7 +74,12 @@ class Signer:
                             "put the fleet CA's ca-key.pem beside ca.pem and restart the hub, "
                             "or mint certificates offline with `fleet certs agent`")
         else:
-            self._ca = certs.load_ca(certs_dir)
+            try:
+                self._ca = certs.load_ca(certs_dir)
+            except (certs.CertError, ValueError) as exc:
+                self.why_not = (f"cannot read the fleet CA in {certs_dir} ({exc}): fix ca.pem/ca-key.pem and "
+                                "restart the hub")
+                return
             self.ca_pem = (certs_dir / "ca.pem").read_bytes()
 
     @property
