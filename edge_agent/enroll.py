@@ -133,8 +133,9 @@ class IdentityFiles:
     """The node's key and certificate on disk (<data_dir>/tls); see the module docstring."""
 
     def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # (an existing one keeps its mode)
         self.dir = data_dir / "tls"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, exist_ok=True)
         os.chmod(self.dir, 0o700)
 
     @property
@@ -399,8 +400,20 @@ async def _main(cfg: AgentConfig, token: str | None, probe_gpus: bool) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     files = IdentityFiles(cfg.data_dir)
-    if not await ensure_identity(cfg, files, token, stop):
-        return
+    health = None
+    if cfg.kubernetes:
+        # While it waits for approval the pod is alive (kubelet must not restart it) but not ready.
+        from edge_agent.health import DEFAULT_PORT, HealthServer
+
+        health = HealthServer(DEFAULT_PORT if cfg.health_port is None else cfg.health_port,
+                              lambda: "waiting for the node's certificate (fleet certs requests)")
+        await health.start()
+    try:
+        if not await ensure_identity(cfg, files, token, stop):
+            return
+    finally:
+        if health is not None:
+            await health.stop()
     agent_cfg = cfg.model_copy(update={"cert": files.cert_path, "key": files.key_path})
     agent = Agent(agent_cfg, probe_gpus=probe_gpus)
     rotator = Rotator(agent_cfg, files, agent.link.reconnect)

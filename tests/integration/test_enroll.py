@@ -77,7 +77,8 @@ class TlsHub:
         (row,) = json.loads(out.stdout)
         return row["token"], row["id"]
 
-    def agent(self, node: str, token_file: Path | None, *, site: str = SITE, log: Path | None = None) -> subprocess.Popen:
+    def agent(self, node: str, token_file: Path | None, *, site: str = SITE, log: Path | None = None,
+              extra: tuple[str, ...] = ()) -> subprocess.Popen:
         data = self.agent_dir(site, node)
         cfg = self.tmp / f"agent-{site}-{node}.yaml"
         cfg.write_text("backoff_initial_s: 0.2\nbackoff_max_s: 0.5\n")
@@ -87,6 +88,7 @@ class TlsHub:
                 "--gpu", "NVIDIA L4:24:1", "-v"]
         if token_file is not None:
             args += ["--bootstrap-token-file", str(token_file)]
+        args += list(extra)
         out = open(log or self.tmp / f"agent-{site}-{node}.log", "w")  # noqa: SIM115 - the process owns it
         p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
         out.close()
@@ -274,6 +276,32 @@ def test_revoked_token_and_other_sites_token_are_refused(hub: TlsHub, tmp_path: 
     assert bad.returncode != 0 and "next: fleet certs requests" in bad.stderr, bad.stderr
     gone = hub.fleet("certs", "token", "revoke", "000000000000")
     assert gone.returncode != 0 and "next: fleet certs token list" in gone.stderr, gone.stderr
+
+
+def test_a_pod_waiting_for_approval_is_alive_but_not_ready(hub: TlsHub, tmp_path: Path) -> None:
+    """With --kube, kubelet's probes: liveness passes while the request waits (no restart loop), readiness not."""
+    import urllib.error
+    import urllib.request
+
+    text, _ = hub.token(SITE)
+    port = free_port()
+    p = hub.agent("gpu-k", token_file(tmp_path, "k.token", text),
+                  extra=("--kube", "--health-port", str(port), "--kubeconfig", str(tmp_path / "no-kubeconfig")))
+
+    def status(path: str) -> int | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                return r.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return None
+
+    wait_for("the request pending", lambda: [r for r in hub.requests() if r["node"] == "gpu-k"],
+             on_fail=lambda: hub.agent_log(SITE, "gpu-k"))
+    wait_for("health endpoints", lambda: status("/healthz") == 200, on_fail=lambda: hub.agent_log(SITE, "gpu-k"))
+    assert status("/readyz") == 503
+    assert p.poll() is None
 
 
 def test_agent_without_certificate_or_token_says_what_to_do(tmp_path: Path) -> None:
