@@ -20,6 +20,7 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from hub.security import certs
 from tests.integration.cliharness import AGENT, FLEET, free_port, stop
@@ -381,4 +382,40 @@ async def test_agent_renews_before_expiry_and_redials_with_the_new_certificate(t
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await hub.stop(grace=0.5)
+
+
+async def test_enrollment_port_serves_enrollment_only_and_the_agent_port_still_requires_a_certificate(
+        tmp_path: Path) -> None:
+    from edge_agent.enroll import make_csr
+    from hub.config import HubConfig
+    from hub.server import Hub
+    from protos.fleet.v1 import enroll_pb2, enroll_pb2_grpc
+
+    d = tmp_path / "certs"
+    certs.init_ca(d)
+    certs.issue_hub(d, [])
+    hub = Hub(HubConfig(db_url=f"sqlite:///{tmp_path / 'fleet.db'}", agent_listen="127.0.0.1:0",
+                        admin_listen="127.0.0.1:0", enroll_listen="127.0.0.1:0", certs_dir=d, admin_token="t" * 32))
+    ports = await hub.start()
+    try:
+        server_only = grpc.ssl_channel_credentials((d / "ca.pem").read_bytes())
+        csr = make_csr(ec.generate_private_key(ec.SECP256R1()), SITE, "gpu-a")
+        async with grpc.aio.secure_channel(f"127.0.0.1:{ports.enroll}", server_only) as ch:
+            call = agent_pb2_grpc.AgentLinkStub(ch).Connect()
+            with pytest.raises(grpc.aio.AioRpcError) as no_link:
+                await call.write(agent_pb2.AgentMessage(hello=agent_pb2.Hello(
+                    identity=types_pb2.AgentIdentity(site=SITE, node="gpu-a"))))
+                await call.read()
+            assert no_link.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            with pytest.raises(grpc.aio.AioRpcError) as no_renew:
+                await enroll_pb2_grpc.EnrollmentStub(ch).RenewCertificate(enroll_pb2.RenewCertificateRequest(csr_pem=csr))
+            assert no_renew.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # Without a client certificate the agent port does not even finish the handshake.
+        async with grpc.aio.secure_channel(f"127.0.0.1:{ports.agent}", server_only) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as no_cert:
+                await enroll_pb2_grpc.EnrollmentStub(ch).RequestCertificate(
+                    enroll_pb2.RequestCertificateRequest(bootstrap_token="x", csr_pem=csr), timeout=10)
+            assert no_cert.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
         await hub.stop(grace=0.5)
