@@ -44,6 +44,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--ca", type=Path)
     r.add_argument("--cert", type=Path)
     r.add_argument("--key", type=Path)
+    r.add_argument("--bootstrap-token-file", type=Path,
+                   default=Path(os.environ["FLEET_BOOTSTRAP_TOKEN_FILE"]) if os.environ.get("FLEET_BOOTSTRAP_TOKEN_FILE") else None,
+                   help="file with a bootstrap token (`fleet certs token create` on the hub): without --cert/--key "
+                        "the node makes its own key in <data-dir>/tls and asks the hub to sign it "
+                        "(default: $FLEET_BOOTSTRAP_TOKEN_FILE; or the token in $FLEET_BOOTSTRAP_TOKEN)")
+    r.add_argument("--enroll-address", help="the hub's enrollment address HOST:PORT (default: the --hub host, port 7445)")
     r.add_argument("--server-name", help="name to verify in the hub certificate")
     r.add_argument("--insecure", action="store_true", default=None, help="plaintext (local development only)")
     r.add_argument("--region")
@@ -98,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {
             "hub": args.hub, "site": args.site, "node": args.node, "data_dir": args.data_dir,
             "ca": args.ca, "cert": args.cert, "key": args.key, "server_name": args.server_name,
+            "bootstrap_token_file": args.bootstrap_token_file, "enroll_address": args.enroll_address,
             "insecure": args.insecure, "region": args.region, "country": args.country,
             "jurisdiction": args.jurisdiction, "gpus": args.gpu,
             "kubernetes": args.kube, "kubeconfig": args.kubeconfig, "namespace": args.namespace,
@@ -111,6 +118,19 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load(args.config, overrides)
         if cfg.insecure:
             print("WARNING: --insecure: talking to the hub in plaintext without a certificate.", file=sys.stderr)
+        if cfg.enrolls:
+            from edge_agent import enroll
+
+            try:
+                enroll.run(cfg, enroll.bootstrap_token(cfg), probe_gpus=not args.no_gpu_probe)
+            except enroll.EnrollError as exc:
+                if debug:
+                    raise
+                print(f"error: {exc.message}", file=sys.stderr)
+                if exc.next:
+                    print(f"  next: {exc.next}", file=sys.stderr)
+                return 2
+            return 0
         from edge_agent.agent import run_forever
 
         run_forever(cfg, probe_gpus=not args.no_gpu_probe)

@@ -41,9 +41,18 @@ class AgentConfig(BaseModel):
     ca: Path | None = None
     """CA certificate that signed the hub's certificate (ca.pem)."""
     cert: Path | None = None
-    """This node's client certificate (from `fleet certs agent`)."""
+    """This node's client certificate, when minted elsewhere (`fleet certs agent`). Default: none, and the
+    node holds its own key and certificate in <data_dir>/tls, enrolled with a bootstrap token and renewed
+    before expiry (edge_agent/enroll.py)."""
     key: Path | None = None
-    """Private key of the client certificate."""
+    """Private key of `cert` (both or neither)."""
+    bootstrap_token_file: Path | None = None
+    """File holding a bootstrap token (`fleet certs token create --site SITE`), used when <data_dir>/tls has
+    no valid certificate ($FLEET_BOOTSTRAP_TOKEN_FILE; or the token itself in $FLEET_BOOTSTRAP_TOKEN).
+    Default: none."""
+    enroll_address: str = ""
+    """host:port of the hub's enrollment listener (TLS without a client certificate); default: the host of
+    `hub` with port 7445."""
     server_name: str | None = None
     """Name to verify in the hub's certificate when `hub` is an address it does not list."""
     region: str = ""
@@ -115,18 +124,37 @@ class AgentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _tls(self) -> AgentConfig:
-        if not self.insecure:
-            missing = [n for n in ("ca", "cert", "key") if getattr(self, n) is None]
-            if missing:
-                raise ValueError(
-                    f"{', '.join(missing)} required for mTLS: run `fleet certs agent --site {self.site} --node {self.node}` "
-                    "on the hub and pass --ca/--cert/--key, or --insecure for local development"
-                )
-            for n in ("ca", "cert", "key"):
-                p = getattr(self, n)
-                if not p.exists():
-                    raise ValueError(f"{n} file {p} does not exist")
+        if self.insecure:
+            if self.bootstrap_token_file is not None:
+                raise ValueError("a bootstrap token needs TLS: drop --insecure and pass --ca")
+            return self
+        if self.ca is None:
+            raise ValueError(
+                "ca required for TLS: pass --ca with the fleet CA (ca.pem from `fleet certs init` on the hub), "
+                "or --insecure for local development"
+            )
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together: pass both --cert and --key, or neither (then the node "
+                             f"enrolls with --bootstrap-token-file and keeps its key in {self.data_dir / 'tls'})")
+        # (A missing bootstrap token file is no error here: a node that holds its certificate needs none.)
+        for n in ("ca", "cert", "key"):
+            p = getattr(self, n)
+            if p is not None and not p.exists():
+                raise ValueError(f"{n} file {p} does not exist")
         return self
+
+    @property
+    def enrolls(self) -> bool:
+        """Whether this node holds its own key and certificate (<data_dir>/tls) rather than given ones."""
+        return not self.insecure and self.cert is None
+
+    @property
+    def enroll_target(self) -> str:
+        """Where to enroll: `enroll_address`, else the hub's host with port 7445."""
+        if self.enroll_address:
+            return self.enroll_address
+        host = self.hub.rsplit(":", 1)[0] if ":" in self.hub else self.hub
+        return f"{host}:7445"
 
 
 def load(path: Path | None, overrides: dict) -> AgentConfig:

@@ -87,6 +87,7 @@ class HubLink:
         self.rng = rng or random.Random()
         self.status = LinkStatus()
         self._stop = asyncio.Event()
+        self._redial = asyncio.Event()
         self._outbox_wake = asyncio.Event()
         self._inventory_changed = asyncio.Event()
         self._sent_inventory: dict | None = None
@@ -120,6 +121,10 @@ class HubLink:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def reconnect(self) -> None:
+        """End the current session; the run loop dials again at once (e.g. with a renewed certificate)."""
+        self._redial.set()
 
     async def run(self) -> None:
         """Connect, serve the stream, reconnect with backoff; until stop()."""
@@ -188,6 +193,7 @@ class HubLink:
         )
 
     async def _session(self) -> bool:
+        self._redial.clear()  # this session dials with the credentials on disk now
         async with self._channel() as channel:
             call = agent_pb2_grpc.AgentLinkStub(channel).Connect()
             outq: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue()
@@ -220,15 +226,16 @@ class HubLink:
                 asyncio.create_task(self._sender(outq, inflight)),
             ]
             stop = asyncio.create_task(self._stop.wait())
+            redial = asyncio.create_task(self._redial.wait())
             try:
-                done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait([*tasks, stop, redial], return_when=asyncio.FIRST_COMPLETED)
                 for t in done:
-                    if t is not stop and t.exception() is not None:
+                    if t not in (stop, redial) and t.exception() is not None:
                         raise t.exception()  # type: ignore[misc]
             finally:
-                for t in [*tasks, stop]:
+                for t in [*tasks, stop, redial]:
                     t.cancel()
-                await asyncio.gather(*tasks, stop, return_exceptions=True)
+                await asyncio.gather(*tasks, stop, redial, return_exceptions=True)
                 call.cancel()
             return True
 

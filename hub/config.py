@@ -40,6 +40,13 @@ class HubConfig(BaseModel):
     """host:port for agents (mTLS unless insecure). Port 0 picks a free port."""
     admin_listen: str = "127.0.0.1:7444"
     """host:port for the admin API used by the `fleet` CLI (TLS + bearer token)."""
+    enroll_listen: str | None = None
+    """host:port where nodes without a certificate yet ask for one with a bootstrap token: TLS that
+    authenticates the hub, no client certificate, only the Enrollment service (hub/security/enrollment.py).
+    Default none (`fleet hub serve` listens on 0.0.0.0:7445). Port 0 picks a free port. Not with insecure."""
+    agent_cert_ttl_s: float = Field(30 * 86400.0, ge=10)
+    """Lifetime of the node certificates the hub signs, in seconds (default 30 days); agents renew
+    at about 80 % of it."""
     insecure: bool = False
     """Serve plaintext without client certificates. For local development only."""
     certs_dir: Path | None = None
@@ -65,6 +72,8 @@ class HubConfig(BaseModel):
 
     @model_validator(mode="after")
     def _tls(self) -> HubConfig:
+        if self.insecure and self.enroll_listen:
+            raise ValueError("enroll_listen needs TLS: nodes enroll only with a hub that proves who it is (drop --insecure)")
         if not self.insecure:
             if self.certs_dir is None:
                 raise ValueError("certs_dir is required unless insecure: run `fleet certs init --dir DIR` and pass --certs DIR")

@@ -1,4 +1,15 @@
-"""Wiring of one hub process: store, broker, recorder, and the two gRPC servers.
+"""Wiring of one hub process: store, broker, recorder, and the gRPC servers.
+
+Three listeners, each with the credentials its callers can show:
+- agents (mTLS, a client certificate from the fleet CA is required): AgentLink,
+  and Enrollment for renewals (the caller's certificate names who renews);
+- enrollment (TLS that authenticates the hub, no client certificate): only
+  Enrollment, where a node without a certificate yet sends a bootstrap token
+  and its CSR. A separate port because gRPC Python can either require client
+  certificates or not ask for them at all: one port that asks but does not
+  require them (the way kube-apiserver does) is not available, and AgentLink
+  must never run on a listener that does not require them;
+- admin (TLS + bearer token): Admin, Rollouts, Certificates.
 
 Shutdown follows a fixed order: stop accepting → let streams end within the
 grace period → flush batched writes → close the store.
@@ -10,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 
@@ -18,8 +30,10 @@ from hub.config import HubConfig
 from hub.link import AgentLinkService, Broker, Recorder
 from hub.rollout.controller import RolloutController
 from hub.rollout.service import RolloutService
+from hub.security.enrollment import CertificatesService, Enrollment, EnrollmentService, Signer
 from hub.store import Database, Store
-from protos.fleet.v1 import admin_pb2_grpc, agent_pb2_grpc, rollout_pb2_grpc
+from hub.store.enroll_repo import EnrollStore
+from protos.fleet.v1 import admin_pb2_grpc, agent_pb2_grpc, enroll_pb2_grpc, rollout_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +42,7 @@ log = logging.getLogger(__name__)
 class Ports:
     agent: int
     admin: int | None
+    enroll: int | None = None
 
 
 def _server_options(cfg: HubConfig) -> list[tuple[str, int]]:
@@ -60,6 +75,11 @@ class Hub:
         self._tasks: list[asyncio.Task] = []
         self._agent_server: grpc.aio.Server | None = None
         self._admin_server: grpc.aio.Server | None = None
+        self._enroll_server: grpc.aio.Server | None = None
+        self.enrollment = Enrollment(
+            EnrollStore(self.db), self.store,
+            Signer(None if cfg.insecure else cfg.certs_dir, timedelta(seconds=cfg.agent_cert_ttl_s)),
+        )
         self._link: AgentLinkService | None = None
         self.rollouts: RolloutController | None = None
 
@@ -94,7 +114,17 @@ class Hub:
             require_identity=not self.cfg.insecure,
         )
         agent_pb2_grpc.add_AgentLinkServicer_to_server(self._link, self._agent_server)
+        if not self.cfg.insecure:
+            enroll_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentService(self.enrollment), self._agent_server)
         agent_port = self._bind(self._agent_server, self.cfg.agent_listen, client_auth=True)
+        enroll_port = None
+        if self.cfg.enroll_listen and not self.cfg.insecure:
+            if not self.enrollment.signer.available:
+                log.warning("node enrollment is off: %s", self.enrollment.signer.why_not)
+            self._enroll_server = grpc.aio.server(options=opts)
+            enroll_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentService(self.enrollment), self._enroll_server)
+            # Server-authenticated TLS only: nothing on this listener trusts a caller's identity.
+            enroll_port = self._bind(self._enroll_server, self.cfg.enroll_listen, client_auth=False)
         admin_port = None
         if self.serve_admin:
             self._admin_server = grpc.aio.server(
@@ -110,18 +140,24 @@ class Hub:
             )
             rollout_pb2_grpc.add_RolloutsServicer_to_server(RolloutService(self.store, self.rollouts),
                                                             self._admin_server)
+            enroll_pb2_grpc.add_CertificatesServicer_to_server(CertificatesService(self.enrollment),
+                                                               self._admin_server)
             admin_port = self._bind(self._admin_server, self.cfg.admin_listen, client_auth=False)
         self._tasks = [
             asyncio.create_task(self.broker.run(), name="broker"),
             asyncio.create_task(self.recorder.run(), name="recorder"),
         ]
         await self._agent_server.start()
+        if self._enroll_server is not None:
+            await self._enroll_server.start()
         if self._admin_server is not None:
             await self._admin_server.start()
         if self.rollouts is not None:
             await self.rollouts.start()
-        log.info("hub serving agents on port %d%s", agent_port, f", admin on port {admin_port}" if admin_port else "")
-        return Ports(agent_port, admin_port)
+        log.info("hub serving agents on port %d%s%s", agent_port,
+                 f", enrollment on port {enroll_port}" if enroll_port else "",
+                 f", admin on port {admin_port}" if admin_port else "")
+        return Ports(agent_port, admin_port, enroll_port)
 
     async def stop(self, grace: float = 2.0) -> None:
         if self.rollouts is not None:
@@ -129,7 +165,7 @@ class Hub:
                 await self.rollouts.stop()
             except Exception:  # noqa: BLE001 - shutting down goes on; leases expire by themselves
                 log.exception("stopping the rollout controller failed")
-        servers = [s for s in (self._agent_server, self._admin_server) if s is not None]
+        servers = [s for s in (self._agent_server, self._enroll_server, self._admin_server) if s is not None]
         await asyncio.gather(*(s.stop(grace) for s in servers))
         # Cancelled stream handlers still mark their nodes disconnected: let them
         # finish before the store closes, or they open connections nobody closes.

@@ -39,7 +39,13 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", help="database URL: sqlite:///PATH (default: DATA_DIR/fleet.db) or postgresql://...")
     serve.add_argument("--listen", default="0.0.0.0:7443", help="agent address (default 0.0.0.0:7443)")
     serve.add_argument("--admin-listen", default="127.0.0.1:7444", help="admin API address (default 127.0.0.1:7444)")
-    serve.add_argument("--certs", help="directory from `fleet certs init` (CA, hub certificate)")
+    serve.add_argument("--certs", help="directory from `fleet certs init` (CA, hub certificate; with ca-key.pem the "
+                                        "hub signs the certificates of nodes that join with bootstrap tokens)")
+    serve.add_argument("--enroll-listen", default="0.0.0.0:7445",
+                       help="address where nodes without a certificate yet enroll with a bootstrap token "
+                            "(TLS, no client certificate; default 0.0.0.0:7445; 'off' to disable)")
+    serve.add_argument("--agent-cert-ttl", default="30d",
+                       help="lifetime of the node certificates the hub signs (default 30d; nodes renew at ~80%%)")
     serve.add_argument("--insecure", action="store_true", help="plaintext, no client certificates (local development only)")
     serve.add_argument("--workers", type=int, default=1, help="hub processes sharing the agent port (default 1)")
     serve.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between agent heartbeats (default 5)")
@@ -47,18 +53,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--rollout-lease", type=float, default=15.0,
                        help="seconds a hub's claim to drive a rollout lasts unrenewed (default 15)")
 
-    certs = sub.add_parser("certs", help="mint the fleet CA and certificates").add_subparsers(dest="certs_cmd", required=True)
-    for name, text in (("init", "create the CA and the hub certificate"), ("hub", "reissue the hub certificate"),
-                       ("agent", "issue a node's client certificate")):
-        c = certs.add_parser(name, help=text)
-        c.add_argument("--dir", default="~/.fleet/certs", help="certificate directory (default ~/.fleet/certs)")
-        if name in ("init", "hub"):
-            c.add_argument("--hub-host", action="append", help="DNS name or IP agents use to reach the hub (repeatable)")
-        if name == "init":
-            c.add_argument("--force", action="store_true", help="replace an existing CA")
-        if name == "agent":
-            c.add_argument("--site", required=True)
-            c.add_argument("--node", required=True)
+    certs_cmd.add_parsers(sub, _client_flags)
 
     get = sub.add_parser("get", help="list sites, nodes, desired objects or policy revisions")
     get.add_argument("what", choices=["sites", "nodes", "objects", "revisions"])

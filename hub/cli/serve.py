@@ -40,6 +40,20 @@ def admin_token(data_dir: Path) -> str:
     return token
 
 
+def _enroll_listen(args) -> str | None:
+    value = getattr(args, "enroll_listen", None)
+    return None if args.insecure or value in (None, "", "off") else value
+
+
+def _duration(text: str, flag: str) -> float:
+    from hub.rollout.spec import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise CliError(f"{flag}: {exc}", f"e.g. {flag} 30d", code=2) from None
+
+
 def build_config(args) -> HubConfig:
     data_dir = Path(args.data_dir).expanduser()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -51,6 +65,8 @@ def build_config(args) -> HubConfig:
             admin_listen=args.admin_listen,
             insecure=args.insecure,
             certs_dir=Path(args.certs) if args.certs else None,
+            enroll_listen=_enroll_listen(args),
+            agent_cert_ttl_s=_duration(getattr(args, "agent_cert_ttl", "30d"), "--agent-cert-ttl"),
             admin_token=token,
             heartbeat_interval_s=args.heartbeat_interval,
             rollout_tick_s=getattr(args, "rollout_tick", 2.0),

@@ -2,13 +2,17 @@
 
 Layout of a certificate directory (what `fleet certs` writes):
 
-    ca.pem, ca-key.pem              the fleet CA (keep ca-key.pem offline)
+    ca.pem, ca-key.pem              the fleet CA (ca-key.pem: only where certificates are signed)
     hub.pem, hub-key.pem            the hub's serving certificate
-    agents/<site>/<node>.pem, ...-key.pem   one client certificate per node
+    agents/<site>/<node>.pem, ...-key.pem   client certificates minted here (`fleet certs agent`,
+                                    the demo); nodes that join with a bootstrap token make
+                                    their own key instead and the hub signs their CSR
+                                    (hub/security/enrollment.py)
 
-An agent certificate names its node in a URI SAN,
+An agent certificate names its node in exactly one URI SAN,
 `spiffe://edge-fleet/site/<site>/node/<node>`; the hub reads the identity from
-there and refuses an agent that claims another site or node.
+there (the whole URI must match, both names valid) and refuses an agent that
+claims another site or node.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 TRUST_DOMAIN = "edge-fleet"
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
+_IDENTITY_URI = re.compile(rf"spiffe://{TRUST_DOMAIN}/site/([^/]+)/node/([^/]+)")
 
 
 class CertError(Exception):
@@ -44,7 +49,7 @@ class AgentIdentity:
 
 
 def check_name(kind: str, value: str) -> str:
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise CertError(
             f"{kind} name {value!r} is not a valid name: use lower-case letters, digits, '-' and '.', "
             "1-63 characters, starting and ending with a letter or digit"
@@ -115,6 +120,36 @@ def init_ca(directory: Path, *, days: int = 3650, force: bool = False) -> Path:
     return directory / "ca.pem"
 
 
+def _build_leaf(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    public_key,
+    common_name: str,
+    sans: list[x509.GeneralName],
+    usage: ExtendedKeyUsageOID,
+    lifetime: dt.timedelta,
+) -> x509.Certificate:
+    now = _now()
+    # Back-dated a little for clock skew, but never by more than a tenth of a short lifetime.
+    skew = min(dt.timedelta(minutes=5), lifetime / 10)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edge-fleet"), x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - skew)
+        .not_valid_after(now + lifetime)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+
 def _leaf(
     directory: Path,
     common_name: str,
@@ -124,24 +159,28 @@ def _leaf(
 ) -> tuple[bytes, bytes]:
     ca_cert, ca_key = load_ca(directory)
     key = _key()
-    now = _now()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edge-fleet"), x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    cert = _build_leaf(ca_cert, ca_key, key.public_key(), common_name, sans, usage, dt.timedelta(days=days))
     return _pem_cert(cert), _pem_key(key)
+
+
+def sign_agent(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ident: AgentIdentity,
+    public_key,
+    lifetime: dt.timedelta,
+) -> x509.Certificate:
+    """A client certificate for a key the node made itself, naming exactly `ident`.
+
+    Only the identity the caller verified goes in (hub/security/csr.py); nothing
+    else from the node's request is copied.
+    """
+    check_name("site", ident.site)
+    check_name("node", ident.node)
+    return _build_leaf(
+        ca_cert, ca_key, public_key, f"{ident.node}.{ident.site}",
+        [x509.UniformResourceIdentifier(ident.uri)], ExtendedKeyUsageOID.CLIENT_AUTH, lifetime,
+    )
 
 
 def issue_hub(directory: Path, hosts: list[str], *, days: int = 825) -> Path:
@@ -175,17 +214,30 @@ def issue_agent(directory: Path, site: str, node: str, *, days: int = 365) -> Pa
     return cert_path
 
 
+def identity_from_uri(uri: str) -> AgentIdentity | None:
+    """The identity a SPIFFE URI names: the whole string must match, with valid names."""
+    m = _IDENTITY_URI.fullmatch(uri)
+    if m is None or not _NAME.fullmatch(m.group(1)) or not _NAME.fullmatch(m.group(2)):
+        return None
+    return AgentIdentity(m.group(1), m.group(2))
+
+
 def identity_from_pem(pem: bytes) -> AgentIdentity | None:
-    """The (site, node) an agent certificate names, or None if it names none."""
+    """The (site, node) an agent certificate names, or None if it names none.
+
+    A certificate naming two fleet identities names none (our CA never signs one).
+    """
     try:
         cert = x509.load_pem_x509_certificate(pem)
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (ValueError, x509.ExtensionNotFound):
         return None
-    prefix = f"spiffe://{TRUST_DOMAIN}/site/"
-    for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
-        if uri.startswith(prefix):
-            rest = uri[len(prefix):].split("/")
-            if len(rest) == 3 and rest[1] == "node" and rest[0] and rest[2]:
-                return AgentIdentity(rest[0], rest[2])
-    return None
+    prefix = f"spiffe://{TRUST_DOMAIN}/"
+    uris = [u for u in sans.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith(prefix)]
+    if len(uris) != 1:
+        return None
+    return identity_from_uri(uris[0])
+
+
+def pem_cert(cert: x509.Certificate) -> bytes:
+    return _pem_cert(cert)

@@ -1,10 +1,14 @@
 """deploy/ against a real kube-apiserver: every overlay renders, passes a
 server-side dry run, applies for real with `kubectl apply -k`, and the agent's
-ServiceAccount may do exactly what the agent does (SubjectAccessReviews)."""
+ServiceAccount may do exactly what the agent does (SubjectAccessReviews). No
+node's private key is shipped; each node keeps its own in a hostPath data dir
+that survives pod replacement, and only the agent's pods get host access."""
 
 from __future__ import annotations
 
+import base64
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +49,8 @@ def test_overlay_renders(kube_apiserver: KubeAPIServer, overlay: str) -> None:
     kinds = {d["kind"] for d in docs}
     assert "Namespace" in kinds
     for d in docs:
-        if d["kind"] not in {"Namespace", "ClusterRole", "ClusterRoleBinding"}:
+        if d["kind"] not in {"Namespace", "ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
+                             "ValidatingAdmissionPolicyBinding"}:
             assert d["metadata"]["namespace"] == NS, d["metadata"]
     if overlay != "hub":
         ds = find(docs, "DaemonSet", "edge-fleet-agent")
@@ -68,10 +73,14 @@ def test_site_config_is_a_valid_agent_config(kube_apiserver: KubeAPIServer, over
     assert set(data) <= set(AgentConfig.model_fields), set(data) - set(AgentConfig.model_fields)
     for name in ("ca.pem", "node.pem", "node-key.pem"):
         (tmp_path / name).write_text("x")
-    # What the DaemonSet's args and mounts supply on top of the file.
     AgentConfig.model_validate(
         data | {"node": "gpu-node-1", "ca": tmp_path / "ca.pem", "cert": tmp_path / "node.pem", "key": tmp_path / "node-key.pem"}
     )
+    # What the DaemonSet's args and mounts supply on top of the file: no certificate, a bootstrap token.
+    cfg = AgentConfig.model_validate(
+        data | {"node": "gpu-node-1", "ca": tmp_path / "ca.pem", "bootstrap_token_file": tmp_path / "token"}
+    )
+    assert cfg.enrolls
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +114,8 @@ def test_apply_creates_a_consistent_set(applied: KubeAPIServer) -> None:
         core.read_namespaced_service_account(pod.service_account_name, NS)
         volumes = {v.name: v for v in pod.volumes}
         core.read_namespaced_config_map(volumes["site"].config_map.name, NS)
-        core.read_namespaced_secret(volumes["tls"].secret.secret_name, NS)
+        core.read_namespaced_config_map(volumes["ca"].config_map.name, NS)
+        core.read_namespaced_secret(volumes["bootstrap"].secret.secret_name, NS)
         # The agent's pod as the issue asks for it.
         (agent,) = pod.containers
         env = {e.name: e for e in agent.env}
@@ -126,7 +136,7 @@ def test_apply_creates_a_consistent_set(applied: KubeAPIServer) -> None:
         hub = apps.read_namespaced_deployment("edge-fleet-hub", NS)
         svc = core.read_namespaced_service("edge-fleet-hub", NS)
         assert svc.spec.selector.items() <= hub.spec.template.metadata.labels.items()
-        assert {p.port for p in svc.spec.ports} == {7443, 7444}
+        assert {p.port for p in svc.spec.ports} == {7443, 7444, 7445}  # agents, admin, enrollment
         assert any(e.name == "FLEET_DB_URL" and e.value_from.secret_key_ref for e in hub.spec.template.spec.containers[0].env)
 
 
@@ -148,7 +158,7 @@ AGENT_MAY = [
     ("create", "events", NS, "events.k8s.io", ""),
 ]
 AGENT_MUST_NOT = [
-    ("get", "secrets", NS, "", "edge-fleet-agent-mtls"),
+    ("get", "secrets", NS, "", "edge-fleet-agent-bootstrap"),
     ("list", "secrets", NS, "", ""),
     ("get", "secrets", "kube-system", "", ""),
     ("list", "secrets", "", "", ""),
@@ -225,7 +235,7 @@ def test_agent_token_works_as_the_agent(applied: KubeAPIServer, tmp_path: Path) 
         )
         apps.delete_namespaced_deployment("model-server-probe", NS)
         for call in (
-            lambda: core.read_namespaced_secret("edge-fleet-agent-mtls", NS),
+            lambda: core.read_namespaced_secret("edge-fleet-agent-bootstrap", NS),
             lambda: core.list_namespaced_secret("kube-system"),
             lambda: core.patch_node("deploy-gpu-node", {"spec": {"unschedulable": True}}),
         ):
@@ -235,3 +245,119 @@ def test_agent_token_works_as_the_agent(applied: KubeAPIServer, tmp_path: Path) 
     can_i = applied.kubectl("auth", "can-i", "--list", "-n", NS, kubeconfig=kubeconfig).stdout.decode()
     assert "secrets" not in can_i, can_i
     assert json.loads(applied.kubectl("get", "nodes", "-o", "json", kubeconfig=kubeconfig).stdout)["items"]
+
+
+# -- each node its own identity; its state on the node -----------------------------------------------
+
+
+def _private_key_material(name: str, value: bytes) -> bool:
+    return name.endswith("key.pem") or name.endswith(".key") or b"PRIVATE KEY" in value
+
+
+def _mounted_data(agent_pod: dict[str, Any], docs: list[dict[str, Any]]) -> dict[str, bytes]:
+    """Every file the agent's pod gets from Secrets and ConfigMaps: 'volume/key' -> bytes."""
+    out: dict[str, bytes] = {}
+    for v in agent_pod["volumes"]:
+        if "secret" in v:
+            d = find(docs, "Secret", v["secret"]["secretName"])
+            out.update({f"{v['name']}/{k}": base64.b64decode(x) for k, x in (d.get("data") or {}).items()})
+            out.update({f"{v['name']}/{k}": x.encode() for k, x in (d.get("stringData") or {}).items()})
+        elif "configMap" in v:
+            d = find(docs, "ConfigMap", v["configMap"]["name"])
+            out.update({f"{v['name']}/{k}": x.encode() for k, x in (d.get("data") or {}).items()})
+    return out
+
+
+@pytest.mark.parametrize("overlay", ["edge-site", "edge-site-external-runtime", "all-in-one"])
+def test_no_node_private_key_is_shipped_to_the_agents(kube_apiserver: KubeAPIServer, overlay: str) -> None:
+    docs = render(kube_apiserver, overlay)
+    pod = find(docs, "DaemonSet", "edge-fleet-agent")["spec"]["template"]["spec"]
+    (agent,) = pod["containers"]
+    assert not [a for a in agent["args"] if a.startswith(("--cert", "--key"))], agent["args"]
+    assert "--bootstrap-token-file=/etc/edge-fleet/bootstrap/token" in agent["args"]
+    mounted = _mounted_data(pod, docs)
+    assert "bootstrap/token" in mounted and "ca/ca.pem" in mounted, sorted(mounted)
+    leaked = [name for name, value in mounted.items() if _private_key_material(name, value)]
+    assert not leaked, f"the agent's pod mounts private keys: {leaked}"
+    # Nothing else in the agent's manifests carries one either (the hub's own Secret is the hub's).
+    for d in docs:
+        if d["kind"] == "Secret" and d["metadata"]["name"] != "edge-fleet-hub-tls":
+            for k, x in (d.get("data") or {}).items():
+                assert not _private_key_material(k, base64.b64decode(x)), (d["metadata"]["name"], k)
+
+
+def test_shipped_agent_mounts_no_private_key_and_keeps_its_state_on_the_node(applied: KubeAPIServer) -> None:
+    """What the real API server holds after `kubectl apply -k`: the agent's Secrets carry no key, and
+    its data dir (key, certificate, outbox, incarnation, applied state) is a hostPath, not an emptyDir."""
+    with applied.api_client() as api:
+        core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+        pod = apps.read_namespaced_daemon_set("edge-fleet-agent", NS).spec.template.spec
+        for v in pod.volumes:
+            if v.secret is not None:
+                secret = core.read_namespaced_secret(v.secret.secret_name, NS)
+                for k, x in (secret.data or {}).items():
+                    assert not _private_key_material(k, base64.b64decode(x)), (v.secret.secret_name, k)
+        (agent,) = pod.containers
+        site = core.read_namespaced_config_map(next(v for v in pod.volumes if v.name == "site").config_map.name, NS)
+        data_dir = yaml.safe_load(site.data["agent.yaml"])["data_dir"]
+        mount = next(m for m in agent.volume_mounts if m.mount_path == data_dir)
+        volume = next(v for v in pod.volumes if v.name == mount.name)
+        assert volume.empty_dir is None
+        assert volume.host_path is not None, volume
+        assert volume.host_path.path == "/var/lib/fleet-agent"
+        assert volume.host_path.type == "DirectoryOrCreate"
+        assert not mount.read_only
+        # The agent is not root; an init container gives the directory to its user, 0700, with no more
+        # than CHOWN and FOWNER.
+        uid = pod.security_context.run_as_user
+        assert uid and uid != 0 and pod.security_context.run_as_non_root is True
+        (init,) = pod.init_containers
+        assert any(m.name == mount.name for m in init.volume_mounts)
+        script = " ".join(init.command)
+        assert f"chown {uid}:{pod.security_context.run_as_group}" in script and "chmod 0700" in script, script
+        assert init.security_context.capabilities.drop == ["ALL"]
+        assert set(init.security_context.capabilities.add) == {"CHOWN", "FOWNER"}
+        assert init.security_context.allow_privilege_escalation is False
+
+
+def _dry_run_pod(api: client.ApiClient, pod: dict[str, Any]) -> ApiException | None:
+    try:
+        client.CoreV1Api(api).create_namespaced_pod(NS, pod, dry_run="All")
+    except ApiException as exc:
+        return exc
+    return None
+
+
+def test_only_the_agents_pods_get_host_access(applied: KubeAPIServer) -> None:
+    """The namespace must admit the agent's pod (hostPath) under Pod Security, and the admission
+    policy must still refuse host access to any other pod there (the model servers)."""
+    with applied.api_client() as api:
+        ds = client.AppsV1Api(api).read_namespaced_daemon_set("edge-fleet-agent", NS)
+        template = api.sanitize_for_serialization(ds.spec.template)
+        owner = {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "edge-fleet-agent", "uid": ds.metadata.uid,
+                 "controller": True, "blockOwnerDeletion": True}
+        agent_pod = {"apiVersion": "v1", "kind": "Pod",
+                     "metadata": {"generateName": "edge-fleet-agent-", "labels": template["metadata"]["labels"],
+                                  "ownerReferences": [owner]},
+                     "spec": template["spec"] | {"nodeName": "deploy-gpu-node"}}
+        intruder = {"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"generateName": "model-server-", "labels": {"app": "model-server"}},
+                    "spec": {"containers": [{"name": "server", "image": "vllm/vllm-openai:latest"}],
+                             "volumes": [{"name": "steal", "hostPath": {"path": "/var/lib/fleet-agent"}}]}}
+        # The admission policy takes effect once the API server has loaded it.
+        deadline = time.monotonic() + 60
+        refused = _dry_run_pod(api, intruder)
+        while refused is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            refused = _dry_run_pod(api, intruder)
+        assert refused is not None and "hostPath volumes are allowed only to the edge-fleet agent" in refused.body, refused
+        privileged = json.loads(json.dumps(intruder))
+        privileged["spec"]["volumes"] = []
+        privileged["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+        refused = _dry_run_pod(api, privileged)
+        assert refused is not None and "privileged containers are not allowed" in refused.body, refused
+        plain = json.loads(json.dumps(intruder))
+        plain["spec"]["volumes"] = []
+        assert _dry_run_pod(api, plain) is None  # a model server without host access is fine
+        err = _dry_run_pod(api, agent_pod)
+        assert err is None, err.body if err else ""
