@@ -1,7 +1,7 @@
 """Node enrollment: bootstrap tokens (hashed) and certificate requests.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-30
 """
 
