@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 TRUST_DOMAIN = "edge-fleet"
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
 
 
 class CertError(Exception):
@@ -44,7 +44,7 @@ class AgentIdentity:
 
 
 def check_name(kind: str, value: str) -> str:
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):  # whole string: "fra-1\n" is not a name
         raise CertError(
             f"{kind} name {value!r} is not a valid name: use lower-case letters, digits, '-' and '.', "
             "1-63 characters, starting and ending with a letter or digit"
