@@ -86,7 +86,7 @@ def plan(admin: Admin, args) -> int:
     if resp.unchanged:
         header = f"no change: the bundle and its placement equal revision {base}"
     elif resp.drift and not resp.bundle_diff:
-        header = (f"no change to the bundle, but the live objects drifted from revision {base}: "
+        header = (f"drift: the live objects differ from revision {base} (the bundle is the same); "
                   "`fleet apply -f ...` republishes the revision's objects")
     else:
         header = f"plan against revision {base or '(none)'} (dry run: nothing stored; `fleet apply -f ...` commits it)"
