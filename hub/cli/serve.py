@@ -104,9 +104,6 @@ async def _reset_connected(cfg: HubConfig) -> None:
 
 def serve(args) -> int:
     cfg = build_config(args)
-    if cfg.insecure:
-        print("WARNING: --insecure: agents and the admin API talk plaintext without certificates. "
-              "Use only on a trusted local machine.", file=sys.stderr)
     try:  # before touching the store: a second hub must not mark the first one's agents disconnected
         check_port_free(cfg.agent_listen, "the agent")
         check_port_free(cfg.admin_listen, "the admin API")
@@ -114,6 +111,9 @@ def serve(args) -> int:
         raise CliError(f"the hub cannot start: {exc}",
                        "stop the other hub (or program) there, or pick free ports with --listen and --admin-listen"
                        ) from None
+    if cfg.insecure:
+        print("WARNING: --insecure: agents and the admin API talk plaintext without certificates. "
+              "Use only on a trusted local machine.", file=sys.stderr)
     try:
         Database(cfg.db_url).migrate()
         asyncio.run(_reset_connected(cfg))
