@@ -15,9 +15,10 @@ from google.protobuf.struct_pb2 import Struct
 
 from hub import convert, report, revisions
 from hub.policy import Bundle, PolicyError
+from hub.publish import MANAGED_KINDS
 from hub.rollout.service import blocking_rollouts_message
 from hub.store import Store
-from hub.store.repo import AuditRecord, NodeRecord, ObjectRecord, RevisionRecord, StaleRevision
+from hub.store.repo import NodeRecord, ObjectRecord, RevisionRecord, StaleRevision
 from hub.sync import LivenessPolicy, Phase, Progress, phase, progress
 from protos.fleet.v1 import admin_pb2, admin_pb2_grpc
 
@@ -28,8 +29,25 @@ _PHASE = {
     Phase.STALE: admin_pb2.NODE_PHASE_STALE,
     Phase.UNREACHABLE: admin_pb2.NODE_PHASE_UNREACHABLE,
 }
-_KIND = re.compile(r"^[A-Z][A-Za-z0-9]{0,63}$")
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+_KIND = re.compile(r"[A-Z][A-Za-z0-9]{0,63}")
+_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
+
+
+def object_key_problem(kind: str, name: str) -> str | None:
+    """Why ``kind``/``name`` may not be set or deleted through the admin API, or None.
+
+    Whole-string matches only: ``fra-1\\n`` is not a name. Revision-managed kinds
+    (`MANAGED_KINDS`) change only through revisions, so that what runs is always
+    what a revision says (and `fleet apply` of the same files is a true no-op).
+    """
+    if kind in MANAGED_KINDS:
+        return (f"{kind} objects belong to policy revisions and change only through them; nothing changed"
+                "\nnext: edit the YAML and run `fleet apply -f ...` (or `fleet rollback REVISION`)")
+    if not _KIND.fullmatch(kind):
+        return f"kind {kind!r} must be CamelCase, e.g. Config"
+    if not _NAME.fullmatch(name):
+        return f"name {name!r} must be lower-case letters, digits, '-' or '.', starting and ending alphanumeric"
+    return None
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
@@ -118,13 +136,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return admin_pb2.ListSitesResponse(sites=sites)
 
     async def PutObject(self, request, context):  # noqa: N802
-        if not _KIND.match(request.kind):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"kind {request.kind!r} must be CamelCase, e.g. Config")
-        if not _NAME.match(request.name):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"name {request.name!r} must be lower-case letters, digits, '-' or '.', starting and ending alphanumeric",
-            )
+        problem = object_key_problem(request.kind, request.name)
+        if problem is not None:
+            code = grpc.StatusCode.FAILED_PRECONDITION if request.kind in MANAGED_KINDS else grpc.StatusCode.INVALID_ARGUMENT
+            await context.abort(code, problem)
         obj = await self.store.put_object(
             request.kind,
             request.name,
@@ -137,6 +152,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return admin_pb2.PutObjectResponse(object=convert.object_to_proto(obj))
 
     async def DeleteObject(self, request, context):  # noqa: N802
+        if request.kind in MANAGED_KINDS:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, object_key_problem(request.kind, request.name))
         obj = await self.store.delete_object(request.kind, request.name, now=datetime.now(UTC))
         if obj is None:
             await context.abort(
@@ -204,7 +221,6 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             self.on_change()
             log.info("revision %d applied by %s: %d objects published, %d deleted", out.revision.number,
                      out.revision.author, len(out.published.upserted), len(out.published.deleted))
-            await self._audit_revision("revision.apply", out)
         return _apply_response(out)
 
     async def Rollback(self, request, context):  # noqa: N802
@@ -220,17 +236,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             await context.abort(grpc.StatusCode.ABORTED, _stale(exc))
         self.on_change()
         log.info("revision %d restores revision %d (by %s)", out.revision.number, request.to, out.revision.author)
-        await self._audit_revision("revision.rollback", out)
         return _apply_response(out)
-
-    async def _audit_revision(self, action: str, out: revisions.ApplyOutcome) -> None:
-        rev, p = out.revision, out.published
-        assert rev is not None and p is not None
-        await self.store.append_audit([AuditRecord(
-            at=rev.created_at, actor=rev.author, action=action, subject=f"revision/{rev.number}",
-            details={"message": rev.message or f"revision {rev.number}", "digest": rev.digest,
-                     "rollbackOf": rev.rollback_of, "objectsPublished": len(p.upserted),
-                     "objectsDeleted": len(p.deleted), "summary": rev.summary, "changes": out.plan.lines()[:50]})])
 
     async def _refuse_during_rollouts(self, context) -> None:
         """A revision written now would silently undo an active rollout's progress: refuse it."""
@@ -304,5 +310,5 @@ def _apply_response(out: revisions.ApplyOutcome) -> admin_pb2.ApplyResponse:
         revision=revision_proto(out.revision, full=False) if out.revision else None,
         diff=out.plan.lines(), bundle_diff=out.bundle_diff, plan=plan, unchanged=out.unchanged,
         objects_published=len(p.upserted) if p else 0, objects_deleted=len(p.deleted) if p else 0,
-        objects_unchanged=p.unchanged if p else 0,
+        objects_unchanged=p.unchanged if p else 0, drift=out.drift,
     )

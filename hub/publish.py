@@ -18,6 +18,7 @@ whole set of them at once:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 
@@ -40,10 +41,25 @@ def expand_jurisdictions(names: Iterable[str]) -> list[str]:
     return sorted(inside | set(names))
 
 
+_SEGMENT = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
+
+
 def placement_object_name(site: str, node: str) -> str:
-    """A desired-object name for a node's placement (lower-case, dots and dashes only)."""
-    raw = node if node.startswith(site) else f"{site}.{node}"
-    return re.sub(r"[^a-z0-9.-]+", "-", raw.lower()).strip("-.") or "node"
+    """The desired-object name of a node's placement: one name per (site, node), never shared.
+
+    ``{site}.{node}`` whenever that can be read back unambiguously: a site without a dot (the
+    first dot separates site and node) and both parts valid names. Otherwise (a dotted site, or
+    a part that had to be cleaned to lower-case letters, digits, '-' and '.') a digest of the
+    exact pair is appended, so ``a.b``/``c`` and ``a``/``b.c``, or ``gpu_A`` and ``gpu-a``, still
+    get different names. (The old rule dropped the site when the node began with it, so sites
+    ``fra`` and ``fra-1`` both named their node ``fra-1-gpu-b``'s placement ``fra-1-gpu-b``.)
+    """
+    clean = [re.sub(r"[^a-z0-9.-]+", "-", part.lower()).strip("-.") or "node" for part in (site, node)]
+    name = f"{clean[0]}.{clean[1]}"
+    if "." in site or not all(_SEGMENT.fullmatch(part) for part in (site, node)):
+        digest = hashlib.sha256(f"{site}\0{node}".encode()).hexdigest()[:12]
+        name = f"{clean[0][:100]}.{clean[1][:100]}-{digest}"
+    return name
 
 
 def desired_objects(bundle: Bundle, placement: Placement) -> list[DesiredPut]:

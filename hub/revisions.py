@@ -6,6 +6,14 @@ churn penalty keeps replicas where they are), and stores the revision and the
 desired objects it publishes in one transaction (`Store.add_revision`): a
 bundle is applied as a whole or not at all.
 
+The revision's audit record is written in that same transaction.
+
+Revision-managed objects (`hub.publish.MANAGED_KINDS`) change only through
+revisions; the admin API refuses to set or delete them one by one. Whatever
+still changed them (a row written straight into the store) is *drift*: `drift`
+finds it, `fleet diff` shows it, and an apply of the unchanged bundle
+republishes the latest revision's objects instead of answering "unchanged".
+
 Planning runs in a worker thread (the exact solver may take seconds) and may
 overlap with another apply; the store refuses the second writer with
 `StaleRevision`, which the admin API answers as ABORTED.
@@ -16,9 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Optional
+from typing import Any, Optional
 
 from hub.placement.api import plan
 from hub.placement.build import problem_from_bundle
@@ -27,7 +36,7 @@ from hub.placement.model import Placement
 from hub.policy import Bundle, diff
 from hub.publish import MANAGED_KINDS, desired_objects
 from hub.store import Store
-from hub.store.repo import Published, RevisionRecord, StaleRevision
+from hub.store.repo import AuditRecord, DesiredPut, ObjectRecord, Published, RevisionRecord, StaleRevision
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,79 @@ class ApplyOutcome:
     bundle_diff: list[str]
     published: Optional[Published] = None
     unchanged: bool = False
+    drift: tuple[str, ...] = ()
+    """How the live revision-managed objects differed from the latest revision before this call."""
+
+
+# -- drift ------------------------------------------------------------------------
+
+
+def _changed_paths(a: Any, b: Any, path: str = "") -> list[str]:
+    """Dotted paths where ``a`` and ``b`` differ (a whole list counts as one value)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _changed_paths(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
+        return out
+    return [] if a == b else [path or "(whole spec)"]
+
+
+def drift(desired: Iterable[DesiredPut], live: Iterable[DesiredPut | ObjectRecord],
+          kinds: Iterable[str] = MANAGED_KINDS) -> list[str]:
+    """One line per live object of ``kinds`` that differs from ``desired`` (what a revision published).
+
+    ``~`` changed, ``+`` present though the revision has no such object, ``-`` missing though the
+    revision has it. Empty when the live objects are exactly the revision's.
+    """
+    kinds = set(kinds)
+    want = {(p.kind, p.name): p for p in desired if p.kind in kinds}
+    have = {(o.kind, o.name): o for o in live if o.kind in kinds and not getattr(o, "deleted", False)}
+    lines: list[str] = []
+    for key in sorted(set(want) | set(have)):
+        w, h = want.get(key), have.get(key)
+        label = f"{key[0]}/{key[1]}"
+        if w is None:
+            lines.append(f"+ {label}: exists live but not in the revision (added outside revisions)")
+        elif h is None:
+            lines.append(f"- {label}: in the revision but missing live (removed outside revisions)")
+        else:
+            paths = _changed_paths(w.spec, h.spec)
+            if (w.target_site, w.target_node) != (h.target_site, h.target_node):
+                paths.append("target")
+            if paths:
+                shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+                lines.append(f"~ {label}: changed outside revisions ({shown})")
+    return lines
+
+
+def published_objects(rev: RevisionRecord) -> list[DesiredPut]:
+    """The revision-managed objects ``rev`` published (its bundle placed as it was, not re-planned)."""
+    return desired_objects(Bundle.from_json(rev.bundle), Placement.from_spec(rev.placement))
+
+
+async def live_drift(store: Store, rev: RevisionRecord | None) -> list[str]:
+    """How the store's live revision-managed objects differ from what ``rev`` published."""
+    desired = await asyncio.to_thread(published_objects, rev) if rev is not None else []
+    return drift(desired, await store.live_objects())
+
+
+# -- audit ------------------------------------------------------------------------
+
+
+def audit_records(action: str, plan_: PlanDiff, drift_: Sequence[str] = ()):
+    """A builder of the audit record of a revision, for `Store.add_revision` (same transaction)."""
+
+    def build(p: Published) -> list[AuditRecord]:
+        rev = p.revision
+        details = {"message": rev.message or f"revision {rev.number}", "digest": rev.digest,
+                   "rollbackOf": rev.rollback_of, "objectsPublished": len(p.upserted),
+                   "objectsDeleted": len(p.deleted), "summary": rev.summary, "changes": plan_.lines()[:50]}
+        if drift_:
+            details["driftRepaired"] = list(drift_)[:50]
+        return [AuditRecord(at=rev.created_at, actor=rev.author, action=action, subject=f"revision/{rev.number}",
+                            details=details)]
+
+    return build
 
 
 def summary(diff_: PlanDiff, placement: Placement) -> dict:
@@ -89,19 +171,33 @@ async def apply_bundle(
     result = await asyncio.to_thread(_quiet_plan, bundle, previous, solver, await unschedulable_nodes(store))
     before = Bundle.from_json(latest.bundle) if latest else Bundle()
     bundle_lines = diff(before, bundle).lines()
+    drifted = tuple(await live_drift(store, latest))
     if latest is not None and latest.digest == bundle.digest() and not (result.diff.changes or result.diff.moves):
         # Same input, same replica counts: a no-op, like `kubectl apply` of an
         # unchanged file. (The solver may pick other GPU indices inside a pool
         # on a re-plan; publishing that would only churn the agents.)
-        return ApplyOutcome(latest, result.diff, bundle_lines, unchanged=True)
+        if not drifted:
+            return ApplyOutcome(latest, result.diff, bundle_lines, unchanged=True)
+        # The live objects were changed behind the revisions' back: republish the latest
+        # revision's objects exactly (its placement, not a re-plan) as a new, audited revision.
+        if dry_run:
+            return ApplyOutcome(latest, result.diff, bundle_lines, drift=drifted)
+        placement = Placement.from_spec(latest.placement)
+        published = await store.add_revision(
+            author=author, message=message or f"republish revision {latest.number}: live objects had drifted",
+            digest=latest.digest, bundle=latest.bundle, placement=latest.placement, summary=dict(latest.summary),
+            objects=desired_objects(bundle, placement), managed_kinds=MANAGED_KINDS, base=latest_no, now=now,
+            audit=audit_records("revision.apply", result.diff, drifted),
+        )
+        return ApplyOutcome(published.revision, result.diff, bundle_lines, published, drift=drifted)
     if dry_run:
-        return ApplyOutcome(latest, result.diff, bundle_lines)
+        return ApplyOutcome(latest, result.diff, bundle_lines, drift=drifted)
     published = await store.add_revision(
         author=author, message=message, digest=bundle.digest(), bundle=bundle.to_json(), placement=result.placement.to_spec(),
         summary=summary(result.diff, result.placement), objects=desired_objects(bundle, result.placement),
-        managed_kinds=MANAGED_KINDS, base=latest_no, now=now,
+        managed_kinds=MANAGED_KINDS, base=latest_no, now=now, audit=audit_records("revision.apply", result.diff, drifted),
     )
-    return ApplyOutcome(published.revision, result.diff, bundle_lines, published)
+    return ApplyOutcome(published.revision, result.diff, bundle_lines, published, drift=drifted)
 
 
 async def rollback(store: Store, to: int, *, author: str, message: str, base: Optional[int], now: datetime) -> ApplyOutcome:
@@ -126,5 +222,6 @@ async def rollback(store: Store, to: int, *, author: str, message: str, base: Op
         author=author, message=message or f"rollback to revision {to}", digest=target.digest, bundle=target.bundle,
         placement=target.placement, summary=summary(plan_, placement), objects=desired_objects(bundle, placement),
         managed_kinds=MANAGED_KINDS, base=latest.number, now=now, rollback_of=to,
+        audit=audit_records("revision.rollback", plan_),
     )
     return ApplyOutcome(published.revision, plan_, bundle_lines, published)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -60,6 +62,44 @@ def _server_options(cfg: HubConfig) -> list[tuple[str, int]]:
     ]
 
 
+class PortInUse(OSError):
+    """Another process (maybe another hub) listens on an address this hub needs."""
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port) if port.isdigit() else 0
+
+
+def check_port_free(address: str, what: str) -> None:
+    """Raise PortInUse when something already listens on ``address`` (port 0: nothing to check).
+
+    The agent port is opened with SO_REUSEPORT so that one hub's ``--workers`` share it, which
+    would also let a *second* hub listen beside the first and take half its agents. So the hub
+    that owns the port (the admin-serving process, which binds before it starts its workers)
+    first binds a plain socket without SO_REUSEPORT: Linux refuses that while any socket listens
+    on the port, whoever owns it. SO_REUSEADDR keeps connections in TIME_WAIT from an earlier run
+    from blocking a restart.
+    """
+    host, port = _host_port(address)
+    if port == 0:  # a free port picked by the OS (or no port: gRPC's bind reports that)
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot listen on {address} for {what}: {exc}") from None
+    for family, kind, proto, _, sockaddr in infos[:1]:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUse(f"{what} address {address} is in use (another hub, or another program, "
+                                    "listens there)") from None
+                raise
+
+
 class Hub:
     """One hub process. `serve_admin=False` for extra worker processes."""
 
@@ -93,15 +133,22 @@ class Hub:
         )
 
     def _bind(self, server: grpc.aio.Server, address: str, client_auth: bool) -> int:
-        if self.cfg.insecure:
-            port = server.add_insecure_port(address)
-        else:
-            port = server.add_secure_port(address, self._credentials(client_auth))
+        try:
+            if self.cfg.insecure:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, self._credentials(client_auth))
+        except RuntimeError:  # grpc.aio raises this when it cannot bind
+            port = 0
         if port == 0:
             raise OSError(f"cannot listen on {address}: the address is in use or not local")
         return port
 
     async def start(self) -> Ports:
+        if self.serve_admin:
+            # The owning process checks before binding; its workers then join the agent port.
+            check_port_free(self.cfg.agent_listen, "the agent")
+            check_port_free(self.cfg.admin_listen, "the admin API")
         await self.broker.start()
         opts = _server_options(self.cfg)
         self._agent_server = grpc.aio.server(options=opts)

@@ -16,6 +16,7 @@ import grpc
 
 from edge_agent.serving.errors import BadRequest, ServingError
 from edge_agent.serving.gateway import Gateway
+from edge_agent.serving.headers import DATA_CLASS_HEADER, PRIORITY_HEADER, agree, from_metadata
 from edge_agent.serving.models import GenRequest
 from edge_agent.serving.telemetry import Outcome
 from protos.fleet.v1 import inference_pb2, inference_pb2_grpc
@@ -47,9 +48,13 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         try:
             if not request.prompt:
                 raise BadRequest("prompt is required", param="prompt")
-            meta = dict(context.invocation_metadata() or ())
-            adm = self.gateway.admit(request.model, request.data_class or meta.get("x-fleet-data-class"),
-                                     request.priority_class or meta.get("x-fleet-priority-class"))
+            meta = list(context.invocation_metadata() or ())
+            # Each once, and the request field and the metadata must not disagree (headers.py says why).
+            data_class = agree(DATA_CLASS_HEADER, ("the request's data_class", request.data_class),
+                               ("the metadata", from_metadata(DATA_CLASS_HEADER, meta)))
+            priority = agree(PRIORITY_HEADER, ("the request's priority_class", request.priority_class),
+                             ("the metadata", from_metadata(PRIORITY_HEADER, meta)))
+            adm = self.gateway.admit(request.model, data_class, priority)
             gen = await self.gateway.start(adm, from_proto(request))
         except ServingError as exc:
             if exc.retry_after_s is not None:

@@ -11,7 +11,8 @@ beyond the context, unknown priority class), 403 residency, 404
 
 Fleet headers: ``X-Fleet-Data-Class`` (else the agent's default; none →
 refused), ``X-Fleet-Priority-Class`` (or the body's ``priority`` as a class
-name). A client that disconnects, mid-stream or while waiting, cancels its
+name). Each is sent once with one value; repeated, comma-joined or
+conflicting values are a 400 (:mod:`~edge_agent.serving.headers`). A client that disconnects, mid-stream or while waiting, cancels its
 request in the engine at once (KV freed at the next step).
 """
 
@@ -32,13 +33,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edge_agent.serving.errors import BadRequest, ServingError
 from edge_agent.serving.gateway import Admission, Gateway
+from edge_agent.serving.headers import DATA_CLASS_HEADER, PRIORITY_HEADER, agree, single
 from edge_agent.serving.metrics import PrometheusExporter
 from edge_agent.serving.models import Generation, GenRequest
 from edge_agent.serving.telemetry import Outcome
 
 log = logging.getLogger(__name__)
-DATA_CLASS_HEADER = "x-fleet-data-class"
-PRIORITY_HEADER = "x-fleet-priority-class"
 T = TypeVar("T")
 
 
@@ -233,10 +233,13 @@ def build_app(gateway: Gateway, exporter: PrometheusExporter | None = None) -> F
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
         model, req, stream, include_usage = parse(body, chat)
-        pc = request.headers.get(PRIORITY_HEADER) or body.get("priority")
-        if pc is not None and not isinstance(pc, str):
+        data_class = single(DATA_CLASS_HEADER, request.headers.getlist(DATA_CLASS_HEADER))
+        body_pc = body.get("priority")
+        if body_pc is not None and not isinstance(body_pc, str):
             raise BadRequest("priority must be the name of a PriorityClass", param="priority")
-        adm = gateway.admit(model, request.headers.get(DATA_CLASS_HEADER), pc)
+        pc = agree(PRIORITY_HEADER, ("the header", single(PRIORITY_HEADER, request.headers.getlist(PRIORITY_HEADER))),
+                   ("the body's priority", body_pc))
+        adm = gateway.admit(model, data_class, pc)
         try:
             gen = await _until_disconnect(request, gateway.start(adm, req))
         except ClientGone:

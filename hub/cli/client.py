@@ -1,14 +1,21 @@
 """Connecting the CLI to a hub's admin API.
 
 Where the hub is and how to authenticate come from, in order: flags
-(--hub, --token, --ca), the environment (FLEET_HUB, FLEET_TOKEN, FLEET_CA),
-then the fleetconfig file (FLEETCONFIG, default ~/.fleet/config.yaml) that
-`fleet hub serve` writes.
+(--hub, --token, --ca, --insecure), the environment (FLEET_HUB, FLEET_TOKEN,
+FLEET_CA, FLEET_INSECURE=1), then the fleetconfig file (FLEETCONFIG, default
+~/.fleet/config.yaml) that `fleet hub serve` writes.
+
+The admin token is a bearer secret, so the CLI speaks TLS (verified against
+the fleet CA) unless plaintext was asked for explicitly: --insecure,
+FLEET_INSECURE=1, or ``insecure: true`` in the fleetconfig (which a hub
+started with --insecure writes). Plaintext then comes with a warning on
+stderr; with neither a CA nor an explicit opt-in the CLI refuses to connect.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +32,10 @@ DEFAULT_CONFIG = Path.home() / ".fleet" / "config.yaml"
 class Target:
     hub: str
     token: str
-    ca: Path | None  # None: plaintext (hub started with --insecure)
+    ca: Path | None
+    """The CA that signed the hub's certificate; None only when ``insecure``."""
+    insecure: bool = False
+    """Plaintext, asked for explicitly (--insecure, FLEET_INSECURE=1 or the fleetconfig)."""
 
 
 def config_path() -> Path:
@@ -33,13 +43,36 @@ def config_path() -> Path:
 
 
 def write_fleetconfig(path: Path, hub: str, token: str, ca: Path | None) -> None:
+    """Write the CLI's config (0600, it holds the token); ``ca=None`` records an explicit ``insecure: true``.
+
+    Written to a temporary file and renamed, so a failed start never leaves half a config behind.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump({"hub": hub, "token": token, "ca": str(ca) if ca else None}, f)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump({"hub": hub, "token": token, "ca": str(ca) if ca else None, "insecure": ca is None}, f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def resolve(hub: str | None, token: str | None, ca: str | None) -> Target:
+def _transport(ca: str | None, insecure: bool, env: dict, file: dict) -> tuple[str | None, bool]:
+    """(CA path, plaintext) from the first source that says either: flags, environment, fleetconfig."""
+    if ca or insecure:
+        return (ca, False) if ca else (None, True)
+    if env.get("FLEET_CA"):
+        return env["FLEET_CA"], False
+    if env.get("FLEET_INSECURE", "").lower() in ("1", "true", "yes"):
+        return None, True
+    if file.get("ca"):
+        return str(file["ca"]), False
+    return None, file.get("insecure") is True
+
+
+def resolve(hub: str | None, token: str | None, ca: str | None, insecure: bool = False) -> Target:
     file: dict = {}
     path = config_path()
     if path.exists():
@@ -49,7 +82,7 @@ def resolve(hub: str | None, token: str | None, ca: str | None) -> Target:
             raise CliError(f"{path} is not valid YAML: {exc}", "fix it or delete it and restart `fleet hub serve`") from None
     hub = hub or os.environ.get("FLEET_HUB") or file.get("hub")
     token = token or os.environ.get("FLEET_TOKEN") or file.get("token")
-    ca = ca or os.environ.get("FLEET_CA") or file.get("ca")
+    ca, insecure = _transport(ca, insecure, dict(os.environ), file)
     if not hub:
         raise CliError(
             "no hub address: nothing in --hub, FLEET_HUB or " + str(path),
@@ -57,11 +90,22 @@ def resolve(hub: str | None, token: str | None, ca: str | None) -> Target:
         )
     if not token:
         raise CliError("no admin token: nothing in --token, FLEET_TOKEN or " + str(path), "pass --token or set FLEET_TOKEN")
-    return Target(hub, token, Path(ca) if ca else None)
+    if ca is None and not insecure:
+        raise CliError(
+            f"no CA to verify the hub at {hub} with (nothing in --ca, FLEET_CA or {path}): the admin token "
+            "would travel in plaintext; nothing was sent",
+            "pass --ca with the ca.pem from `fleet certs init`, or --insecure for a hub started with --insecure "
+            "on a trusted machine",
+            code=2,
+        )
+    return Target(hub, token, Path(ca) if ca else None, insecure)
 
 
 def channel(t: Target) -> grpc.Channel:
     if t.ca is None:
+        assert t.insecure, "a plaintext channel needs an explicit --insecure"
+        print(f"warning: insecure: plaintext connection to {t.hub}; the admin token is sent unencrypted "
+              "(use --ca for TLS)", file=sys.stderr)
         return grpc.insecure_channel(t.hub)
     try:
         creds = grpc.ssl_channel_credentials(root_certificates=t.ca.read_bytes())

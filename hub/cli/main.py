@@ -18,6 +18,7 @@ from hub.cli import certs_cmd, policy_cmd, report_cmd, rollout_cmd, views
 from hub.cli.client import Admin, resolve
 from hub.cli.errors import CliError
 from hub.cli.output import FORMATS
+from hub.publish import MANAGED_KINDS
 from protos.fleet.v1 import admin_pb2
 
 
@@ -25,6 +26,9 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hub", help="admin address HOST:PORT (default: FLEET_HUB or the fleetconfig)")
     p.add_argument("--token", help="admin bearer token (default: FLEET_TOKEN or the fleetconfig)")
     p.add_argument("--ca", help="CA that signed the hub's certificate (default: FLEET_CA or the fleetconfig)")
+    p.add_argument("--insecure", action="store_true",
+                   help="plaintext, no TLS: the admin token travels unencrypted (a hub started with --insecure, "
+                        "on a trusted machine only; default: FLEET_INSECURE=1 or the fleetconfig)")
     p.add_argument("-o", "--output", choices=FORMATS, default="table", help="output format (default: table)")
 
 
@@ -159,8 +163,11 @@ def dispatch(args) -> int:
     if args.cmd == "rollout" and args.rollout_cmd == "start":
         rollout_cmd.spec_from_args(args)  # bad flags: exit 2 before any connection
     if args.cmd in ("rollout", "audit"):
-        return rollout_cmd.run(resolve(args.hub, args.token, args.ca), args)
-    admin = Admin(resolve(args.hub, args.token, args.ca))
+        return rollout_cmd.run(resolve(args.hub, args.token, args.ca, args.insecure), args)
+    if args.cmd in ("set", "delete") and args.kind in MANAGED_KINDS:
+        raise CliError(f"{args.kind} objects belong to policy revisions and change only through them; nothing was sent",
+                       "edit the YAML and run `fleet apply -f ...` (or `fleet rollback REVISION`)", code=2)
+    admin = Admin(resolve(args.hub, args.token, args.ca, args.insecure))
     try:
         if args.cmd == "get" and args.what == "revisions":
             return policy_cmd.get_revisions(admin, args.output)

@@ -23,6 +23,9 @@ from hub.placement.build import problem_from_bundle
 from hub.placement.diff import plan_diff
 from hub.placement.model import Placement
 from hub.policy import Bundle, PolicyError, diff, load_bundle
+from hub.publish import MANAGED_KINDS, desired_objects
+from hub.revisions import drift
+from hub.store.repo import DesiredPut
 from protos.fleet.v1 import admin_pb2
 
 
@@ -67,6 +70,14 @@ def _print_outcome(resp: admin_pb2.ApplyResponse, fmt: str, *, header: str) -> N
     out.print("placement:")
     for line in resp.diff:
         out.print(f"  {line}", markup=False)
+    _print_drift(out, list(resp.drift))
+
+
+def _print_drift(out, lines: list[str]) -> None:
+    if lines:
+        out.print("live objects changed outside revisions (drift):")
+        for line in lines:
+            out.print(f"  {line}", markup=False)
 
 
 def plan(admin: Admin, args) -> int:
@@ -74,6 +85,9 @@ def plan(admin: Admin, args) -> int:
     base = resp.revision.number if resp.HasField("revision") and resp.revision.number else 0
     if resp.unchanged:
         header = f"no change: the bundle and its placement equal revision {base}"
+    elif resp.drift and not resp.bundle_diff:
+        header = (f"drift: the live objects differ from revision {base} (the bundle is the same); "
+                  "`fleet apply -f ...` republishes the revision's objects")
     else:
         header = f"plan against revision {base or '(none)'} (dry run: nothing stored; `fleet apply -f ...` commits it)"
     _print_outcome(resp, args.output, header=header)
@@ -85,6 +99,9 @@ def apply(admin: Admin, args) -> int:
     r = resp.revision
     if resp.unchanged:
         header = f"unchanged: revision {r.number} already has this bundle and placement"
+    elif resp.drift and not resp.bundle_diff:
+        header = (f"revision {r.number} republishes the previous revision's objects over live objects changed "
+                  f"outside revisions: {resp.objects_published} objects restored, {resp.objects_deleted} removed")
     else:
         header = (f"revision {r.number} applied by {r.author}: {resp.objects_published} objects published, "
                   f"{resp.objects_deleted} removed, {resp.objects_unchanged} unchanged; "
@@ -142,8 +159,13 @@ def diff_revisions(admin: Admin, args) -> int:
     b, bundle_b, place_b = _revision(admin, args.rev2 or 0)
     resources = diff(bundle_a, bundle_b).lines()
     placement = plan_diff(place_a, place_b, problem_from_bundle(bundle_b))
+    latest = admin.GetRevision(admin_pb2.GetRevisionRequest(number=0)).number if args.rev2 else b.number
+    drifted = live_drift(admin, b, bundle_b, place_b) if b.number == latest else None
     if args.output != "table":
-        emit([{"from": a.number, "to": b.number, "resources": resources, "placement": placement.to_dict()}], [], args.output)
+        row = {"from": a.number, "to": b.number, "resources": resources, "placement": placement.to_dict()}
+        if drifted is not None:
+            row["drift"] = drifted
+        emit([row], [], args.output)
         return 0
     out = console()
     out.print(f"revision {a.number} -> {b.number}")
@@ -153,7 +175,24 @@ def diff_revisions(admin: Admin, args) -> int:
     out.print("placement:")
     for line in placement.lines():
         out.print(f"  {line}", markup=False)
+    if drifted is not None:
+        if drifted:
+            _print_drift(out, drifted)
+            out.print("  next: `fleet apply -f ...` of the revision's files republishes its objects", markup=False)
+        else:
+            out.print(f"live objects: as revision {b.number} published them (no drift)")
     return 0
+
+
+def live_drift(admin: Admin, rev: admin_pb2.Revision, bundle: Bundle, placement: Placement) -> list[str]:
+    """How the hub's live revision-managed objects differ from what revision ``rev`` published."""
+    desired = desired_objects(bundle, placement)
+    live = []
+    for kind in MANAGED_KINDS:
+        for v in admin.ListObjects(admin_pb2.ListObjectsRequest(kind=kind)).objects:
+            live.append(DesiredPut(v.object.kind, v.object.name, json_format.MessageToDict(v.object.spec),
+                                   v.target.site, v.target.node))
+    return drift(desired, live)
 
 
 def explain_service(admin: Admin, args) -> int:

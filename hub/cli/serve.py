@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from hub.cli.client import write_fleetconfig
 from hub.cli.errors import CliError
 from hub.config import HubConfig
-from hub.server import Hub
+from hub.server import Hub, check_port_free
 from hub.store import Database, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -83,13 +83,21 @@ def _install_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def _run_process(cfg: HubConfig, serve_admin: bool, migrate: bool, ready=None) -> None:
+async def _run_process(cfg: HubConfig, serve_admin: bool, migrate: bool, ready=None, started=None) -> None:
     hub = Hub(cfg, serve_admin=serve_admin, migrate=migrate)
     stop = asyncio.Event()
     _install_signals(stop)
-    ports = await hub.start()
+    try:
+        ports = await hub.start()
+    except OSError as exc:
+        await hub.stop(grace=0)
+        raise CliError(f"the hub cannot start: {exc}",
+                       "stop the other hub (or program) there, or pick free ports with --listen and --admin-listen"
+                       ) from None
     if ready is not None:
         ready.put((ports.agent, ports.admin))
+    if started is not None:
+        started()
     await stop.wait()
     log.info("shutting down")
     await hub.stop(grace=2.0)
@@ -112,6 +120,13 @@ async def _reset_connected(cfg: HubConfig) -> None:
 
 def serve(args) -> int:
     cfg = build_config(args)
+    try:  # before touching the store: a second hub must not mark the first one's agents disconnected
+        check_port_free(cfg.agent_listen, "the agent")
+        check_port_free(cfg.admin_listen, "the admin API")
+    except OSError as exc:
+        raise CliError(f"the hub cannot start: {exc}",
+                       "stop the other hub (or program) there, or pick free ports with --listen and --admin-listen"
+                       ) from None
     if cfg.insecure:
         print("WARNING: --insecure: agents and the admin API talk plaintext without certificates. "
               "Use only on a trusted local machine.", file=sys.stderr)
@@ -124,17 +139,22 @@ def serve(args) -> int:
     fc = data_dir / "fleetconfig.yaml"
     host = cfg.admin_listen.rsplit(":", 1)
     admin_addr = f"{'127.0.0.1' if host[0] in ('0.0.0.0', '') else host[0]}:{host[1]}"
-    write_fleetconfig(fc, admin_addr, cfg.admin_token, None if cfg.insecure else cfg.certs_dir / "ca.pem")
-    print(f"admin client config written to {fc}; run: export FLEETCONFIG={fc}", file=sys.stderr)
     workers: list[mp.Process] = []
     ctx = mp.get_context("spawn")
     ready = ctx.Queue()
-    for _ in range(max(0, args.workers - 1)):
-        p = ctx.Process(target=_worker, args=(cfg, ready), daemon=True)
-        p.start()
-        workers.append(p)
+
+    def started() -> None:
+        # Only once this process holds its ports: a hub that cannot start leaves the running hub's
+        # fleetconfig alone, and the workers join the agent port the check found free.
+        write_fleetconfig(fc, admin_addr, cfg.admin_token, None if cfg.insecure else cfg.certs_dir / "ca.pem")
+        print(f"admin client config written to {fc}; run: export FLEETCONFIG={fc}", file=sys.stderr)
+        for _ in range(max(0, args.workers - 1)):
+            p = ctx.Process(target=_worker, args=(cfg, ready), daemon=True)
+            p.start()
+            workers.append(p)
+
     try:
-        asyncio.run(_run_process(cfg, serve_admin=True, migrate=False))
+        asyncio.run(_run_process(cfg, serve_admin=True, migrate=False, started=started))
     finally:
         for p in workers:
             p.terminate()

@@ -153,6 +153,13 @@ def _build(documents: list[Document], problems: list[Problem]) -> Bundle:
     return bundle
 
 
+def _nothing(where: str) -> Problem:
+    # As `kubectl apply`: an empty input is a mistake (a wrong path, a truncated file), not a request
+    # to publish nothing.
+    return Problem(where, 0, "", "no objects passed to apply: the input holds no YAML documents; "
+                                 "check the path (-f FILE or DIR with .yaml files)")
+
+
 def load_bundle(paths: Iterable[str | Path]) -> Bundle:
     """Load and validate every document under ``paths`` (files or directories).
 
@@ -160,7 +167,10 @@ def load_bundle(paths: Iterable[str | Path]) -> Bundle:
     listing every problem (file, line, path, message). Never partial.
     """
     problems: list[Problem] = []
-    documents = read_documents(list(paths), problems)
+    paths = list(paths)
+    documents = read_documents(paths, problems)
+    if not documents and not problems:
+        problems.append(_nothing(", ".join(str(p) for p in paths)))
     bundle = _build(documents, problems)
     if problems:
         raise PolicyError(problems)
@@ -171,6 +181,8 @@ def load_bundle_text(text: str, file: str = "<input>") -> Bundle:
     """Like :func:`load_bundle` for YAML text already in memory (one or many documents)."""
     problems: list[Problem] = []
     documents = parse_text(text, file, problems)
+    if not documents and not problems:
+        problems.append(_nothing(file))
     bundle = _build(documents, problems)
     if problems:
         raise PolicyError(problems)

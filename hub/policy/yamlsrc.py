@@ -3,8 +3,15 @@
 PyYAML's composer gives nodes with source marks; we build plain Python
 data from them ourselves, recording the line of every mapping key and
 sequence item, so an error found later at ``spec.gpuPools[1].memory`` can
-name its line. Duplicate keys, recursive aliases and merge keys are
-reported as problems instead of being silently accepted.
+name its line. Duplicate keys, aliases and merge keys are reported as
+problems instead of being silently accepted.
+
+Every input is parsed within a bound of time and memory: a file's size is
+checked before it is read (`MAX_FILE_BYTES`, and `MAX_TOTAL_BYTES` for all
+files of one load), and one streaming pass over the parser's events refuses
+aliases (`*name` re-uses a node; a few lines of them, "billion laughs", expand
+into gigabytes), nesting deeper than `MAX_DEPTH` and more than
+`MAX_DOCUMENTS` documents before anything is composed or built.
 """
 
 from __future__ import annotations
@@ -17,7 +24,15 @@ import yaml
 
 from hub.policy.errors import PathPart, Problem, format_path
 
-_MAX_DEPTH = 64
+MAX_DEPTH = 64
+"""Deepest nesting of mappings and sequences in a document (the schema needs fewer than 10)."""
+MAX_FILE_BYTES = 2 * 1024 * 1024
+"""Largest policy file, in bytes (the shipped 30-site fleet is 40 KiB; split larger fleets into files)."""
+MAX_TOTAL_BYTES = 4 * 1024 * 1024
+"""Largest total of the files one load reads, in bytes."""
+MAX_DOCUMENTS = 10_000
+"""Most YAML documents in one file."""
+_MAX_DEPTH = MAX_DEPTH
 #: libyaml's parser when PyYAML was built with it (same nodes and marks, ~10x faster).
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SUFFIXES = (".yaml", ".yml")
@@ -101,10 +116,60 @@ class _Builder:
             self.active.discard(id(node))
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def prescan(text: str, file: str) -> list[Problem]:
+    """Problems that make ``text`` unsafe to compose: aliases, deep nesting, too many documents.
+
+    One pass over the parser's events, which is linear in the text and holds one event at a
+    time; nothing is composed or expanded. Raises yaml.YAMLError on a syntax error.
+    """
+    problems: list[Problem] = []
+    depth = documents = 0
+    open_anchors: list[str | None] = []
+    for event in yaml.parse(text, Loader=_LOADER):
+        line = event.start_mark.line + 1 if event.start_mark is not None else 0
+        if isinstance(event, yaml.DocumentStartEvent):
+            documents += 1
+            if documents > MAX_DOCUMENTS:
+                problems.append(Problem(file, line, "", f"more than {MAX_DOCUMENTS} YAML documents in one file; "
+                                                        "split it into several files"))
+                break
+        elif isinstance(event, yaml.AliasEvent):
+            if event.anchor in open_anchors:
+                msg = f"recursive YAML alias *{event.anchor} (a cycle); remove the self-reference"
+            else:
+                msg = (f"YAML alias *{event.anchor} is not supported: write the value out (aliases re-use nodes, "
+                       "and a few lines of them can expand into gigabytes)")
+            problems.append(Problem(file, line, "", msg))
+            if len(problems) >= 10:
+                break
+        elif isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            open_anchors.append(event.anchor)
+            if depth > MAX_DEPTH:
+                problems.append(Problem(file, line, "", f"nested deeper than {MAX_DEPTH} levels"))
+                break
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+            open_anchors.pop()
+    return problems
+
+
 def parse_text(text: str, file: str, problems: list[Problem]) -> list[Document]:
-    """Split ``text`` into documents; syntax errors become problems."""
+    """Split ``text`` into documents; syntax errors and unsafe input (see `prescan`) become problems."""
     documents: list[Document] = []
+    if len(text) > MAX_FILE_BYTES:
+        problems.append(Problem(file, 0, "", f"{_mib(len(text))} of YAML; a policy file may hold at most "
+                                             f"{_mib(MAX_FILE_BYTES)}: split it into several files"))
+        return documents
     try:
+        unsafe = prescan(text, file)
+        if unsafe:
+            problems.extend(unsafe)
+            return documents
         for node in yaml.compose_all(text, Loader=_LOADER):
             if node is None:
                 continue
@@ -140,13 +205,41 @@ def collect_files(paths: Iterable[str | Path], problems: list[Problem]) -> list[
     return files
 
 
+class _TooBig(Exception):
+    """A file over its byte budget; the message is its size."""
+
+
+def _read_bounded(path: Path, limit: int) -> tuple[str, int]:
+    """(text, bytes) of the file; _TooBig when it holds more than ``limit`` bytes (checked before reading)."""
+    size = path.stat().st_size
+    if size > limit:
+        raise _TooBig(_mib(size))
+    with path.open("rb") as f:
+        data = f.read(limit + 1)  # the file may have grown since stat
+    if len(data) > limit:
+        raise _TooBig(f"more than {_mib(limit)}")
+    return data.decode("utf-8"), len(data)
+
+
 def read_documents(paths: Iterable[str | Path], problems: list[Problem]) -> list[Document]:
     documents: list[Document] = []
+    total = 0
     for path in collect_files(paths, problems):
+        budget = min(MAX_FILE_BYTES, MAX_TOTAL_BYTES - total)
         try:
-            text = path.read_text(encoding="utf-8")
+            text, size = _read_bounded(path, budget)
+        except _TooBig as exc:
+            if budget < MAX_FILE_BYTES:
+                problems.append(Problem(str(path), 0, "", f"the files of one apply may hold at most "
+                                                          f"{_mib(MAX_TOTAL_BYTES)} of YAML together; this one "
+                                                          "goes past that: apply fewer files at a time"))
+                break
+            problems.append(Problem(str(path), 0, "", f"{exc} of YAML; a policy file may hold at most "
+                                                      f"{_mib(MAX_FILE_BYTES)}: split it into several files"))
+            continue
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(Problem(str(path), 0, "", f"cannot read: {exc}"))
             continue
+        total += size
         documents.extend(parse_text(text, str(path), problems))
     return documents

@@ -49,7 +49,7 @@ class AgentIdentity:
 
 
 def check_name(kind: str, value: str) -> str:
-    if not _NAME.fullmatch(value):
+    if not _NAME.fullmatch(value):  # whole string: "fra-1\n" is not a name
         raise CertError(
             f"{kind} name {value!r} is not a valid name: use lower-case letters, digits, '-' and '.', "
             "1-63 characters, starting and ending with a letter or digit"

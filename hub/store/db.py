@@ -9,6 +9,8 @@ matching synchronous driver before the hub serves.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from pathlib import Path
 
 from alembic import command
@@ -61,6 +63,26 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def private_sqlite_file(path: Path) -> None:
+    """Create the SQLite file owner-only (0600) before SQLite does, or tighten an existing one.
+
+    The store holds the fleet's policy and every agent's telemetry; SQLite creates its -wal and
+    -shm files with the database file's permissions, so they follow.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o077:
+            log.warning("%s was readable by others (mode %o); making it owner-only", path, mode)
+            os.fchmod(fd, mode & 0o700)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists() and stat.S_IMODE(side.stat().st_mode) & 0o077:
+            side.chmod(stat.S_IMODE(side.stat().st_mode) & 0o700)
+
+
 def alembic_config(sync_url: URL) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -79,6 +101,10 @@ class Database:
             path = Path(self.sync_url.database or "")
             if not path.parent.exists():
                 raise StoreError(f"directory {path.parent} for the SQLite store does not exist; create it first")
+            try:
+                private_sqlite_file(path)
+            except OSError as exc:
+                raise StoreError(f"cannot open the SQLite store {path}: {exc}") from None
             # One connection per process: SQLite has a single writer anyway,
             # and one connection avoids SQLITE_BUSY between our own tasks.
             self.engine: AsyncEngine = create_async_engine(
@@ -116,7 +142,9 @@ class Database:
         """
         if self.is_sqlite:
             path = Path(self.sync_url.database or "")
-            url = self.sync_url.set(database=str(path.with_name(f"{path.stem}-scheduler{path.suffix or '.db'}")))
+            sched = path.with_name(f"{path.stem}-scheduler{path.suffix or '.db'}")
+            private_sqlite_file(sched)
+            url = self.sync_url.set(database=str(sched))
             engine = create_engine(url, poolclass=NullPool)
             event.listen(engine, "connect", _sqlite_pragmas)
             return engine

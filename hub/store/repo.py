@@ -7,7 +7,7 @@ rows or protobuf messages, so callers stay independent of both.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -598,6 +598,7 @@ class Store(RolloutStore):
         base: int,
         now: datetime,
         rollback_of: int | None = None,
+        audit: Callable[[Published], Sequence[AuditRecord]] | None = None,
     ) -> Published:
         """Store revision ``base + 1`` and publish its objects, all in one transaction.
 
@@ -606,19 +607,27 @@ class Store(RolloutStore):
         version (agents see no churn), the rest get new versions. Raises
         `StaleRevision` when ``base`` is not the latest revision any more; the
         primary key on ``number`` settles a race between two hub processes.
+
+        ``audit`` builds the audit records of the revision from what it
+        published; they are written in the same transaction, so a revision
+        never exists without its audit record (nor a record without it).
         """
         kinds = set(managed_kinds)
         try:
             return await self._add_revision(kinds, base, objects, now, dict(
                 author=author, message=message, digest=digest, bundle=bundle, placement=placement, summary=summary,
-                rollback_of=rollback_of))
+                rollback_of=rollback_of), audit)
         except IntegrityError:
-            # Two writers read the same base; the primary key let one through.
             latest = await self.get_revision()
-            raise StaleRevision(base, latest.number if latest else 0) from None
+            latest_no = latest.number if latest else 0
+            if latest_no == base:
+                raise  # not a race: something else in the transaction broke a constraint
+            # Two writers read the same base; the primary key let one through.
+            raise StaleRevision(base, latest_no) from None
 
     async def _add_revision(
-        self, kinds: set[str], base: int, objects: Sequence[DesiredPut], now: datetime, fields: dict
+        self, kinds: set[str], base: int, objects: Sequence[DesiredPut], now: datetime, fields: dict,
+        audit: Callable[[Published], Sequence[AuditRecord]] | None = None,
     ) -> Published:
         async with self.db.sessions.begin() as s:
             stray = sorted({p.kind for p in objects} - kinds)
@@ -670,8 +679,12 @@ class Store(RolloutStore):
                 row_.updated_at = now
                 deleted_rows.append(row_)
             await s.flush()
-            return Published(_revision(row), tuple(_object(r) for r in upserted_rows),
-                             tuple(_object(r) for r in deleted_rows), unchanged)
+            published = Published(_revision(row), tuple(_object(r) for r in upserted_rows),
+                                  tuple(_object(r) for r in deleted_rows), unchanged)
+            if audit is not None:
+                s.add_all([_audit_row(a) for a in audit(published)])
+                await s.flush()
+            return published
 
     async def get_revision(self, number: int | None = None) -> RevisionRecord | None:
         """Revision ``number``, or the latest when None; None if there is none."""

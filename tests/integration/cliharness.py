@@ -86,9 +86,21 @@ def fleet(hub: Hub | None, *args: str, env: dict | None = None, timeout: float =
     return subprocess.run([*FLEET, *args], capture_output=True, text=True, timeout=timeout, env={**base, **(env or {})})
 
 
+INSECURE_WARNING = "warning: insecure: plaintext connection to "
+
+
+def without_insecure_warning(stderr: str) -> str:
+    """stderr less the warning every plaintext (--insecure) CLI call prints first."""
+    lines = stderr.splitlines(keepends=True)
+    while lines and lines[0].startswith(INSECURE_WARNING):
+        lines.pop(0)
+    return "".join(lines)
+
+
 def assert_clean_error(proc: subprocess.CompletedProcess, *, next_line: bool = True) -> None:
     assert proc.returncode != 0, proc.stdout
-    assert proc.stderr.startswith("error: "), proc.stderr
+    stderr = without_insecure_warning(proc.stderr)
+    assert stderr.startswith("error: "), proc.stderr
     if next_line:
-        assert "\n  next: " in proc.stderr, proc.stderr
+        assert "\n  next: " in stderr, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout

@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hub.placement.api import plan
 from hub.policy import load_bundle
@@ -23,13 +25,34 @@ def test_eea_contains_the_eu_but_not_the_other_way():
 
 
 @pytest.mark.parametrize(("site", "node", "name"), [
-    ("fra-1", "fra-1-gpu-a", "fra-1-gpu-a"),
-    ("fra-1", "gpu_A", "fra-1.gpu-a"),
-    ("x", "--", "x"),
+    ("fra-1", "fra-1-gpu-a", "fra-1.fra-1-gpu-a"),
+    ("fra-1", "gpu-a", "fra-1.gpu-a"),
+    ("fra-1", "gpu_A", r"fra-1\.gpu-a-[0-9a-f]{12}"),
+    ("x", "--", r"x\.node-[0-9a-f]{12}"),
 ])
 def test_placement_names_follow_the_object_name_rule(site, node, name):
-    assert placement_object_name(site, node) == name
-    assert NAME.match(name)
+    got = placement_object_name(site, node)
+    assert re.fullmatch(name, got), got
+    assert NAME.fullmatch(got)
+
+
+def test_placement_names_of_different_nodes_never_collide():
+    # Sites fra and fra-1 both had a node whose placement was named fra-1-gpu-b.
+    pairs = [("fra", "fra-1-gpu-b"), ("fra-1", "gpu-b"), ("fra-1", "fra-1-gpu-b"),
+             ("a.b", "c"), ("a", "b.c"), ("a", "b-c"), ("fra-1", "gpu_A"), ("fra-1", "gpu-a"), ("fra-1", "GPU-A")]
+    names = [placement_object_name(s, n) for s, n in pairs]
+    assert len(set(names)) == len(pairs), dict(zip(pairs, names))
+
+
+_NAMES = st.from_regex(r"\A[a-z0-9]([a-z0-9.-]{0,10}[a-z0-9])?\Z")
+
+
+@settings(max_examples=300, deadline=None)
+@given(a=st.tuples(_NAMES, _NAMES), b=st.tuples(_NAMES, _NAMES))
+def test_placement_object_name_is_injective(a, b):
+    if a != b:
+        assert placement_object_name(*a) != placement_object_name(*b)
+    assert NAME.fullmatch(placement_object_name(*a))
 
 
 def test_shipped_fleet_publishes_every_node_only_its_own_assignments():

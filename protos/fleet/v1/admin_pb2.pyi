@@ -232,7 +232,7 @@ class ApplyRequest(_message.Message):
     def __init__(self, bundle_json: _Optional[str] = ..., author: _Optional[str] = ..., message: _Optional[str] = ..., base_revision: _Optional[int] = ..., dry_run: _Optional[bool] = ..., solver: _Optional[str] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
-    __slots__ = ("revision", "diff", "bundle_diff", "objects_published", "objects_deleted", "objects_unchanged", "unchanged", "plan")
+    __slots__ = ("revision", "diff", "bundle_diff", "objects_published", "objects_deleted", "objects_unchanged", "unchanged", "plan", "drift")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     DIFF_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_DIFF_FIELD_NUMBER: _ClassVar[int]
@@ -241,6 +241,7 @@ class ApplyResponse(_message.Message):
     OBJECTS_UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
     revision: Revision
     diff: _containers.RepeatedScalarFieldContainer[str]
     bundle_diff: _containers.RepeatedScalarFieldContainer[str]
@@ -249,7 +250,8 @@ class ApplyResponse(_message.Message):
     objects_unchanged: int
     unchanged: bool
     plan: _struct_pb2.Struct
-    def __init__(self, revision: _Optional[_Union[Revision, _Mapping]] = ..., diff: _Optional[_Iterable[str]] = ..., bundle_diff: _Optional[_Iterable[str]] = ..., objects_published: _Optional[int] = ..., objects_deleted: _Optional[int] = ..., objects_unchanged: _Optional[int] = ..., unchanged: _Optional[bool] = ..., plan: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    drift: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, revision: _Optional[_Union[Revision, _Mapping]] = ..., diff: _Optional[_Iterable[str]] = ..., bundle_diff: _Optional[_Iterable[str]] = ..., objects_published: _Optional[int] = ..., objects_deleted: _Optional[int] = ..., objects_unchanged: _Optional[int] = ..., unchanged: _Optional[bool] = ..., plan: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., drift: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RollbackRequest(_message.Message):
     __slots__ = ("to", "author", "message", "base_revision")
