@@ -412,6 +412,10 @@ class HubLink:
         try:
             await asyncio.wait([done, superseded], timeout=self.cfg.model_load_timeout_s,
                                return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the agent is stopping: the thread's result goes nowhere
+            token.cancel("the agent is stopping")
+            done.cancel()
+            raise
         finally:
             superseded.cancel()
         if not done.done():
