@@ -90,6 +90,9 @@ class Agent:
             Location(cfg.site, cfg.country, cfg.jurisdiction), cfg.node,
             lambda kind, payload: self.link.report(kind, payload),
         )
+        # Where this site is comes from the hub's SiteLocation; a contradiction with --country/--jurisdiction
+        # is surfaced in the heartbeat's recent errors (and as an event, and in the log).
+        self.serving.gateway.on_error = lambda msg: self.link.status.error(msg)
         ours: dict[str, Applier] = dict(self.serving.appliers)  # type: ignore[arg-type]
         if self.managed is not None:
             ours.pop("Placement")  # managed model servers own placements in Kubernetes external mode

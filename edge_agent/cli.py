@@ -75,6 +75,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--default-priority-class", help="PriorityClass of requests that name none (default: priority 0)")
     r.add_argument("--telemetry-interval", type=float, metavar="SECONDS",
                    help="seconds between telemetry reports to the hub (default 5)")
+    r.add_argument("--model-load-timeout", type=float, metavar="SECONDS",
+                   help="abandon a Placement whose models do not load within this (default 900); old version keeps serving")
     r.add_argument("--exit-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
     r.add_argument("-v", "--verbose", action="store_true")
     m = sub.add_parser("make-model", help="build a small randomly initialised Llama model with a local tokenizer")
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             "models_dir": args.models_dir, "external_url": args.external_url,
             "default_data_class": args.default_data_class, "default_priority_class": args.default_priority_class,
             "telemetry_interval_s": args.telemetry_interval,
+            "model_load_timeout_s": args.model_load_timeout,
         }
         cfg = load(args.config, overrides)
         if cfg.insecure:

@@ -107,6 +107,10 @@ class AgentConfig(BaseModel):
     empty: such requests are refused (fail-closed)."""
     default_priority_class: str = ""
     """PriorityClass of requests whose request and service name none; default empty (priority 0)."""
+    model_load_timeout_s: float = Field(900.0, gt=0)
+    """Seconds a Placement's apply (loading and warming its models) may take before it is abandoned:
+    acked as failed, the previous version keeps serving (default 900; `--model-load-timeout`).
+    Policy objects never wait for it: they apply on their own path."""
     telemetry_interval_s: float = Field(5.0, gt=0)
     """Seconds between telemetry reports to the hub (default 5; idle windows send nothing)."""
 

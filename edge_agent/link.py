@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
 
+from edge_agent.cancel import Cancelled, CancelToken
 from edge_agent.config import AgentConfig
 from edge_agent.inventory import Inventory
 from edge_agent.report_check import report_problem
@@ -49,6 +51,38 @@ class RecordOnly:
 
     def remove(self, obj: LocalObject) -> None:
         return None
+
+
+POLICY_KINDS = frozenset({"SiteLocation", "ResidencyPolicy", "PriorityClass"})
+"""Kinds applied as soon as they arrive, never queued behind a model load: they decide who is let in."""
+
+
+class _Deleted:
+    def __repr__(self) -> str:
+        return "<delete>"
+
+
+_DELETE = _Deleted()
+
+
+@dataclass
+class _Lane:
+    """One object's pending work: what is being applied, what comes next, and how to cancel it."""
+
+    next: LocalObject | _Deleted | None = None
+    current: LocalObject | _Deleted | None = None
+    token: CancelToken | None = None
+    superseded: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task | None = None
+
+
+def _settle(fut: asyncio.Future, result: object) -> None:
+    if fut.done():
+        return
+    if isinstance(result, BaseException):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result)
 
 
 def backoff_delay(attempt: int, initial: float, cap: float, rng: random.Random) -> float:
@@ -93,6 +127,11 @@ class HubLink:
         self._sent_inventory: dict | None = None
         self.on_applied: Callable[[LocalObject], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._lanes: dict[str, _Lane] = {}
+        """Object id -> its pending non-policy work (a model load), see _enqueue."""
+        self._lane_waiters: list[Callable[[], None]] = []
+        self._acks: asyncio.Queue | None = None
+        """The current session's outgoing queue: lanes that finish after a reconnect ack there."""
 
     # -- public -------------------------------------------------------------
 
@@ -154,6 +193,7 @@ class HubLink:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._stop.wait()
+        await self._close_lanes()
 
     # -- one stream ---------------------------------------------------------
 
@@ -250,13 +290,14 @@ class HubLink:
                 return
             kind = msg.WhichOneof("msg")
             if kind == "desired":
-                # Appliers may take long (loading and warming a model, a
-                # Kubernetes call): off the loop, so heartbeats and reports go on.
-                # Updates still apply one at a time, in order.
-                for ack in await asyncio.to_thread(self._apply, msg.desired):
+                # Policy objects apply here and now (a stricter policy is in force before the next
+                # message is read); everything else (a model load) runs on its object's own lane,
+                # so nothing waits behind it. See _apply.
+                self._acks = outq
+                for ack in self._apply(msg.desired):
                     outq.put_nowait(agent_pb2.AgentMessage(applied=ack))
                 if msg.desired.resync_complete:
-                    self.status.resynced.set()
+                    self._after_lanes(self.status.resynced.set)
             elif kind == "report_ack":
                 seqs = list(msg.report_ack.seqs)
                 self.state.ack(seqs)
@@ -265,39 +306,188 @@ class HubLink:
                 self._outbox_wake.set()
 
     def _apply(self, upd: agent_pb2.DesiredUpdate) -> list[agent_pb2.Applied]:
-        acks = []
+        """Apply one update: policy kinds at once (their acks returned), the rest handed to lanes.
+
+        Called on the event loop. Policy objects (:data:`POLICY_KINDS`) are quick to apply and
+        must never wait behind a model load, so they are applied here, in message order; their
+        acks are returned. Every other object goes to its own lane (:meth:`_enqueue`), which
+        acks it when done.
+        """
+        acks: list[agent_pb2.Applied] = []
         for o in upd.upserts:
             obj = LocalObject(o.id, o.kind, o.name, o.version, json_format.MessageToDict(o.spec))
-            prev = self.state.get(o.id)
-            if prev is not None and prev.version >= obj.version:
-                acks.append(agent_pb2.Applied(object_id=o.id, version=prev.version, ok=True))
-                continue
-            try:
-                self.appliers.get(o.kind, RecordOnly()).apply(obj, prev)
-            except Exception as exc:  # noqa: BLE001 - reported to the hub, old version kept
-                log.warning("applying %s/%s v%d failed: %s", o.kind, o.name, o.version, exc)
-                self.status.error(f"{o.kind}/{o.name} v{o.version}: {exc}")
-                acks.append(agent_pb2.Applied(object_id=o.id, version=o.version, ok=False, error=str(exc)[:2000]))
-                continue
-            self.state.save(obj)
-            self.report("event", {"reason": "Applied", "kind": o.kind, "name": o.name, "version": o.version})
-            acks.append(agent_pb2.Applied(object_id=o.id, version=o.version, ok=True))
-            if self.on_applied:
-                self.on_applied(obj)
+            if o.kind in POLICY_KINDS:
+                acks.append(self._upsert(obj))
+            else:
+                self._enqueue(o.id, obj)
         for object_id in upd.deletes:
             prev = self.state.get(object_id)
-            if prev is not None:
-                try:
-                    self.appliers.get(prev.kind, RecordOnly()).remove(prev)
-                except Exception as exc:  # noqa: BLE001
-                    log.warning("removing %s/%s failed: %s", prev.kind, prev.name, exc)
-                    self.status.error(f"remove {prev.kind}/{prev.name}: {exc}")
-                    acks.append(agent_pb2.Applied(object_id=object_id, deleted=True, ok=False, error=str(exc)[:2000]))
-                    continue
-                self.state.remove(object_id)
-                self.report("event", {"reason": "Removed", "kind": prev.kind, "name": prev.name})
-            acks.append(agent_pb2.Applied(object_id=object_id, deleted=True, ok=True))
+            lane = self._lanes.get(object_id)
+            if lane is not None or (prev is not None and prev.kind not in POLICY_KINDS):
+                self._enqueue(object_id, None)
+            else:
+                acks.append(self._delete(object_id, prev))
         return acks
+
+    # -- applying, one object at a time ---------------------------------------------------
+
+    def _upsert(self, obj: LocalObject, cancel: CancelToken | None = None) -> agent_pb2.Applied:
+        """Apply one object (any thread) and record it as held; the ack says whether it applied."""
+        prev = self.state.get(obj.id)
+        if prev is not None and prev.version >= obj.version:
+            return agent_pb2.Applied(object_id=obj.id, version=prev.version, ok=True)
+        applier = self.appliers.get(obj.kind, RecordOnly())
+        try:
+            if cancel is not None and getattr(applier, "cancellable", False):
+                applier.apply(obj, prev, cancel=cancel)  # type: ignore[call-arg]
+            else:
+                applier.apply(obj, prev)
+        except Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported to the hub, old version kept
+            log.warning("applying %s/%s v%d failed: %s", obj.kind, obj.name, obj.version, exc)
+            self.status.error(f"{obj.kind}/{obj.name} v{obj.version}: {exc}")
+            return agent_pb2.Applied(object_id=obj.id, version=obj.version, ok=False, error=str(exc)[:2000])
+        self.state.save(obj)
+        self.report("event", {"reason": "Applied", "kind": obj.kind, "name": obj.name, "version": obj.version})
+        if self.on_applied:
+            self.on_applied(obj)
+        return agent_pb2.Applied(object_id=obj.id, version=obj.version, ok=True)
+
+    def _delete(self, object_id: str, prev: LocalObject | None) -> agent_pb2.Applied:
+        if prev is not None:
+            try:
+                self.appliers.get(prev.kind, RecordOnly()).remove(prev)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("removing %s/%s failed: %s", prev.kind, prev.name, exc)
+                self.status.error(f"remove {prev.kind}/{prev.name}: {exc}")
+                return agent_pb2.Applied(object_id=object_id, deleted=True, ok=False, error=str(exc)[:2000])
+            self.state.remove(object_id)
+            self.report("event", {"reason": "Removed", "kind": prev.kind, "name": prev.name})
+        return agent_pb2.Applied(object_id=object_id, deleted=True, ok=True)
+
+    def _enqueue(self, object_id: str, obj: LocalObject | None) -> None:
+        """Give an object's lane its newest desired state (None: delete), superseding older work.
+
+        A load in flight for an older version (or for an object now deleted) is cancelled and
+        its result thrown away; it gets no ack (a newer one follows). The same version again
+        (a resync after a reconnect) leaves a load in flight alone.
+        """
+        lane = self._lanes.get(object_id)
+        if lane is None:
+            lane = self._lanes[object_id] = _Lane()
+        current = lane.current
+        if (obj is not None and current is not None and current is not _DELETE and lane.next is None
+                and current.version == obj.version):
+            return
+        lane.next = obj if obj is not None else _DELETE
+        if lane.token is not None and lane.token.cancel(
+                f"superseded by version {obj.version}" if obj is not None else "the object was deleted"):
+            lane.superseded.set()
+        if lane.task is None or lane.task.done():
+            lane.task = asyncio.get_running_loop().create_task(self._run_lane(object_id, lane))
+
+    async def _run_lane(self, object_id: str, lane: _Lane) -> None:
+        """Apply an object's desired states in order, newest wins; acks go to the current session."""
+        try:
+            while lane.next is not None:
+                op, lane.next = lane.next, None
+                lane.current = op
+                if op is _DELETE:
+                    ack = await asyncio.to_thread(self._delete, object_id, self.state.get(object_id))
+                else:
+                    ack = await self._load(op, lane)
+                lane.current, lane.token = None, None
+                if ack is not None and self._acks is not None:
+                    self._acks.put_nowait(agent_pb2.AgentMessage(applied=ack))
+        except Exception:  # noqa: BLE001 - a lane never takes the link down
+            log.exception("applying object %s failed", object_id)
+        finally:
+            lane.current = None
+            if lane.next is None and self._lanes.get(object_id) is lane:
+                del self._lanes[object_id]
+            self._lanes_idle()
+
+    async def _load(self, obj: LocalObject, lane: _Lane) -> agent_pb2.Applied | None:
+        """Apply ``obj`` in its own thread, bounded by ``model_load_timeout_s``; None when superseded.
+
+        The thread is a plain daemon thread (not the default executor): a load that hangs in
+        torch cannot be interrupted, so it is abandoned (its token cancelled, its result thrown
+        away by the applier) without starving anything else of threads.
+        """
+        loop = asyncio.get_running_loop()
+        token = lane.token = CancelToken()
+        lane.superseded = asyncio.Event()
+        done: asyncio.Future[agent_pb2.Applied] = loop.create_future()
+
+        def work() -> None:
+            try:
+                result: object = self._upsert(obj, token)
+            except BaseException as exc:  # noqa: BLE001 - handed to the loop
+                result = exc
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                loop.call_soon_threadsafe(_settle, done, result)
+
+        threading.Thread(target=work, name=f"apply-{obj.kind}-{obj.name}-v{obj.version}", daemon=True).start()
+        superseded = asyncio.ensure_future(lane.superseded.wait())
+        try:
+            await asyncio.wait([done, superseded], timeout=self.cfg.model_load_timeout_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the agent is stopping: the thread's result goes nowhere
+            token.cancel("the agent is stopping")
+            done.cancel()
+            raise
+        finally:
+            superseded.cancel()
+        if not done.done():
+            timeout = self.cfg.model_load_timeout_s
+            if token.cancel(f"not done within model_load_timeout_s {timeout:g}s"):
+                done.cancel()  # the abandoned thread's result, when it comes, goes nowhere
+                if lane.superseded.is_set():
+                    log.info("%s/%s v%d: superseded while applying (%s)", obj.kind, obj.name, obj.version,
+                             token.reason)
+                    return None
+                prev = self.state.get(obj.id)
+                keeps = f"version {prev.version} keeps serving" if prev is not None else "nothing was serving it"
+                msg = (f"{obj.kind}/{obj.name} v{obj.version}: not applied within {timeout:g}s "
+                       f"(--model-load-timeout); abandoned, {keeps}")
+                log.error("%s", msg)
+                self.status.error(msg)
+                self.report("event", {"reason": "ApplyTimedOut", "kind": obj.kind, "name": obj.name,
+                                      "version": obj.version, "error": msg})
+                return agent_pb2.Applied(object_id=obj.id, version=obj.version, ok=False, error=msg[:2000])
+            # It committed just as we gave up: its result stands; wait for its ack.
+        try:
+            return await done
+        except Cancelled:
+            return None
+
+    def _after_lanes(self, then: Callable[[], None]) -> None:
+        """Run ``then`` once every lane running now has finished (at once when none runs)."""
+        if not self._lanes:
+            then()
+        else:
+            self._lane_waiters.append(then)
+
+    def _lanes_idle(self) -> None:
+        if self._lanes:
+            return
+        waiters, self._lane_waiters = self._lane_waiters, []
+        for then in waiters:
+            then()
+
+    async def _close_lanes(self) -> None:
+        """At stop: abandon loads in flight and wait for the lanes' tasks to end."""
+        tasks = []
+        for lane in list(self._lanes.values()):
+            if lane.token is not None and lane.token.cancel("the agent is stopping"):
+                lane.superseded.set()
+            lane.next = None
+            if lane.task is not None:
+                tasks.append(lane.task)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _heartbeats(self, outq: asyncio.Queue, interval: float) -> None:
         while True:

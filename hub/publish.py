@@ -1,7 +1,14 @@
 """What a policy revision publishes to agents (pure: bundle + placement in, desired objects out).
 
-Three kinds of desired objects belong to revisions; `fleet apply` replaces the
-whole set of them at once:
+Four kinds of desired objects belong to revisions; `fleet apply` replaces the
+whole set of them at once. They are listed policies first, placements last, so
+within one revision every policy gets a lower version than any placement (and
+an agent applies what decides admission before what serves traffic):
+
+- ``SiteLocation``, one per site in the bundle, targeted at that site's nodes:
+  the site's country and every jurisdiction that contains it, from the hub's
+  Site record. The agent's door decides residency with this, never with its
+  own ``--country``/``--jurisdiction`` flags (those may only narrow).
 
 - ``Placement``, one per (site, node) that hosts replicas, targeted at that node
   only, so each agent receives its own assignments and nothing else. Each
@@ -27,7 +34,7 @@ from hub.policy.bundle import Bundle
 from hub.policy.vocab import COUNTRY_JURISDICTIONS, KNOWN_JURISDICTIONS
 from hub.store.repo import DesiredPut
 
-MANAGED_KINDS = ("Placement", "ResidencyPolicy", "PriorityClass")
+MANAGED_KINDS = ("SiteLocation", "ResidencyPolicy", "PriorityClass", "Placement")
 
 _COUNTRIES_OF: dict[str, frozenset[str]] = {
     j: frozenset(c for c, js in COUNTRY_JURISDICTIONS.items() if j in js) for j in KNOWN_JURISDICTIONS
@@ -62,29 +69,18 @@ def placement_object_name(site: str, node: str) -> str:
     return name
 
 
+def site_location_spec(site: str, spec) -> dict:
+    """What an agent at ``site`` is told about where it is (the hub's Site record)."""
+    return {"site": site, "country": spec.country, "jurisdictions": list(spec.jurisdictions)}
+
+
 def desired_objects(bundle: Bundle, placement: Placement) -> list[DesiredPut]:
-    """The complete set of revision-managed objects for ``bundle`` placed as ``placement``."""
+    """The complete set of revision-managed objects for ``bundle`` placed as ``placement``.
+
+    Policies first (site locations, residency policies, priority classes), placements last."""
     out: list[DesiredPut] = []
-    for (site, node), spec in placement.agent_specs().items():
-        site_spec = bundle.sites[site].spec
-        pools = {p.name: p for p in site_spec.gpu_pools}
-        for a in spec["assignments"]:
-            svc = bundle.services[a["service"]].spec
-            a["priorityClass"] = svc.priority_class
-            a["dataClass"] = svc.data_class
-            a["ttftSloS"] = svc.slo.ttft_p95
-            a["tpotSloS"] = svc.slo.tpot_p95
-            if svc.slo.e2e_p95 is not None:
-                a["e2eSloS"] = svc.slo.e2e_p95
-        pool = pools.get(spec["assignments"][0]["pool"]) if spec["assignments"] else None
-        spec["costModel"] = {
-            "gpuType": pool.gpu_type if pool else "",
-            "gpuPricePerHourUsd": pool.price if pool else 0.0,
-            "gpuPowerW": pool.power if pool else 0.0,
-            "gridGco2PerKwh": site_spec.grid_intensity,
-        }
-        spec["country"] = site_spec.country
-        out.append(DesiredPut("Placement", placement_object_name(site, node), spec, site, node))
+    for site in sorted(bundle.sites):
+        out.append(DesiredPut("SiteLocation", site, site_location_spec(site, bundle.sites[site].spec), site))
     for name, res in sorted(bundle.residency_policies.items()):
         s = res.spec
         out.append(DesiredPut("ResidencyPolicy", name, {
@@ -108,4 +104,24 @@ def desired_objects(bundle: Bundle, placement: Placement) -> list[DesiredPut]:
             "preemptionPolicy": pc.spec.preemption_policy,
             "sheddable": pc.spec.is_sheddable,
         }))
+    for (site, node), spec in placement.agent_specs().items():
+        site_spec = bundle.sites[site].spec
+        pools = {p.name: p for p in site_spec.gpu_pools}
+        for a in spec["assignments"]:
+            svc = bundle.services[a["service"]].spec
+            a["priorityClass"] = svc.priority_class
+            a["dataClass"] = svc.data_class
+            a["ttftSloS"] = svc.slo.ttft_p95
+            a["tpotSloS"] = svc.slo.tpot_p95
+            if svc.slo.e2e_p95 is not None:
+                a["e2eSloS"] = svc.slo.e2e_p95
+        pool = pools.get(spec["assignments"][0]["pool"]) if spec["assignments"] else None
+        spec["costModel"] = {
+            "gpuType": pool.gpu_type if pool else "",
+            "gpuPricePerHourUsd": pool.price if pool else 0.0,
+            "gpuPowerW": pool.power if pool else 0.0,
+            "gridGco2PerKwh": site_spec.grid_intensity,
+        }
+        spec["country"] = site_spec.country
+        out.append(DesiredPut("Placement", placement_object_name(site, node), spec, site, node))
     return out

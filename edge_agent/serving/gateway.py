@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 
 from edge_agent.serving import residency
 from edge_agent.serving.cost import NvmlEnergy, request_cost
-from edge_agent.serving.errors import BadRequest, Forbidden, Overloaded, ServingError
+from edge_agent.serving.errors import BadRequest, Forbidden, Overloaded, ServingError, Unavailable
 from edge_agent.serving.models import Assignment, Backend, Generation, GenRequest, ModelRegistry
 from edge_agent.serving.priority import PriorityClass, UnknownPriorityClass, resolve
-from edge_agent.serving.residency import Location, ResidencyRule, Verdict
+from edge_agent.serving.residency import Located, Location, ResidencyRule, SiteLocation, Verdict
 from edge_agent.serving.telemetry import Outcome, RequestRecord, Telemetry
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,14 @@ class Admission:
 class Gateway:
     def __init__(self, here: Location, registry: ModelRegistry, telemetry: Telemetry, report: Report, *,
                  default_data_class: str = "", default_priority_class: str = "", audit_allowed: bool = False,
-                 energy: NvmlEnergy | None = None) -> None:
-        self.here = here
+                 energy: NvmlEnergy | None = None, on_error: Callable[[str], None] | None = None) -> None:
+        self.declared = here
+        """Where the agent's flags say this node is; only checked against the hub's record (never trusted)."""
+        self.on_error = on_error
+        """Told (e.g. the hub link's recent errors) when the flags contradict the hub's Site record."""
+        self._site_location: SiteLocation | None = None
+        self.located: Located = residency.locate(here, None)
+        """Where the door decides from (the hub's SiteLocation checked against the flags)."""
         self.registry = registry
         self.telemetry = telemetry
         self.report = report
@@ -66,6 +72,36 @@ class Gateway:
         self._by_name: dict[str, PriorityClass] = {}
         self._ids = itertools.count()
         self._prefix = f"{here.site}-{os.getpid()}-{int(time.time())}"
+
+    @property
+    def here(self) -> Location:
+        """This node's location as the door uses it (the declared one while the hub's is not known)."""
+        return self.located.here or self.declared
+
+    def set_site_location(self, object_id: str, loc: SiteLocation | None) -> None:
+        """The hub's record of this site's location (None: withdrawn). A contradiction with the flags is
+        logged, reported as an event and surfaced in recent errors; restricted classes are then refused."""
+        located = residency.locate(self.declared, loc)
+        self._site_location, self.located = loc, located
+        if located.conflict:
+            log.error("location conflict: %s", located.problem)
+            self._report_event({"reason": "LocationConflict", "kind": "SiteLocation", "name": object_id,
+                                "message": located.problem})
+            if self.on_error is not None:
+                try:
+                    self.on_error(f"location conflict: {located.problem}")
+                except Exception:  # noqa: BLE001 - the refusal stands whatever the error sink does
+                    log.exception("could not record the location conflict")
+        elif located.here is not None:
+            log.info("site location from the hub: %s", located.here.describe())
+        else:
+            log.warning("site location withdrawn: %s", located.problem)
+
+    def _report_event(self, payload: dict) -> None:
+        try:
+            self.report("event", payload)
+        except Exception:  # noqa: BLE001
+            log.exception("could not queue the %s event", payload.get("reason"))
 
     # -- policy objects (appliers call these; readers see whole snapshots) --------------
     def set_policy(self, object_id: str, rule: ResidencyRule | None) -> None:
@@ -101,10 +137,14 @@ class Gateway:
         refused caller learns nothing about what this node serves)."""
         rid = request_id or self.new_request_id()
         dc = data_class if data_class else self.default_data_class
-        verdict = residency.evaluate(self._rules, dc, self.here)
+        verdict = residency.evaluate(self._rules, dc, self.located)
         if not verdict.allowed:
             self._refuse(verdict, rid, model, priority_class)
         backend, assignment = self.registry.resolve(model)
+        if assignment is not None and assignment.data_class and assignment.data_class not in self._rules:
+            # Not open to traffic until the policy of the data class it serves is held here.
+            raise Unavailable(f"service {assignment.service!r} is not open yet: this node does not hold the "
+                              f"ResidencyPolicy of its data class {assignment.data_class!r}")
         group = (backend.model, backend.version)
         try:
             pc = resolve(self._by_name, priority_class, assignment.priority_class if assignment else None,

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_agent.cancel import Cancelled, CancelToken
 from edge_agent.runtime.request import FinishReason, RequestStats
 from edge_agent.serving.cost import CostModel
 from edge_agent.serving.errors import (
@@ -54,6 +55,8 @@ class Assignment:
     priority_class: str = ""
     ttft_slo_s: float | None = None
     tpot_slo_s: float | None = None
+    data_class: str = ""
+    """The service's residency data class; its requests are let in only once this node holds its policy."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -102,7 +105,8 @@ class PlacementSpec:
 
             out.append(Assignment(service=str(a.get("service") or model), model=model, version=version,
                                   priority_class=str(a.get("priorityClass") or ""),
-                                  ttft_slo_s=slo("ttftSloS"), tpot_slo_s=slo("tpotSloS")))
+                                  ttft_slo_s=slo("ttftSloS"), tpot_slo_s=slo("tpotSloS"),
+                                  data_class=str(a.get("dataClass") or "")))
         try:
             cost = CostModel.from_spec(spec.get("costModel"), country)
         except ValueError as exc:
@@ -527,23 +531,42 @@ class ModelRegistry:
         return backends[key], next((a for a in assigns if a.key == key), None)
 
     # -- applier side ------------------------------------------------------------------------
-    def apply(self, object_id: str, spec: PlacementSpec) -> None:
-        """Make this placement's models served; raise (nothing changed) when one cannot load."""
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the serving layer is shut down")
-            loaded: dict[tuple[str, str], Backend] = {}
-            try:
-                for a in spec.assignments:
-                    if a.key not in self._backends and a.key not in loaded:
-                        loaded[a.key] = self.factory(*a.key)
-                        log.info("loaded model %s version %s for placement %s", a.model, a.version, spec.name)
-            except Exception:
-                for b in loaded.values():
-                    b.close()
-                raise
-            placements = {**self._placements, object_id: spec}
-            self._swap(placements, {**self._backends, **loaded})
+    def apply(self, object_id: str, spec: PlacementSpec, cancel: CancelToken | None = None) -> None:
+        """Make this placement's models served; raise (nothing changed) when one cannot load.
+
+        New models load outside the registry's lock, so a slow (or hung) load never holds up
+        another placement's apply or removal. ``cancel`` is checked between loads and claimed
+        (:meth:`CancelToken.commit`) before the new set is swapped in: a load abandoned by the
+        hub link (timed out, superseded by a newer version, deleted) is closed here and raises
+        :class:`~edge_agent.cancel.Cancelled`, leaving what was served before."""
+        if self._closed:
+            raise RuntimeError("the serving layer is shut down")
+        loaded: dict[tuple[str, str], Backend] = {}
+        try:
+            for a in spec.assignments:
+                if a.key not in self._backends and a.key not in loaded:
+                    if cancel is not None:
+                        cancel.check()
+                    loaded[a.key] = self.factory(*a.key)
+                    log.info("loaded model %s version %s for placement %s", a.model, a.version, spec.name)
+            with self._lock:
+                if self._closed:
+                    raise RuntimeError("the serving layer is shut down")
+                if cancel is not None and not cancel.commit():
+                    raise Cancelled(cancel.reason)
+                extra = {k: b for k, b in loaded.items() if k not in self._backends}
+                duplicate = [b for k, b in loaded.items() if k in self._backends]  # loaded meanwhile by another
+                loaded = {}
+                self._swap({**self._placements, object_id: spec}, {**self._backends, **extra})
+            for b in duplicate:
+                b.close()
+        except BaseException:
+            for b in loaded.values():
+                b.close()
+            if cancel is not None and cancel.cancelled:
+                log.info("placement %s: load abandoned (%s); the models loaded for it are closed", spec.name,
+                         cancel.reason)
+            raise
 
     def remove(self, object_id: str) -> None:
         with self._lock:

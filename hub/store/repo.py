@@ -648,7 +648,9 @@ class Store(RolloutStore):
             wanted = {(p.kind, p.name): p for p in objects}
             changes: list[tuple[DesiredPut, t.DesiredObject | None]] = []
             unchanged = 0
-            for key, put in sorted(wanted.items()):
+            # In the caller's order (hub.publish lists policies before placements): versions follow it,
+            # so an agent never gets a placement at a lower version than the policies it depends on.
+            for key, put in wanted.items():
                 row_ = existing.get(key)
                 if (
                     row_ is not None and not row_.deleted and row_.spec == put.spec

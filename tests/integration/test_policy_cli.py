@@ -89,7 +89,10 @@ def test_plan_then_apply_then_agent_receives_its_own_placement(hub):
     placements = [o for o in held if o.kind == "Placement"]
     assert [o.name for o in placements] == [mine["name"]]
     assert {a["node"] for a in placements[0].spec["assignments"]} == {node}
-    assert {o.kind for o in held} == {"Placement", "ResidencyPolicy", "PriorityClass"}
+    assert {o.kind for o in held} == {"SiteLocation", "Placement", "ResidencyPolicy", "PriorityClass"}
+    # where the site is comes from the hub's Site record, only this site's (the door decides with it)
+    assert [o.spec for o in held if o.kind == "SiteLocation"] == [
+        {"site": site, "country": "DE", "jurisdictions": ["EU", "EEA"]}]
 
     again = fleet(hub, "apply", *FILES)
     assert again.returncode == 0 and again.stdout.startswith("unchanged: revision 1"), again.stdout + again.stderr

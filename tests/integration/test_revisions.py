@@ -143,3 +143,30 @@ async def test_apply_leaves_out_a_node_its_agent_reports_cordoned(store, shipped
     assert all((a.site, a.node) != (site, node) for a in placed.assignments)
     targets = {(o.target_site, o.target_node) for (k, _), o in (await objects_by_key(store)).items() if k == "Placement"}
     assert (site, node) not in targets
+
+
+async def test_a_revision_versions_policies_before_placements_and_locates_every_site(store, shipped):
+    """Within one revision every policy object gets a lower version than any placement (the store used to
+    number them in (kind, name) order, Placements first), and every site gets its SiteLocation."""
+    await apply_bundle(store, shipped, author="ana", message="", base=0, now=T0)
+    objs = await objects_by_key(store)
+    policies = [o.version for (k, _), o in objs.items() if k in ("SiteLocation", "ResidencyPolicy", "PriorityClass")]
+    placements = [o.version for (k, _), o in objs.items() if k == "Placement"]
+    assert placements and max(policies) < min(placements)
+    locations = {n: o for (k, n), o in objs.items() if k == "SiteLocation"}
+    assert set(locations) == set(shipped.sites)  # sites without a placement too
+    for name, o in locations.items():
+        assert (o.target_site, o.target_node) == (name, "")
+        assert o.spec["country"] == shipped.sites[name].spec.country
+    # a tightened policy in a later revision also comes before the placements it changes
+    items = json.loads(shipped.to_json())
+    for r in items:
+        if r["kind"] == "ResidencyPolicy" and r["metadata"]["name"] == "germany-only":
+            r["spec"]["deny"] = {"sites": ["fra-1"]}
+    await apply_bundle(store, Bundle.from_json(json.dumps(items)), author="bo", message="", base=1, now=T0)
+    after = await objects_by_key(store)
+    changed = {k: o.version for k, o in after.items() if k in objs and o.version != objs[k].version}
+    assert ("ResidencyPolicy", "germany-only") in changed
+    changed_placements = [o.version for (k, n), o in after.items() if k == "Placement"
+                          and ((k, n) not in objs or o.version != objs[(k, n)].version)]
+    assert changed_placements and changed[("ResidencyPolicy", "germany-only")] < min(changed_placements)

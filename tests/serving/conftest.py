@@ -23,6 +23,14 @@ EU = {"dataClass": "personal-eu", "description": "EEA only", "revision": 3,
 GERMANY = {"dataClass": "personal-de", "allow": {"countries": ["DE"]}}
 US_ONLY = {"dataClass": "personal-us", "allow": {"countries": ["US"]}}
 PUBLIC = {"dataClass": "public", "allow": {"anywhere": True}}
+JURISDICTIONS = {"DE": ["EU", "EEA"], "FR": ["EU", "EEA"], "NO": ["EEA"], "US": ["US"], "GB": ["UK"]}
+
+
+def site_location(site: str, country: str) -> dict:
+    """The SiteLocation spec the hub publishes for a site (as ``hub.publish`` builds it)."""
+    return {"site": site, "country": country, "jurisdictions": JURISDICTIONS[country]}
+
+
 CLASSES = {"interactive": {"value": 1000, "preemptionPolicy": "PreemptLowerPriority", "sheddable": False},
            "batch": {"value": 100, "preemptionPolicy": "Never"},
            "background": {"value": -10, "sheddable": True}}
@@ -62,6 +70,7 @@ class Harness:
         cfg.setdefault("telemetry_interval_s", 3600.0)
         self.reports: list[tuple[str, dict]] = []
         self.report: Callable[[str, dict], object] = lambda kind, payload: self.reports.append((kind, payload))
+        self.site, self.country = site, country
         self.serving = Serving(ServingConfig(models_dir=models_dir, **cfg), Location(site, country, jurisdiction),
                                "node-a", lambda k, p: self.report(k, p))
         self._versions = itertools.count(1)
@@ -86,8 +95,14 @@ class Harness:
         obj = self.objects.pop((kind, name))
         self.serving.appliers[kind].remove(obj)  # type: ignore[attr-defined]
 
+    def locate(self) -> Harness:
+        """Apply the hub's SiteLocation of this harness's site (where the door takes its location from)."""
+        self.apply("SiteLocation", self.site, site_location(self.site, self.country))
+        return self
+
     def standard(self, **assignment: Any) -> Harness:
-        """Policies, classes and one placement of tiny v1 as service 'chat'."""
+        """The site's location, policies, classes and one placement of tiny v1 as service 'chat'."""
+        self.locate()
         for name, spec in (("eu-gdpr", EU), ("germany-only", GERMANY), ("us-only", US_ONLY), ("public", PUBLIC)):
             self.apply("ResidencyPolicy", name, spec)
         for name, spec in CLASSES.items():

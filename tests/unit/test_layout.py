@@ -63,3 +63,15 @@ def test_scanner_catches_every_form(tmp_path):
     )
     mods = [m for _, m in imported_modules(f) if m == "edge_agent" or m.startswith("edge_agent.")]
     assert sorted(mods) == sorted(["edge_agent.link", "edge_agent", "edge_agent.config", "edge_agent.cli"])
+
+
+@pytest.mark.parametrize("forbidden", ["hub", "edge_agent"])
+def test_contract_imports_neither_side(forbidden):
+    """`fleet_contract` holds what both sides decide alike; it may import neither (both may import it)."""
+    assert violations("fleet_contract", forbidden) == []
+
+
+def test_both_share_the_residency_contract():
+    for package in ("hub", "edge_agent"):
+        mods = {m for f in (ROOT / package).rglob("*.py") for _, m in imported_modules(f)}
+        assert "fleet_contract.residency" in mods, package
