@@ -92,8 +92,18 @@ class Agent:
         )
         ours: dict[str, Applier] = dict(self.serving.appliers)  # type: ignore[arg-type]
         if self.managed is not None:
-            ours.pop("Placement")  # managed model servers own placements in Kubernetes external mode
+            ours["Placement"] = self._door_to_managed_servers(ours["Placement"])
         return {**ours, **(appliers or {})}
+
+    def _door_to_managed_servers(self, door_placements: Applier) -> Applier:
+        """Kubernetes external mode: the model servers run as managed Deployments; the agent's
+        door (residency, priority, telemetry) forwards each model's requests to their Services."""
+        from edge_agent.managed_door import ManagedPlacements, backend_factory
+
+        assert self.serving is not None and self.managed is not None
+        self.serving.registry.factory = backend_factory(self.managed)
+        self.serving.gateway.energy = None  # this pod's NVML does not see the model servers' share
+        return ManagedPlacements(self.managed, door_placements)
 
     def set_inventory(self, inventory: Inventory) -> None:
         """A new inventory (e.g. from the Node object): tell the hub at once if it changed."""
