@@ -90,6 +90,7 @@ class Fleet:
         self.channel: grpc.aio.Channel | None = None
         self.admin: admin_pb2_grpc.AdminStub | None = None
         self.agent_port = 0
+        self.admin_port = 0
         self.agents: list[tuple[Agent, asyncio.Event, asyncio.Task]] = []
 
     async def start(self) -> None:
@@ -102,6 +103,7 @@ class Fleet:
         )
         ports = await self.hub.start()
         self.agent_port = ports.agent
+        self.admin_port = ports.admin
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{ports.admin}")
         self.admin = admin_pb2_grpc.AdminStub(self.channel)
 

@@ -193,3 +193,15 @@ def test_only_the_adapter_imports_the_kubernetes_client() -> None:
             if any(m == "kubernetes" or m.startswith("kubernetes.") for m in names) and path.name != "kube.py":
                 offenders.append(str(path.relative_to(root)))
     assert not offenders, f"only edge_agent/kube.py may import the kubernetes client: {offenders}"
+
+
+def test_an_in_process_agent_offers_only_the_gpus_its_pod_holds() -> None:
+    from edge_agent.inventory import held_by_pod, pod_gpus
+
+    pod = {"spec": {"containers": [{"resources": {"limits": {"nvidia.com/gpu": "1"}}}, {"name": "sidecar"}]}}
+    assert pod_gpus(pod) == 1 and pod_gpus({"spec": {"containers": [{}]}}) == 0
+    inv = inventory_from_node(node(GPU_LABELS), BASE)
+    capped = held_by_pod(inv, 1)
+    assert capped.gpus == (Gpu("NVIDIA-L4", 23034 * MIB, 1),) and capped.labels["fleet.edge/gpus-not-held"] == "1"
+    assert held_by_pod(inv, 0).gpus == () and held_by_pod(inv, 0).labels["fleet.edge/gpus-not-held"] == "2"
+    assert held_by_pod(inv, 2) is inv and held_by_pod(inv, None) is inv
