@@ -114,8 +114,8 @@ class ManagedBackend(ExternalBackend):
         return (len(self._running()), 0, 0.0)
 
     def idle(self) -> bool:
-        """No request in flight: the registry's drain may close this backend (a replaced version)."""
-        return not self._running()
+        """No request in flight: the registry's drain (another thread) may close this backend."""
+        return all(g.done for g in list(self._live))
 
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}

@@ -43,7 +43,7 @@ class SimServer:
         self._task: asyncio.Task | None = None
 
     async def start(self) -> SimServer:
-        config = uvicorn.Config(self._app, host="127.0.0.1", port=0, log_level="warning", lifespan="off",
+        config = uvicorn.Config(self._app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", interface="asgi3",
                                 access_log=False, timeout_graceful_shutdown=60)
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve())
