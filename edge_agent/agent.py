@@ -92,9 +92,11 @@ class Agent:
             lambda kind, payload: self.link.report(kind, payload),
         )
         ours: dict[str, Applier] = dict(self.serving.appliers)  # type: ignore[arg-type]
+        appliers = dict(appliers or {})
         if self.managed is not None:
             ours["Placement"] = self._door_to_managed_servers(ours["Placement"])
-        return {**ours, **(appliers or {})}
+            appliers.pop("Placement")  # the managed servers alone (from _kubernetes): now behind the door
+        return {**ours, **appliers}
 
     def _door_to_managed_servers(self, door_placements: Applier) -> Applier:
         """Kubernetes external mode: the model servers run as managed Deployments; the agent's

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
+from kubernetes.client.rest import ApiException
 
 REFUSED = "http://127.0.0.1:1"
 """Where a Service without a ready endpoint leads (connection refused, as kube-proxy answers)."""
@@ -163,10 +164,15 @@ class Kubelet:
             for name, model_version in want.items():
                 if name not in self.pods and not any(p.deployment == name for p in self.terminated):
                     # Like a GPU-bound pod: the replacement starts once the old one has exited.
+                    try:
+                        svc = await asyncio.to_thread(self.core.read_namespaced_service, name, self.namespace)
+                    except ApiException as exc:
+                        if exc.status == 404:  # the agent applies the Service right after the Deployment
+                            continue
+                        raise
                     model, _, version = model_version.partition(":")
                     server = await SimServer(model, version).start()
                     self.pods[name] = Pod(name, model_version, server)
-                    svc = await asyncio.to_thread(self.core.read_namespaced_service, name, self.namespace)
                     self.proxy[(svc.spec.cluster_ip, svc.spec.ports[0].port)] = f"http://127.0.0.1:{server.port}"
             await asyncio.sleep(0.1)
 
