@@ -159,7 +159,12 @@ async def test_in_process_agent_reports_only_the_gpus_its_pod_holds(
     assert agent.pod_gpus == 1
     assert [g.count for g in view.inventory.gpus] == [1]
     assert view.inventory.labels["fleet.edge/gpus-not-held"] == "1"
-    assert any("holds 1 of the node's 2 GPUs" in e for e in view.recent_errors), view.recent_errors
+    await eventually(lambda: _error_on_hub(fleet, node, "holds 1 of the node's 2 GPUs"), what="why, on the hub")
+
+
+async def _error_on_hub(fleet: Fleet, node: str, text: str) -> bool:
+    n = await fleet.node(node)
+    return n is not None and any(text in e for e in n.recent_errors)
 
 
 async def _node_with_gpus(fleet: Fleet, node: str):
