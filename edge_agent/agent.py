@@ -20,6 +20,7 @@ class Agent:
         self.state = LocalState(cfg.data_dir)
         self.inventory: Inventory = detect(cfg, probe=probe_gpus)
         self.kube = None  # edge_agent.kube.Kube when cfg.kubernetes
+        self.pod_gpus: int | None = None  # GPUs this agent's pod holds (in-process mode in a pod), else None
         self.node_watch = None
         self.managed = None
         self.health = None
@@ -48,7 +49,7 @@ class Agent:
         except KubeConfigError as exc:
             raise ConfigError(str(exc)) from None
         self.node_watch = NodeWatch(
-            self.kube, cfg.node, self.inventory, self.set_inventory,
+            self.kube, cfg.node, self.inventory, self._node_inventory,
             on_error=lambda m: self.link.status.error(m),
             backoff_initial_s=cfg.backoff_initial_s, backoff_max_s=cfg.backoff_max_s,
         )
@@ -94,9 +95,50 @@ class Agent:
         # is surfaced in the heartbeat's recent errors (and as an event, and in the log).
         self.serving.gateway.on_error = lambda msg: self.link.status.error(msg)
         ours: dict[str, Applier] = dict(self.serving.appliers)  # type: ignore[arg-type]
+        appliers = dict(appliers or {})
         if self.managed is not None:
-            ours.pop("Placement")  # managed model servers own placements in Kubernetes external mode
-        return {**ours, **(appliers or {})}
+            ours["Placement"] = self._door_to_managed_servers(ours["Placement"])
+            appliers.pop("Placement")  # the managed servers alone (from _kubernetes): now behind the door
+        return {**ours, **appliers}
+
+    def _door_to_managed_servers(self, door_placements: Applier) -> Applier:
+        """Kubernetes external mode: the model servers run as managed Deployments; the agent's
+        door (residency, priority, telemetry) forwards each model's requests to their Services."""
+        from edge_agent.managed_door import ManagedPlacements, backend_factory
+
+        assert self.serving is not None and self.managed is not None
+        self.serving.registry.factory = backend_factory(self.managed)
+        self.serving.gateway.energy = None  # this pod's NVML does not see the model servers' share
+        return ManagedPlacements(self.managed, door_placements)
+
+    async def _read_pod_gpus(self) -> None:
+        """In-process mode in a pod: how many GPUs the pod holds (its engine can use no others)."""
+        if self.kube is None or self.cfg.runtime_mode != "local" or not self.cfg.pod_name:
+            return
+        from edge_agent.inventory import pod_gpus
+        from edge_agent.kube import KubeError
+
+        try:
+            pod = await asyncio.to_thread(self.kube.get_pod, self.cfg.pod_name)
+        except KubeError as exc:
+            log.warning("cannot read this agent's Pod %s (%s): reporting all of the node's GPUs as placeable",
+                        self.cfg.pod_name, exc)
+            return
+        self.pod_gpus = pod_gpus(pod)
+
+    def _node_inventory(self, inventory: Inventory) -> None:
+        """The Node's inventory, capped at the GPUs this agent's pod holds (in-process mode): the
+        hub must not place on GPUs the engine cannot use. The node view shows the rest as
+        the label fleet.edge/gpus-not-held; request them in the DaemonSet (deploy/README.md)."""
+        from edge_agent.inventory import NOT_HELD_LABEL, held_by_pod
+
+        capped = held_by_pod(inventory, self.pod_gpus)
+        if capped is not inventory and capped != self.inventory:
+            msg = (f"this agent's pod holds {self.pod_gpus} of the node's {sum(g.count for g in inventory.gpus)} GPUs: "
+                   f"{capped.labels[NOT_HELD_LABEL]} are not placeable; raise nvidia.com/gpu in the agent DaemonSet")
+            log.warning("%s", msg)
+            self.link.status.error(msg)
+        self.set_inventory(capped)
 
     def set_inventory(self, inventory: Inventory) -> None:
         """A new inventory (e.g. from the Node object): tell the hub at once if it changed."""
@@ -117,6 +159,7 @@ class Agent:
         if self.health is not None:
             await self.health.start()
         if self.node_watch is not None:
+            await self._read_pod_gpus()
             self.node_watch.start()
             await self.node_watch.wait_synced(5.0)  # the hub's first view has the Node's GPUs
         if self.managed is not None:

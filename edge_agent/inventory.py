@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from edge_agent.config import AgentConfig
 
@@ -99,3 +99,36 @@ def detect(cfg: AgentConfig, *, probe: bool = True) -> Inventory:
         source = "config"
     log.info("inventory from %s: %s", source, ", ".join(f"{g.count}x {g.model}" for g in gpus) or "no GPUs")
     return Inventory(gpus, source, cfg.region, cfg.country, cfg.jurisdiction, dict(cfg.labels))
+
+
+GPU_RESOURCE = "nvidia.com/gpu"
+NOT_HELD_LABEL = "fleet.edge/gpus-not-held"
+
+
+def pod_gpus(pod: dict) -> int:
+    """GPUs a Pod holds: the sum of its containers' `nvidia.com/gpu` limits (what the device plugin gives it)."""
+    total = 0
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        limit = ((c.get("resources") or {}).get("limits") or {}).get(GPU_RESOURCE)
+        try:
+            total += int(str(limit)) if limit is not None else 0
+        except ValueError:
+            pass
+    return total
+
+
+def held_by_pod(inv: Inventory, held: int | None) -> Inventory:
+    """The node's inventory as far as this agent can use it: in-process mode the engine runs in
+    the agent's pod, so only the GPUs the pod holds are placeable, whatever the node has.
+    `held` None: unknown (not in a pod), no cap. The GPUs left out are counted in a label."""
+    if held is None:
+        return inv
+    total = sum(g.count for g in inv.gpus)
+    if held >= total:
+        return inv
+    gpus, left = [], held
+    for g in inv.gpus:
+        if left > 0:
+            gpus.append(replace(g, count=min(g.count, left)))
+            left -= gpus[-1].count
+    return replace(inv, gpus=tuple(gpus), labels={**inv.labels, NOT_HELD_LABEL: str(total - held)})

@@ -1,6 +1,13 @@
-"""External-runtime mode: one OpenAI-compatible model server per Placement,
-as a Kubernetes Deployment and Service that the agent creates, updates,
-adopts and deletes.
+"""External-runtime mode: one OpenAI-compatible model server per *assignment*
+of this node's Placement, as a Kubernetes Deployment and Service that the
+agent creates, updates, adopts and deletes.
+
+The hub publishes one Placement per node, ``{site, node, assignments: [...],
+costModel, country}`` (``hub/publish.py``); each assignment (one service's
+demand from one region, possibly one shard of it) becomes its own Deployment
+and Service, named after the placement and the assignment's key
+(service/region/shard), so a new model version updates the same Deployment
+(a rolling update) instead of creating another.
 
 `ManagedServers` is the `Applier` for kind "Placement". `apply` and `remove`
 only validate and record the desired set (they run on the hub link's event
@@ -8,22 +15,36 @@ loop and must not block on the API server); a reconciler thread converges
 the cluster to that set, level-triggered, like a Kubernetes controller:
 
   list what we manage on this node (by labels) -> server-side apply every
-  desired placement's Deployment and Service -> delete the rest.
+  desired assignment's Deployment and Service -> delete the rest.
 
 So an agent restart adopts what it created (same names, same field manager,
-no duplicates) and deletes strays: objects whose placement it no longer
+no duplicates) and deletes strays: objects whose assignment it no longer
 holds. Strays are only deleted once the desired set is authoritative (the
 hub link resynced, or local state held objects at start), so an agent that
 lost its local state does not tear down serving model servers before the hub
 has told it what to keep. A drifted object (edited, or deleted by hand) is
 put back on the next periodic pass.
 
+After each pass the Services' addresses (clusterIP:port) are the door's
+routes (`routes(model)`): the agent's OpenAI port forwards a request for a
+model to the Service of the assignment that serves it (see
+`edge_agent.managed_door`), so residency is enforced at the agent's door.
+
+GPUs: each replica requests `gpusPerReplica` whole `nvidia.com/gpu`. A
+fractional `gpuShare` (< 1) takes one slice where the node offers slices
+(`gpu_request`): the NVIDIA device plugin's renamed time-slicing/MPS resource
+`nvidia.com/gpu.shared`, or `nvidia.com/gpu` itself when the Node's
+`nvidia.com/gpu.replicas` label says each GPU is shared; otherwise it is
+rounded up to one whole GPU, and the Deployment's annotation
+`fleet.edge/gpu-share` and a `GpuShareRoundedUp` Event say so.
+
 Failures: an API-server condition (unreachable, slow, 5xx) aborts the pass:
 one log line, backoff with jitter, what runs keeps running. A failure of one
 object (403, 422) posts a PlacementFailed Event and reports to the hub; the
 pass goes on with the others.
 
-`render` is the decision (pure): what the Deployment and Service look like.
+`PlacementSpec.from_object`, `gpu_request` and `render` are the decisions
+(pure): what the hub asked for, and what the Deployment and Service look like.
 """
 
 from __future__ import annotations
@@ -34,7 +55,7 @@ import logging
 import random
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +71,18 @@ MANAGER = "fleet-agent"
 SITE_LABEL = "fleet.edge/site"
 NODE_LABEL = "fleet.edge/node"
 PLACEMENT_LABEL = "fleet.edge/placement"
+ASSIGNMENT_LABEL = "fleet.edge/assignment"
+GPU_SHARE_ANNOTATION = "fleet.edge/gpu-share"
 GPU_RESOURCE = "nvidia.com/gpu"
+SHARED_GPU_RESOURCE = "nvidia.com/gpu.shared"
+"""What the NVIDIA device plugin advertises for time-slicing or MPS with `renameByDefault: true`."""
+GPU_REPLICAS_LABEL = "nvidia.com/gpu.replicas"
+"""GPU feature discovery: slices per GPU when time-slicing/MPS shares `nvidia.com/gpu` itself."""
 SERVER_PORT = 8000
+TERMINATION_GRACE_S = 120
+"""Seconds a replacing or deleted model server gets to finish the requests it streams."""
+PRESTOP_SLEEP_S = 10
+"""Seconds a terminating model server keeps serving after leaving the Service's endpoints."""
 
 
 class PlacementError(ValueError):
@@ -74,57 +105,141 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class PlacementSpec:
+class ServerSpec:
+    """One assignment of a Placement: what its Deployment and Service serve."""
+
     service: str
+    region: str
     shard: int
     model: str
     version: str
-    node: str
     replicas: int
     gpus_per_replica: int
     gpu_share: float
+    """Compute share of one replica on its GPU; 1.0 = whole GPUs (always for multi-GPU replicas)."""
+
+    @property
+    def key(self) -> str:
+        """Identifies the assignment across versions (the planner's workload key)."""
+        return f"{self.service}/{self.region}/{self.shard}"
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementSpec:
+    """This node's Placement as the hub publishes it: its assignments, one model server each."""
+
+    servers: tuple[ServerSpec, ...]
 
     @classmethod
     def from_object(cls, obj: LocalObject, node: str) -> PlacementSpec:
+        """Parse the hub's shape ``{site, node, assignments: [...], ...}``; raise PlacementError naming the field.
+
+        Numbers may arrive as floats (protobuf Struct); whole ones are accepted.
+        """
         s = obj.spec
+        where = f"Placement {obj.name}"
+        target = s.get("node")
+        if not target:
+            raise PlacementError(f"{where}: spec.node is missing")
+        if target != node:
+            raise PlacementError(f"{where} is for node {target!r}, this agent serves {node!r}")
+        items = s.get("assignments")
+        if items is None:
+            raise PlacementError(
+                f"{where}: spec.assignments is missing (the hub publishes {{site, node, assignments: [...]}}; "
+                "publish placements with `fleet apply`)")
+        if not isinstance(items, list):
+            raise PlacementError(f"{where}: spec.assignments must be a list")
+        servers: list[ServerSpec] = []
+        seen: dict[str, int] = {}
+        for i, a in enumerate(items):
+            servers.append(_server(a, f"{where}: spec.assignments[{i}]", node))
+            key = servers[-1].key
+            if key in seen:
+                raise PlacementError(f"{where}: spec.assignments[{i}] repeats assignment {key} "
+                                     f"(also spec.assignments[{seen[key]}])")
+            seen[key] = i
+        return cls(tuple(servers))
 
-        def need(key: str) -> Any:
-            if key not in s or s[key] in (None, ""):
-                raise PlacementError(f"Placement {obj.name}: spec.{key} is missing")
-            return s[key]
 
-        def integer(key: str, low: int) -> int:
-            v = need(key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < low:
-                raise PlacementError(f"Placement {obj.name}: spec.{key} {v!r} must be a whole number >= {low}")
-            return int(v)
+def _server(a: Any, where: str, node: str) -> ServerSpec:
+    if not isinstance(a, Mapping):
+        raise PlacementError(f"{where} must be a mapping")
 
-        spec = cls(
-            service=str(need("service")),
-            shard=integer("shard", 0) if "shard" in s else 0,
-            model=str(need("model")),
-            version=str(s.get("version", "")),
-            node=str(need("node")),
-            replicas=integer("replicas", 0),
-            gpus_per_replica=integer("gpusPerReplica", 1),
-            gpu_share=float(s.get("gpuShare", 1.0) or 1.0),
-        )
-        if spec.node != node:
-            raise PlacementError(f"Placement {obj.name} is for node {spec.node!r}, this agent serves {node!r}")
-        if not 0 < spec.gpu_share <= 1:
-            raise PlacementError(f"Placement {obj.name}: spec.gpuShare {spec.gpu_share!r} must be in (0, 1]")
-        return spec
+    def need(key: str) -> Any:
+        if key not in a or a[key] in (None, ""):
+            raise PlacementError(f"{where}.{key} is missing")
+        return a[key]
+
+    def integer(key: str, low: int) -> int:
+        v = need(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < low:
+            raise PlacementError(f"{where}.{key} {v!r} must be a whole number >= {low}")
+        return int(v)
+
+    if a.get("node") not in (None, "", node):
+        raise PlacementError(f"{where} is for node {a['node']!r}, this agent serves {node!r}")
+    share = a.get("gpuShare", 1.0)
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+        raise PlacementError(f"{where}.gpuShare {share!r} must be in (0, 1]")
+    gpus = integer("gpusPerReplica", 1)
+    return ServerSpec(
+        service=str(need("service")), region=str(a.get("region") or ""),
+        shard=integer("shard", 0) if "shard" in a else 0, model=str(need("model")), version=str(need("version")),
+        replicas=integer("replicas", 0), gpus_per_replica=gpus, gpu_share=float(share) if gpus == 1 else 1.0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class GpuRequest:
+    """What one replica asks the device plugin for."""
+
+    resource: str
+    count: int
+    memory_fraction: float | None = None
+    """vLLM's --gpu-memory-utilization on a shared GPU; None = the server's default (whole GPUs)."""
+    note: str = ""
+    """Why the request differs from the placement (a share rounded up), for an annotation and an Event."""
+
+
+def gpu_request(server: ServerSpec, node: Mapping[str, Any] | None) -> GpuRequest:
+    """The GPU request of one replica of `server` on `node` (the Node object; None = unknown)."""
+    if server.gpu_share >= 1:
+        return GpuRequest(GPU_RESOURCE, server.gpus_per_replica)
+    memory = max(0.05, round(0.9 * server.gpu_share, 2))  # our share of the memory vLLM may take
+    node = node or {}
+    allocatable = (node.get("status") or {}).get("allocatable") or {}
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    if _positive(allocatable.get(SHARED_GPU_RESOURCE)):
+        return GpuRequest(SHARED_GPU_RESOURCE, 1, memory)
+    if _positive(labels.get(GPU_REPLICAS_LABEL), above=1):
+        return GpuRequest(GPU_RESOURCE, 1, memory)  # nvidia.com/gpu is itself a slice here
+    return GpuRequest(GPU_RESOURCE, 1, None, (
+        f"gpuShare {server.gpu_share:g} rounded up to one whole {GPU_RESOURCE}: the node advertises no "
+        f"{SHARED_GPU_RESOURCE} and no {GPU_REPLICAS_LABEL} label (enable time-slicing or MPS in the NVIDIA "
+        "device plugin to share GPUs); replicas the planner packed onto one GPU may stay Pending"))
+
+
+def _positive(text: Any, above: int = 0) -> bool:
+    try:
+        return int(str(text)) > above
+    except ValueError:
+        return False
 
 
 def _dns_label(text: str) -> str:
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", text.lower())).strip("-")
 
 
-def server_name(obj: LocalObject, spec: PlacementSpec) -> str:
-    """Deployment and Service name: readable, stable for the placement, a valid DNS-1035 label."""
-    digest = hashlib.sha256(obj.id.encode()).hexdigest()[:10]
-    stem = _dns_label(f"{spec.service}-{spec.shard}")[:48].strip("-") or "server"
-    return f"m-{stem}-{digest}"
+def assignment_id(obj: LocalObject, server: ServerSpec) -> str:
+    """A label value that names one assignment of one placement (stable across versions)."""
+    return hashlib.sha256(f"{obj.id}/{server.key}".encode()).hexdigest()[:16]
+
+
+def server_name(obj: LocalObject, server: ServerSpec) -> str:
+    """Deployment and Service name: readable, stable for the assignment, a valid DNS-1035 label."""
+    stem = _dns_label(f"{server.service}-{server.region}-{server.shard}")[:40].strip("-") or "server"
+    return f"m-{stem}-{assignment_id(obj, server)[:10]}"
 
 
 def selector_labels(settings: ServerSettings) -> dict[str, str]:
@@ -132,34 +247,45 @@ def selector_labels(settings: ServerSettings) -> dict[str, str]:
     return {MANAGED_BY: MANAGER, SITE_LABEL: settings.site, NODE_LABEL: settings.node}
 
 
-def render(obj: LocalObject, spec: PlacementSpec, settings: ServerSettings, owner: dict | None) -> tuple[dict, dict]:
-    """The Deployment and Service that serve `obj` on this node."""
-    name = server_name(obj, spec)
-    labels = {**selector_labels(settings), PLACEMENT_LABEL: obj.id, "app.kubernetes.io/name": "model-server"}
+def render(obj: LocalObject, server: ServerSpec, settings: ServerSettings, owner: dict | None,
+           gpu: GpuRequest | None = None) -> tuple[dict, dict]:
+    """The Deployment and Service that serve one assignment of `obj` on this node."""
+    gpu = gpu or gpu_request(server, None)
+    name = server_name(obj, server)
+    aid = assignment_id(obj, server)
+    labels = {**selector_labels(settings), PLACEMENT_LABEL: obj.id, ASSIGNMENT_LABEL: aid,
+              "app.kubernetes.io/name": "model-server"}
     annotations = {
         "fleet.edge/placement-name": obj.name,
         "fleet.edge/placement-version": str(obj.version),
-        "fleet.edge/service": spec.service,
-        "fleet.edge/model": f"{spec.model}:{spec.version}" if spec.version else spec.model,
+        "fleet.edge/service": server.service,
+        "fleet.edge/region": server.region,
+        "fleet.edge/shard": str(server.shard),
+        "fleet.edge/model": f"{server.model}:{server.version}",
     }
+    if server.gpu_share < 1:
+        annotations[GPU_SHARE_ANNOTATION] = gpu.note or f"{server.gpu_share:g} of a GPU: one {gpu.resource} slice"
     meta: dict[str, Any] = {"name": name, "namespace": settings.namespace, "labels": labels, "annotations": annotations}
     if owner:
         meta["ownerReferences"] = [owner]
-    args = ["--model", spec.model, "--served-model-name", spec.model, "--host", "0.0.0.0", "--port", str(SERVER_PORT)]
-    if spec.gpus_per_replica > 1:
-        args += ["--tensor-parallel-size", str(spec.gpus_per_replica)]
-    if spec.gpu_share < 1:
-        # A shared GPU (time-slicing): take only our share of its memory.
-        args += ["--gpu-memory-utilization", f"{max(0.05, round(0.9 * spec.gpu_share, 2)):g}"]
-    gpus = str(spec.gpus_per_replica)
+    # The version is the model's revision (a tag of its weights); clients name the model only.
+    args = ["--model", server.model, "--revision", server.version, "--served-model-name", server.model,
+            "--host", "0.0.0.0", "--port", str(SERVER_PORT)]
+    if server.gpus_per_replica > 1:
+        args += ["--tensor-parallel-size", str(server.gpus_per_replica)]
+    if gpu.memory_fraction is not None:
+        args += ["--gpu-memory-utilization", f"{gpu.memory_fraction:g}"]
+    count = str(gpu.count)
+    selector = {PLACEMENT_LABEL: obj.id, ASSIGNMENT_LABEL: aid}
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": meta,
         "spec": {
-            "replicas": spec.replicas,
-            "selector": {"matchLabels": {PLACEMENT_LABEL: obj.id}},
-            # GPUs are the scarce thing: never surge past what the placement holds.
+            "replicas": server.replicas,
+            "selector": {"matchLabels": selector},
+            # GPUs are the scarce thing: never surge past what the placement holds. A replaced
+            # replica leaves the Service first, then finishes what it streams (preStop, grace).
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
             "template": {
                 "metadata": {"labels": labels, "annotations": annotations},
@@ -176,13 +302,15 @@ def render(obj: LocalObject, spec: PlacementSpec, settings: ServerSettings, owne
                     },
                     "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
                     "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
                     "containers": [
                         {
                             "name": "server",
                             "image": settings.image,
                             "args": args,
                             "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
-                            "resources": {"limits": {GPU_RESOURCE: gpus}, "requests": {GPU_RESOURCE: gpus}},
+                            "resources": {"limits": {gpu.resource: count}, "requests": {gpu.resource: count}},
+                            "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_S}}},
                             "startupProbe": {
                                 "httpGet": {"path": "/health", "port": "http"},
                                 "periodSeconds": 10, "failureThreshold": 180,  # model loading: up to 30 min
@@ -206,11 +334,23 @@ def render(obj: LocalObject, spec: PlacementSpec, settings: ServerSettings, owne
         "metadata": meta,
         "spec": {
             "type": "ClusterIP",
-            "selector": {PLACEMENT_LABEL: obj.id},
+            "selector": selector,
             "ports": [{"name": "http", "port": SERVER_PORT, "targetPort": "http", "protocol": "TCP"}],
         },
     }
     return deployment, service
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where the door sends requests for a model: one assignment's Service."""
+
+    host: str
+    """The Service's clusterIP (kube-proxy routes it to a ready replica), or its DNS name when headless."""
+    port: int
+    gpus_per_replica: float
+    """GPUs one replica holds (a share counts as its fraction): the door's basis for a request's GPU-seconds."""
+    service: str
 
 
 def owner_reference(pod: dict) -> dict | None:
@@ -255,8 +395,13 @@ class ManagedServers:
         self._owner: dict | None = None
         self._owner_resolved = not settings.pod_name
         self._failed: dict[str, tuple[int, str]] = {}  # placement id -> (version, condition) already reported
-        self._applied_here: set[str] = set()
+        self._applied_here: set[str] = set()  # placement ids applied by this process
+        self._rounded: set[tuple[str, str]] = set()  # (server name, note) already announced by an Event
         self._waiting_logged = False
+        self._routes: dict[str, tuple[Route, ...]] = {}  # model -> its Services (swapped whole, read anywhere)
+        self.dial: Callable[[str, int], str] = lambda host, port: f"http://{host}:{port}"
+        """Base URL for a Service address. In a cluster the clusterIP is dialled (kube-proxy
+        routes it); a test without kube-proxy maps it to where it runs the model server."""
         self.passes = 0
         self.last_error = ""
 
@@ -284,6 +429,10 @@ class ManagedServers:
     def desired(self) -> dict[str, LocalObject]:
         with self._lock:
             return dict(self._desired)
+
+    def routes(self, model: str) -> tuple[Route, ...]:
+        """The Services that serve `model` (any version) on this node, as of the last pass."""
+        return self._routes.get(model, ())
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -336,45 +485,61 @@ class ManagedServers:
         existing += [("Service", o) for o in self.kube.list_objects("Service", selector)]
         desired = self.desired()  # after listing: anything listed and not desired now is not wanted
         by_name = {(k, o["metadata"]["name"]): o for k, o in existing}
-        keep: set[tuple[str, str]] = set()
+        parsed: list[tuple[LocalObject, PlacementSpec]] = []
         for obj in sorted(desired.values(), key=lambda o: o.version):
             try:
-                spec = PlacementSpec.from_object(obj, self.settings.node)
+                parsed.append((obj, PlacementSpec.from_object(obj, self.settings.node)))
             except PlacementError as exc:  # held from an older agent that accepted it
                 self._failed_once(obj, "", KubeError("invalid", str(exc)))
-                continue
-            dep, svc = render(obj, spec, self.settings, owner)
-            name = dep["metadata"]["name"]
-            keep |= {("Deployment", name), ("Service", name)}
-            try:
-                before = by_name.get(("Deployment", name), {}).get("metadata", {}).get("resourceVersion")
-                svc_before = by_name.get(("Service", name), {}).get("metadata", {}).get("resourceVersion")
-                out = self.kube.apply(dep)
-                svc_out = self.kube.apply(svc)
-            except KubeError as exc:
-                if exc.transient:
-                    raise
-                self._failed_once(obj, name, exc)
-                continue
-            self._failed.pop(obj.id, None)
-            first = obj.id not in self._applied_here
+        node = self._node() if any(s.gpu_share < 1 for _, p in parsed for s in p.servers) else None
+        keep: set[tuple[str, str]] = set()
+        routes: dict[str, list[Route]] = {}
+        for obj, spec in parsed:
+            ok = True
+            for server in spec.servers:
+                gpu = gpu_request(server, node)
+                dep, svc = render(obj, server, self.settings, owner, gpu)
+                name = dep["metadata"]["name"]
+                keep |= {("Deployment", name), ("Service", name)}
+                try:
+                    before = by_name.get(("Deployment", name), {}).get("metadata", {}).get("resourceVersion")
+                    svc_before = by_name.get(("Service", name), {}).get("metadata", {}).get("resourceVersion")
+                    out = self.kube.apply(dep)
+                    svc_out = self.kube.apply(svc)
+                except KubeError as exc:
+                    if exc.transient:
+                        raise
+                    self._failed_once(obj, name, exc)
+                    ok = False
+                    continue
+                route = _route(svc_out, server)
+                if route is not None:
+                    routes.setdefault(server.model, []).append(route)
+                involved = {"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": out["metadata"].get("uid", "")}
+                if gpu.note and (name, gpu.note) not in self._rounded:
+                    self._rounded.add((name, gpu.note))
+                    log.warning("placement %s v%d, %s: %s", obj.name, obj.version, server.key, gpu.note)
+                    self._event(involved, "GpuShareRoundedUp", gpu.note, warning=True)
+                changed = out["metadata"].get("resourceVersion") != before or svc_out["metadata"].get("resourceVersion") != svc_before
+                if before is not None and not changed:
+                    if obj.id not in self._applied_here:
+                        log.info("placement %s v%d: adopted Deployment %s and Service (%s)", obj.name, obj.version, name, server.key)
+                    continue
+                verb = "created" if before is None else "updated"
+                log.info(
+                    "placement %s v%d: %s Deployment %s (%s %s:%s, %d x %d %s) and Service", obj.name, obj.version, verb,
+                    name, server.key, server.model, server.version, server.replicas, gpu.count, gpu.resource,
+                )
+                self._event(
+                    involved, "PlacementApplied",
+                    f"placement {obj.name} v{obj.version}: {verb} {server.replicas} replica(s) of "
+                    f"{server.model}:{server.version} for {server.key} with {gpu.count} {gpu.resource} each "
+                    f"on node {self.settings.node}",
+                )
+            if ok:
+                self._failed.pop(obj.id, None)
             self._applied_here.add(obj.id)
-            changed = out["metadata"].get("resourceVersion") != before or svc_out["metadata"].get("resourceVersion") != svc_before
-            if before is not None and not changed:
-                if first:
-                    log.info("placement %s v%d: adopted Deployment %s and Service", obj.name, obj.version, name)
-                continue
-            verb = "created" if before is None else "updated"
-            log.info(
-                "placement %s v%d: %s Deployment %s (%d x %d %s) and Service", obj.name, obj.version, verb, name,
-                spec.replicas, spec.gpus_per_replica, GPU_RESOURCE,
-            )
-            self._event(
-                {"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": out["metadata"].get("uid", "")},
-                "PlacementApplied",
-                f"placement {obj.name} v{obj.version}: {verb} {spec.replicas} replica(s) of {spec.model} "
-                f"with {spec.gpus_per_replica} GPU(s) each on node {self.settings.node}",
-            )
+        self._routes = {m: tuple(sorted(rs, key=lambda r: r.service)) for m, rs in routes.items()}
         strays = [(k, o) for k, o in existing if (k, o["metadata"]["name"]) not in keep]
         if strays and not self.authoritative():
             if not self._waiting_logged:
@@ -389,6 +554,16 @@ class ManagedServers:
                 log.info("deleted %s %s (placement %s, %s)", kind, meta["name"], pid or "?", why)
         self._applied_here &= set(desired)
         self.passes += 1
+
+    def _node(self) -> dict | None:
+        """This node's Node object (what GPU slices it offers); None when it cannot be read."""
+        try:
+            return self.kube.list_node(self.settings.node)[0]
+        except KubeError as exc:
+            if exc.transient:
+                raise
+            log.debug("cannot read Node %s (%s): GPU shares are rounded up to whole GPUs", self.settings.node, exc)
+            return None
 
     def _resolve_owner(self) -> dict | None:
         if self._owner_resolved:
@@ -435,3 +610,16 @@ class ManagedServers:
             loop.call_soon_threadsafe(self.on_error, msg)
         except RuntimeError:
             pass
+
+
+def _route(service: dict, server: ServerSpec) -> Route | None:
+    """The door's route to an applied Service (None until it has an address)."""
+    spec = service.get("spec") or {}
+    meta = service.get("metadata") or {}
+    ip = spec.get("clusterIP") or ""
+    host = f"{meta.get('name')}.{meta.get('namespace')}.svc" if ip == "None" else ip
+    ports = spec.get("ports") or []
+    if not host or not ports:
+        return None
+    return Route(host, int(ports[0].get("port") or SERVER_PORT), server.gpus_per_replica * server.gpu_share,
+                 meta.get("name", ""))

@@ -19,6 +19,7 @@ from google.protobuf.struct_pb2 import Struct
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
 from hub.config import HubConfig
+from hub.placement.model import Assignment, Placement
 from hub.publish import MANAGED_KINDS
 from hub.server import Hub
 from protos.fleet.v1 import admin_pb2, admin_pb2_grpc
@@ -91,6 +92,7 @@ class Fleet:
         self.channel: grpc.aio.Channel | None = None
         self.admin: admin_pb2_grpc.AdminStub | None = None
         self.agent_port = 0
+        self.admin_port = 0
         self.agents: list[tuple[Agent, asyncio.Event, asyncio.Task]] = []
 
     async def start(self) -> None:
@@ -103,6 +105,7 @@ class Fleet:
         )
         ports = await self.hub.start()
         self.agent_port = ports.agent
+        self.admin_port = ports.admin
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{ports.admin}")
         self.admin = admin_pb2_grpc.AdminStub(self.channel)
 
@@ -181,13 +184,21 @@ class Fleet:
         await self.admin.DeleteObject(admin_pb2.DeleteObjectRequest(kind=kind, name=name), metadata=self.md, timeout=WAIT)
 
 
-def placement(node: str, service: str = "assistant-eu", *, replicas: int = 2, gpus: int = 1, site: str = "k8s", **kw: Any) -> dict:
-    return {
-        "service": service, "region": "eu-central", "shard": 0, "shards": 1, "model": "assistant", "version": "v3",
-        "site": site, "pool": "l4", "node": node, "gpuType": "L4", "replicas": replicas, "gpusPerReplica": gpus,
-        "memoryPerReplicaBytes": 17179869184, "gpus": [[i] for i in range(replicas)], "gpuShare": 1.0,
-        "rateRps": 12.5, "predictedTtftP95S": 0.31, "predictedTpotP95S": 0.04, "residency": "EU", **kw,
-    }
+def assignment(node: str, service: str = "assistant-eu", *, replicas: int = 2, gpus: int = 1, site: str = "k8s",
+               model: str = "assistant", version: str = "v3", share: float = 1.0, region: str = "eu-central",
+               shard: int = 0) -> Assignment:
+    """One assignment as the hub's planner makes it."""
+    return Assignment(
+        service=service, region=region, shard=shard, shards=1, model=model, version=version, site=site, pool="l4",
+        node=node, gpu_type="L4", replicas=replicas, gpus_per_replica=gpus, memory_per_replica=17179869184.0,
+        gpus=tuple(tuple(range(i * gpus, (i + 1) * gpus)) for i in range(replicas)), gpu_share=share, rate=12.5,
+        rtt=0.002, ttft_p95=0.31, tpot_p95=0.04, residency="EU",
+    )
+
+
+def placement(node: str, *assignments: Assignment, site: str = "k8s") -> dict:
+    """The Placement spec the hub publishes to `node` (hub.placement.model.Placement.agent_specs)."""
+    return Placement(tuple(assignments or (assignment(node, site=site),))).agent_specs()[(site, node)]
 
 
 async def http_get(port: int, path: str) -> tuple[int, str]:

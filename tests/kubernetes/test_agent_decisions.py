@@ -6,10 +6,21 @@ from __future__ import annotations
 import pytest
 
 from edge_agent.inventory import Gpu, Inventory
-from edge_agent.managed import PlacementError, PlacementSpec, ServerSettings, owner_reference, render, server_name
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
+
+from edge_agent.managed import (
+    PlacementError,
+    PlacementSpec,
+    ServerSettings,
+    gpu_request,
+    owner_reference,
+    render,
+    server_name,
+)
 from edge_agent.node_watch import ERROR_LABEL, inventory_from_node
 from edge_agent.state import LocalObject
-from tests.kubernetes.agent_harness import GPU_LABELS, placement
+from tests.kubernetes.agent_harness import GPU_LABELS, assignment, placement
 
 pytestmark = pytest.mark.kubernetes
 BASE = Inventory((), "config", "", "DE", "EU", {"rack": "r1"})
@@ -68,45 +79,98 @@ SETTINGS = ServerSettings("ns", "fra-1", "gpu-node-1", "vllm/vllm-openai:v0.11.0
 
 
 def obj(spec: dict, version: int = 3) -> LocalObject:
-    # Numbers arrive as floats from protobuf Structs.
-    return LocalObject("6f1c2c1e-9d7a-4a51-8d0a-0123456789ab", "Placement", "assistant-eu-0", version,
-                       {k: float(v) if isinstance(v, int) else v for k, v in spec.items()})
+    """What the agent holds: numbers arrive as floats from protobuf Structs."""
+    s = Struct()
+    s.update(spec)
+    return LocalObject("6f1c2c1e-9d7a-4a51-8d0a-0123456789ab", "Placement", "fra-1-gpu-node-1", version,
+                       json_format.MessageToDict(s))
 
 
-def test_render_pins_to_the_node_with_the_gpu_request() -> None:
-    o = obj(placement("gpu-node-1", "Assistant EU/long name " * 3, replicas=2, gpus=2, site="fra-1"))
+def test_one_deployment_and_service_per_assignment_pinned_with_the_gpu_request() -> None:
+    long_name = "Assistant EU/long name " * 3
+    o = obj(placement("gpu-node-1", assignment("gpu-node-1", long_name, replicas=2, gpus=2, site="fra-1"),
+                      assignment("gpu-node-1", "coder", model="coder", version="v1", replicas=1, site="fra-1"),
+                      site="fra-1"))
     spec = PlacementSpec.from_object(o, "gpu-node-1")
-    dep, svc = render(o, spec, SETTINGS, {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "a", "uid": "u"})
-    name = server_name(o, spec)
+    assert [(s.service, s.model, s.version, s.replicas, s.gpus_per_replica) for s in spec.servers] == [
+        (long_name, "assistant", "v3", 2, 2), ("coder", "coder", "v1", 1, 1)]
+    owner = {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "a", "uid": "u"}
+    rendered = [render(o, s, SETTINGS, owner) for s in spec.servers]
+    (dep, svc), (dep2, svc2) = rendered
+    name = server_name(o, spec.servers[0])
     assert len(name) <= 63 and name[0].isalpha() and name == name.lower() and dep["metadata"]["name"] == svc["metadata"]["name"] == name
+    assert name != dep2["metadata"]["name"] == svc2["metadata"]["name"]
     assert dep["spec"]["replicas"] == 2 and isinstance(dep["spec"]["replicas"], int)
     c = dep["spec"]["template"]["spec"]["containers"][0]
-    assert c["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    assert c["resources"]["limits"] == c["resources"]["requests"] == {"nvidia.com/gpu": "2"}
+    assert c["args"][:6] == ["--model", "assistant", "--revision", "v3", "--served-model-name", "assistant"]
     assert c["args"][c["args"].index("--tensor-parallel-size") + 1] == "2"
+    assert dep2["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
     term = dep["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert term["nodeSelectorTerms"][0]["matchFields"] == [{"key": "metadata.name", "operator": "In", "values": ["gpu-node-1"]}]
     assert dep["metadata"]["labels"]["fleet.edge/placement"] == o.id
     assert dep["metadata"]["ownerReferences"][0]["kind"] == "DaemonSet"
-    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"] == {"fleet.edge/placement": o.id}
-    shared = obj(placement("gpu-node-1", gpuShare=0.5, site="fra-1"))
-    dep, _ = render(shared, PlacementSpec.from_object(shared, "gpu-node-1"), SETTINGS, None)
-    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[args.index("--gpu-memory-utilization") + 1] == "0.45" and "ownerReferences" not in dep["metadata"]
+    for d, s in rendered:
+        assert s["spec"]["selector"] == d["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["selector"] != svc2["spec"]["selector"], "each Service selects its own assignment's pods"
+    # A new version of the same assignment updates the same Deployment (a rolling update).
+    v4 = obj(placement("gpu-node-1", assignment("gpu-node-1", long_name, replicas=2, gpus=2, site="fra-1", version="v4"),
+                       site="fra-1"), version=4)
+    (s4,) = PlacementSpec.from_object(v4, "gpu-node-1").servers
+    dep4, _ = render(v4, s4, SETTINGS, owner)
+    assert dep4["metadata"]["name"] == name and dep4["spec"]["selector"] == dep["spec"]["selector"]
+    assert dep4["spec"]["template"] != dep["spec"]["template"]
+
+
+SHARED = {"metadata": {"labels": {}}, "status": {"allocatable": {"nvidia.com/gpu": "2", "nvidia.com/gpu.shared": "8"}}}
+SLICED = {"metadata": {"labels": {"nvidia.com/gpu.replicas": "4"}}, "status": {"allocatable": {"nvidia.com/gpu": "8"}}}
+WHOLE = {"metadata": {"labels": {}}, "status": {"allocatable": {"nvidia.com/gpu": "2"}}}
+
+
+@pytest.mark.parametrize(("node", "resource", "memory", "rounded"), [
+    (SHARED, "nvidia.com/gpu.shared", "0.45", False),
+    (SLICED, "nvidia.com/gpu", "0.45", False),
+    (WHOLE, "nvidia.com/gpu", None, True),
+    (None, "nvidia.com/gpu", None, True),
+])
+def test_a_gpu_share_takes_a_slice_where_the_node_offers_one_else_a_whole_gpu(node, resource, memory, rounded) -> None:
+    o = obj(placement("gpu-node-1", assignment("gpu-node-1", share=0.5, replicas=2, site="fra-1"), site="fra-1"))
+    (server,) = PlacementSpec.from_object(o, "gpu-node-1").servers
+    gpu = gpu_request(server, node)
+    dep, _ = render(o, server, SETTINGS, None, gpu)
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["resources"]["limits"] == c["resources"]["requests"] == {resource: "1"}
+    args = c["args"]
+    assert (args[args.index("--gpu-memory-utilization") + 1] if memory else "--gpu-memory-utilization" not in args) == (memory or True)
+    note = dep["metadata"]["annotations"]["fleet.edge/gpu-share"]
+    assert ("rounded up to one whole nvidia.com/gpu" in note) == rounded and bool(gpu.note) == rounded
+    assert "ownerReferences" not in dep["metadata"]
+
+
+def _one(**change) -> dict:
+    spec = placement("gpu-node-1", assignment("gpu-node-1", site="fra-1"), site="fra-1")
+    spec["assignments"][0].update(change)
+    return spec
 
 
 @pytest.mark.parametrize(
-    ("change", "message"),
+    ("spec", "message"),
     [
-        ({"gpusPerReplica": 0}, "spec.gpusPerReplica 0"),
-        ({"replicas": 1.5}, "spec.replicas 1.5 must be a whole number"),
-        ({"node": "elsewhere"}, "is for node 'elsewhere'"),
-        ({"model": ""}, "spec.model is missing"),
-        ({"gpuShare": 1.5}, "spec.gpuShare 1.5"),
+        (_one(gpusPerReplica=0), "spec.assignments[0].gpusPerReplica 0"),
+        (_one(replicas=1.5), "spec.assignments[0].replicas 1.5 must be a whole number"),
+        (_one(node="elsewhere"), "spec.assignments[0] is for node 'elsewhere'"),
+        ({**_one(), "node": "elsewhere"}, "is for node 'elsewhere'"),
+        (_one(model=""), "spec.assignments[0].model is missing"),
+        (_one(version=""), "spec.assignments[0].version is missing"),
+        (_one(gpuShare=1.5), "spec.assignments[0].gpuShare 1.5"),
+        ({k: v for k, v in _one().items() if k != "assignments"}, "spec.assignments is missing"),
+        ({**_one(), "assignments": _one()["assignments"] * 2}, "repeats assignment assistant-eu/eu-central/0"),
+        ({"service": "s", "model": "m", "node": "gpu-node-1", "replicas": 1, "gpusPerReplica": 1}, "spec.assignments is missing"),
     ],
 )
-def test_placements_this_node_cannot_serve_are_refused(change: dict, message: str) -> None:
+def test_placements_this_node_cannot_serve_are_refused(spec: dict, message: str) -> None:
     with pytest.raises(PlacementError) as err:
-        PlacementSpec.from_object(obj({**placement("gpu-node-1"), **change}), "gpu-node-1")
+        PlacementSpec.from_object(obj(spec), "gpu-node-1")
     assert message in str(err.value)
 
 
@@ -129,3 +193,15 @@ def test_only_the_adapter_imports_the_kubernetes_client() -> None:
             if any(m == "kubernetes" or m.startswith("kubernetes.") for m in names) and path.name != "kube.py":
                 offenders.append(str(path.relative_to(root)))
     assert not offenders, f"only edge_agent/kube.py may import the kubernetes client: {offenders}"
+
+
+def test_an_in_process_agent_offers_only_the_gpus_its_pod_holds() -> None:
+    from edge_agent.inventory import held_by_pod, pod_gpus
+
+    pod = {"spec": {"containers": [{"resources": {"limits": {"nvidia.com/gpu": "1"}}}, {"name": "sidecar"}]}}
+    assert pod_gpus(pod) == 1 and pod_gpus({"spec": {"containers": [{}]}}) == 0
+    inv = inventory_from_node(node(GPU_LABELS), BASE)
+    capped = held_by_pod(inv, 1)
+    assert capped.gpus == (Gpu("NVIDIA-L4", 23034 * MIB, 1),) and capped.labels["fleet.edge/gpus-not-held"] == "1"
+    assert held_by_pod(inv, 0).gpus == () and held_by_pod(inv, 0).labels["fleet.edge/gpus-not-held"] == "2"
+    assert held_by_pod(inv, 2) is inv and held_by_pod(inv, None) is inv

@@ -1,8 +1,9 @@
-"""External-runtime mode on a real kube-apiserver with a real hub: Placement
-objects published through the hub become Deployments and Services pinned to
-the node with the right GPU request; unplacement deletes them; an agent
-restart adopts them without duplicates and deletes strays; the agent's own
-ServiceAccount from deploy/ is enough for all of it."""
+"""External-runtime mode on a real kube-apiserver with a real hub: a Placement
+in the hub's shape (one per node, several assignments) published through the
+hub becomes one Deployment and Service per assignment, pinned to the node
+with the right GPU request; an unplaced assignment's objects are deleted; an
+agent restart adopts them without duplicates and deletes strays; the agent's
+own ServiceAccount from deploy/ is enough for all of it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,16 @@ from typing import Any
 
 import pytest
 
-from tests.kubernetes.agent_harness import Fleet, create_gpu_node, eventually, http_get, no_leaks, placement, unique
+from tests.kubernetes.agent_harness import (
+    Fleet,
+    assignment,
+    create_gpu_node,
+    eventually,
+    http_get,
+    no_leaks,
+    placement,
+    unique,
+)
 from tests.kubernetes.envtest import REPO_ROOT, KubeAPIServer, require_kubernetes_client
 
 require_kubernetes_client()
@@ -37,14 +47,19 @@ async def fleet(tmp_path: Path):
         await no_leaks()
 
 
+def _key(o: Any) -> str:
+    """(placement id, service) of a managed object, or the placement id of a stray without the annotation."""
+    pid = o.metadata.labels["fleet.edge/placement"]
+    svc = (o.metadata.annotations or {}).get("fleet.edge/service")
+    return f"{pid}/{svc}" if svc else pid
+
+
 def managed(api: client.ApiClient, ns: str, node: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """This node's managed Deployments and Services by "<placement id>/<service>"."""
     sel = f"app.kubernetes.io/managed-by=fleet-agent,fleet.edge/node={node}"
     deps = client.AppsV1Api(api).list_namespaced_deployment(ns, label_selector=sel).items
     svcs = client.CoreV1Api(api).list_namespaced_service(ns, label_selector=sel).items
-    return (
-        {d.metadata.labels["fleet.edge/placement"]: d for d in deps},
-        {s.metadata.labels["fleet.edge/placement"]: s for s in svcs},
-    )
+    return {_key(d): d for d in deps}, {_key(s): s for s in svcs}
 
 
 def events(api: client.ApiClient, ns: str, name: str) -> list[str]:
@@ -90,12 +105,14 @@ async def test_placements_become_pinned_deployments_and_restart_adopts(
     agent = await fleet.start_agent(cfg)
     await eventually(agent.link.status.resynced.is_set, what="resync")
 
-    chat = await fleet.put("Placement", "assistant-eu-0", placement(node, replicas=2, gpus=1), site=SITE, node=node)
-    code = await fleet.put("Placement", "coder-0", placement(node, "coder", replicas=1, gpus=2, gpuShare=1.0), site=SITE, node=node)
-    deps, svcs = await eventually(lambda: _with(kube_client, ns, node, {chat.id, code.id}), what="two Deployments and Services")
+    chat_a = assignment(node, "assistant-eu", replicas=2, gpus=1)
+    code_a = assignment(node, "coder", model="coder", version="v1", replicas=1, gpus=2)
+    obj = await fleet.put("Placement", node, placement(node, chat_a, code_a), site=SITE, node=node)
+    chat, code = f"{obj.id}/assistant-eu", f"{obj.id}/coder"
+    deps, svcs = await eventually(lambda: _with(kube_client, ns, node, {chat, code}), what="two Deployments and Services")
 
-    for obj, replicas, gpus in ((chat, 2, "1"), (code, 1, "2")):
-        d = deps[obj.id]
+    for key, model, replicas, gpus in ((chat, "assistant", 2, "1"), (code, "coder", 1, "2")):
+        d = deps[key]
         assert d.spec.replicas == replicas
         assert {k: d.metadata.labels[k] for k in ("app.kubernetes.io/managed-by", "fleet.edge/site", "fleet.edge/node", "fleet.edge/placement")} == {
             "app.kubernetes.io/managed-by": "fleet-agent", "fleet.edge/site": SITE, "fleet.edge/node": node, "fleet.edge/placement": obj.id,
@@ -107,29 +124,31 @@ async def test_placements_become_pinned_deployments_and_restart_adopts(
         (c,) = pod_spec.containers
         assert c.image == IMAGE
         assert c.resources.limits["nvidia.com/gpu"] == gpus and c.resources.requests["nvidia.com/gpu"] == gpus
-        assert c.args[:2] == ["--model", "assistant"] and "8000" in c.args
+        assert c.args[:2] == ["--model", model] and "8000" in c.args
         assert ("--tensor-parallel-size" in c.args) == (gpus == "2")
-        s = svcs[obj.id]
-        assert s.spec.type == "ClusterIP" and s.spec.selector == {"fleet.edge/placement": obj.id}
+        s = svcs[key]
+        assert s.spec.type == "ClusterIP" and s.spec.selector == d.spec.selector.match_labels
+        assert s.spec.selector["fleet.edge/placement"] == obj.id
         assert s.metadata.name == d.metadata.name and [p.port for p in s.spec.ports] == [8000]
-        assert d.spec.selector.match_labels == {"fleet.edge/placement": obj.id}
         assert "PlacementApplied" in events(kube_client, ns, d.metadata.name)
         fields = {m.manager for m in d.metadata.managed_fields}
         assert "fleet-agent" in fields, fields
+    assert svcs[chat].spec.selector != svcs[code].spec.selector
 
-    # A placement the agent cannot serve: refused to the hub, nothing created.
-    await fleet.put("Placement", "broken-0", placement(node, "broken", gpus=0), site=SITE, node=node)
+    # A placement the agent cannot serve: refused to the hub, nothing changes.
+    await fleet.put("Placement", node, placement(node, chat_a, assignment(node, "broken", gpus=0)), site=SITE, node=node)
     await eventually(lambda: _has_error(fleet, node, "gpusPerReplica"), what="the failed apply on the hub")
+    assert _with(kube_client, ns, node, {chat, code})
 
     # Update in place: same object, new replica count.
-    chat_uid = deps[chat.id].metadata.uid
-    await fleet.put("Placement", "assistant-eu-0", placement(node, replicas=3, gpus=1), site=SITE, node=node)
-    await eventually(lambda: apps.read_namespaced_deployment(deps[chat.id].metadata.name, ns).spec.replicas == 3, what="scaled to 3")
-    assert apps.read_namespaced_deployment(deps[chat.id].metadata.name, ns).metadata.uid == chat_uid
+    chat_uid = deps[chat].metadata.uid
+    await fleet.put("Placement", node, placement(node, assignment(node, "assistant-eu", replicas=3), code_a), site=SITE, node=node)
+    await eventually(lambda: apps.read_namespaced_deployment(deps[chat].metadata.name, ns).spec.replicas == 3, what="scaled to 3")
+    assert apps.read_namespaced_deployment(deps[chat].metadata.name, ns).metadata.uid == chat_uid
 
-    # Unplaced: both objects go.
-    await fleet.delete("Placement", "coder-0")
-    await eventually(lambda: _with(kube_client, ns, node, {chat.id}), what="coder's Deployment and Service deleted")
+    # Unplaced: coder's assignment leaves the Placement; both of its objects go, the other's stay.
+    await fleet.put("Placement", node, placement(node, assignment(node, "assistant-eu", replicas=3)), site=SITE, node=node)
+    await eventually(lambda: _with(kube_client, ns, node, {chat}), what="coder's Deployment and Service deleted")
 
     # Restart: a stray appears meanwhile (its placement is not held), and the agent's own object stays.
     await fleet.stop_agent(agent)
@@ -161,16 +180,16 @@ async def test_placements_become_pinned_deployments_and_restart_adopts(
             ),
         ),
     ))
-    applied_before = events(kube_client, ns, deps[chat.id].metadata.name).count("PlacementApplied")
+    applied_before = events(kube_client, ns, deps[chat].metadata.name).count("PlacementApplied")
 
     caplog.set_level(logging.INFO, logger="edge_agent.managed")
     agent = await fleet.start_agent(cfg)
-    await eventually(lambda: _with(kube_client, ns, node, {chat.id}), what="the stray deleted")
+    await eventually(lambda: _with(kube_client, ns, node, {chat}), what="the stray deleted")
     deps, svcs = managed(kube_client, ns, node)
-    assert deps[chat.id].metadata.uid == chat_uid, "adopted, not recreated"
+    assert deps[chat].metadata.uid == chat_uid, "adopted, not recreated"
     assert len(apps.list_namespaced_deployment(ns).items) == 2  # ours + not-ours: no duplicates
     assert apps.read_namespaced_deployment("not-ours", ns)
-    assert events(kube_client, ns, deps[chat.id].metadata.name).count("PlacementApplied") == applied_before
+    assert events(kube_client, ns, deps[chat].metadata.name).count("PlacementApplied") == applied_before
     text = caplog.text
     assert "adopted Deployment" in text and "stray" in text, text
     assert await http_get(agent.health.port, "/readyz") == (200, "ok\n")
@@ -201,9 +220,9 @@ async def test_the_agent_service_account_from_deploy_is_enough(
         )
         assert agent.kube.namespace == ns  # from the kubeconfig's context
         await eventually(lambda: _gpus_on_hub(fleet, node), what="GPUs from the Node, read with the agent's token")
-        obj = await fleet.put("Placement", f"sa-{node}", placement(node, replicas=1), site=SITE, node=node)
-        deps, _ = await eventually(lambda: _with(kube_client, ns, node, {obj.id}), what="Deployment made with the agent's token")
-        d = deps[obj.id]
+        obj = await fleet.put("Placement", f"sa-{node}", placement(node, assignment(node, replicas=1)), site=SITE, node=node)
+        deps, _ = await eventually(lambda: _with(kube_client, ns, node, {f"{obj.id}/assistant-eu"}), what="Deployment made with the agent's token")
+        d = deps[f"{obj.id}/assistant-eu"]
         assert [(r.kind, r.name) for r in d.metadata.owner_references] == [("Pod", pod.metadata.name)]
         await eventually(lambda: "PlacementApplied" in events(kube_client, ns, d.metadata.name), what="event posted")
         core.patch_node(node, {"spec": {"unschedulable": True}})

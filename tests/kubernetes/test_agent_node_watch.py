@@ -136,3 +136,37 @@ async def _unschedulable(fleet: Fleet, node: str, value: bool) -> bool:
 async def _has_error(fleet: Fleet, node: str, text: str) -> bool:
     n = await fleet.node(node)
     return n is not None and any(text in e for e in n.recent_errors)
+
+
+async def test_in_process_agent_reports_only_the_gpus_its_pod_holds(
+    fleet: Fleet, kube_apiserver: KubeAPIServer, kube_client: client.ApiClient
+) -> None:
+    """In-process mode the engine runs in the agent's pod: a pod that holds one of the node's
+    two GPUs reports one (the hub must not place on the other), and says why."""
+    core = client.CoreV1Api(kube_client)
+    node = unique("gpu-held")
+    create_gpu_node(core, node)  # 2 allocatable GPUs
+    ns = unique("held")
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    pod = core.create_namespaced_pod(ns, client.V1Pod(
+        metadata=client.V1ObjectMeta(name="edge-fleet-agent-x"),
+        spec=client.V1PodSpec(containers=[client.V1Container(
+            name="agent", image="ghcr.io/edge-fleet/edge-fleet:0.1.0",
+            resources=client.V1ResourceRequirements(limits={"nvidia.com/gpu": "1"}, requests={"nvidia.com/gpu": "1"}))]),
+    ))
+    agent = await fleet.start_agent(fleet.config(node, kube_apiserver.kubeconfig, namespace=ns, pod_name=pod.metadata.name))
+    view = await eventually(lambda: _node_with_gpus(fleet, node), what="the node on the hub")
+    assert agent.pod_gpus == 1
+    assert [g.count for g in view.inventory.gpus] == [1]
+    assert view.inventory.labels["fleet.edge/gpus-not-held"] == "1"
+    await eventually(lambda: _error_on_hub(fleet, node, "holds 1 of the node's 2 GPUs"), what="why, on the hub")
+
+
+async def _error_on_hub(fleet: Fleet, node: str, text: str) -> bool:
+    n = await fleet.node(node)
+    return n is not None and any(text in e for e in n.recent_errors)
+
+
+async def _node_with_gpus(fleet: Fleet, node: str):
+    n = await fleet.node(node)
+    return n if n is not None and n.inventory.gpus else None

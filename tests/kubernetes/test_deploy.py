@@ -36,6 +36,14 @@ def render(kube: KubeAPIServer, overlay: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(out) if d]
 
 
+def _pool_gpus(node: str) -> int:
+    """GPUs the shipped fleet's pool on `node` has: what the hub may place on."""
+    from hub.policy import load_bundle
+
+    bundle = load_bundle([REPO_ROOT / "fleet_configs", REPO_ROOT / "policies"])
+    return next(p.count for s in bundle.sites.values() for p in s.spec.gpu_pools if p.node == node)
+
+
 def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
     for d in docs:
         if d["kind"] == kind and (name is None or d["metadata"]["name"] == name):
@@ -54,8 +62,13 @@ def test_overlay_renders(kube_apiserver: KubeAPIServer, overlay: str) -> None:
             assert d["metadata"]["namespace"] == NS, d["metadata"]
     if overlay != "hub":
         ds = find(docs, "DaemonSet", "edge-fleet-agent")
-        gpu = ds["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"].get("nvidia.com/gpu")
+        resources = ds["spec"]["template"]["spec"]["containers"][0]["resources"]
+        gpu = resources["requests"].get("nvidia.com/gpu")
         assert (gpu is None) == (overlay == "edge-site-external-runtime")
+        assert resources["limits"].get("nvidia.com/gpu") == gpu
+        if overlay == "edge-site":
+            # In-process mode: every GPU of the node pool the hub places on, on nodes that have that many.
+            assert ds["spec"]["template"]["spec"]["nodeSelector"]["nvidia.com/gpu.count"] == gpu == str(_pool_gpus("fra-1-gpu-a"))
         site = find(docs, "ConfigMap")
         volumes = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
         assert volumes["site"]["configMap"]["name"] == site["metadata"]["name"]  # hashed name followed
