@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hub.placement.constraints import FleetIndex
-from hub.placement.greedy import solve_greedy
+from hub.placement.greedy import MAX_SHARDS, solve_greedy
 from hub.placement.milp import solve_exact
-from hub.placement.model import Weights
+from hub.placement.model import Problem, Weights
 from hub.placement.synthetic import synthetic_problem
 from hub.placement.verify import violations
 from tests.props import examples
@@ -123,15 +123,43 @@ def test_residency_holds_at_any_weight_even_when_the_illegal_site_is_free() -> N
         assert violations(problem, placement) == []
 
 
-def test_higher_priority_wins_scarce_capacity() -> None:
-    problem = synthetic_problem(4, 12, seed=11, load=3.0)
+def _short_of_capacity(seed: int) -> Problem:
+    """A synthetic fleet with at most two GPUs per pool and twice the demand: really short of capacity."""
+    base = synthetic_problem(4, 12, seed=seed, load=2.0)
+    sites = tuple(dataclasses.replace(s, pools=tuple(dataclasses.replace(p, count=min(p.count, 2)) for p in s.pools))
+                  for s in base.sites)
+    return dataclasses.replace(base, sites=sites)
+
+
+@pytest.mark.parametrize("seed", [1, 3, 4, 6, 7])
+def test_higher_priority_wins_scarce_capacity(seed: int) -> None:
+    """No workload left out for capacity could have had GPUs that a lower-priority workload holds: with every
+    lower-priority replica removed, none of its candidate pools has room for even its smallest piece."""
+    problem = _short_of_capacity(seed)
     placement = solve_greedy(problem, max_runs=FAST)
+    assert violations(problem, placement) == []
     prio = {w.service: w.priority for w in problem.workloads}
-    capacity_losers = [u for u in placement.unplaced if "capacity" in u.reason]
-    if capacity_losers:
-        worst_placed = min(prio[a.service] for a in placement.assignments)
-        assert all(prio[u.service] <= max(prio.values()) for u in capacity_losers)
-        assert min(prio[u.service] for u in capacity_losers) <= worst_placed or worst_placed == max(prio.values())
+    by_key = {(w.service, w.region): w for w in problem.workloads}
+    losers = [u for u in placement.unplaced if "capacity" in u.reason]
+    assert len({prio[u.service] for u in losers}) >= 1 and losers  # the precondition: capacity really is short
+    index = FleetIndex(problem)
+    contested = 0
+    for u in losers:
+        smallest = by_key[(u.service, u.region)]
+        while smallest.shards < MAX_SHARDS:
+            smallest = smallest.split()[0]
+        c = index.candidates(smallest)
+        for p, n, k in zip(c.pool, c.replicas, c.gpus_per_replica):
+            pool = index.pools[int(p)]
+            here = [a for a in placement.assignments if (a.site, a.pool) == (pool.site, pool.name)]
+            kept = {g for a in here if prio[a.service] >= prio[u.service] for r in a.gpus for g in r}
+            if any(prio[a.service] < prio[u.service] for a in here):
+                contested += 1
+            assert pool.count - len(kept) < n * k, (
+                f"{u.service}/{u.region} (priority {prio[u.service]}) left out for capacity, but "
+                f"{pool.site}/{pool.name} would have {pool.count - len(kept)} empty GPU(s) for its {n * k} "
+                "without the lower-priority replicas there")
+    assert contested  # lower-priority replicas do sit on a loser's candidate pools: the check above is exercised
 
 
 def test_exact_and_fast_agree_on_fixed_numbers() -> None:
