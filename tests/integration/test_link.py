@@ -21,6 +21,7 @@ from hub.config import HubConfig, Limits
 from hub.security import certs
 from hub.server import Hub
 from protos.fleet.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, types_pb2
+from tests.harness.telemetry import Requests, recorded_ttfts, telemetry_payload
 
 TOKEN = "test-admin-token-0123456789"
 WAIT = 10.0  # upper bound for anything that should happen "soon"; polls return as soon as it does
@@ -465,27 +466,6 @@ async def test_reports_acked_only_once_stored_across_restart_race(make_fleet):
     assert (stats.reports, stats.max_seq, stats.counted) == (300, 300, 300)
 
 
-def telemetry_payload(site: str, node: str, ttfts: list[float], start: str, end: str) -> dict:
-    """A `telemetry` report as an agent writes it (edge_agent.serving.telemetry), built here from raw values."""
-    import base64
-
-    from ddsketch import DDSketch
-    from ddsketch.pb.proto import DDSketchProto
-
-    def b64(values: list[float]) -> str:
-        sk = DDSketch(relative_accuracy=0.01)
-        for v in values:
-            sk.add(v)
-        return base64.b64encode(DDSketchProto.to_proto(sk).SerializeToString()).decode()
-
-    n = len(ttfts)
-    return {"schema": 1, "site": "spoofed", "node": node, "windowStart": start, "windowEnd": end, "groups": [{
-        "model": "assistant", "version": "v3", "priority": "interactive", "requests": n, "errors": 0,
-        "rejected": 0, "cancelled": 0, "forbidden": 0, "promptTokens": 10 * n, "outputTokens": 20 * n,
-        "gpuSeconds": 0.5 * n, "costUsd": 0.001 * n, "energyJ": 30.0 * n, "carbonG": 0.01 * n,
-        "sketches": {"ttftS": b64(ttfts), "itlS": b64([0.02] * n), "e2eS": b64([1.0] * n)}}]}
-
-
 async def test_telemetry_reports_merge_exactly_into_the_admin_report(make_fleet):
     import json as _json
 
@@ -493,8 +473,10 @@ async def test_telemetry_reports_merge_exactly_into_the_admin_report(make_fleet)
     a, b = fleet.start_agent("fra", "a"), fleet.start_agent("par", "a")
     await asyncio.gather(a.resynced(), b.resynced())
     a_vals, b_vals = [0.1 * i for i in range(1, 51)], [0.2 + 0.01 * i for i in range(100)]
-    a.link.report("telemetry", telemetry_payload("fra", "a", a_vals, "2026-11-27T10:00:00Z", "2026-11-27T10:00:05Z"))
-    b.link.report("telemetry", telemetry_payload("par", "a", b_vals, "2026-11-27T10:00:00Z", "2026-11-27T10:00:05Z"))
+    a_req, b_req = Requests("assistant", "v3", a_vals), Requests("assistant", "v3", b_vals)
+    # made by the agent's own telemetry code; "spoofed": the hub must use the verified identity, not this
+    a.link.report("telemetry", telemetry_payload("spoofed", "a", [a_req], "2026-11-27T10:00:00Z", "2026-11-27T10:00:05Z"))
+    b.link.report("telemetry", telemetry_payload("spoofed", "a", [b_req], "2026-11-27T10:00:00Z", "2026-11-27T10:00:05Z"))
     a.link.report("telemetry", {"schema": 99})  # a payload from the future is skipped with a reason, not fatal
     await eventually(lambda: a.state.outbox_size() == 0 and b.state.outbox_size() == 0, what="reports acked")
     resp = await fleet.admin.GetReport(admin_pb2.GetReportRequest(by=["site"], html=True), metadata=fleet.md, timeout=WAIT)
@@ -506,7 +488,7 @@ async def test_telemetry_reports_merge_exactly_into_the_admin_report(make_fleet)
     from ddsketch import DDSketch
 
     union = DDSketch(relative_accuracy=0.01)
-    for v in a_vals + b_vals:
+    for v in recorded_ttfts(a_req) + recorded_ttfts(b_req):
         union.add(v)
     for q, key in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):  # merged at the hub == one sketch of all values
         assert rep["total"]["ttftS"][key] == pytest.approx(union.get_quantile_value(q), rel=1e-12)
