@@ -456,14 +456,19 @@ async def test_reports_acked_only_once_stored_across_restart_race(make_fleet):
     fleet = await make_fleet()
     a = fleet.start_agent("fra", "a", report_batch=10, report_window=8)
     await a.resynced()
-    for i in range(300):
+    n = 1000
+    for i in range(n):
         a.link.report("telemetry", {"i": i})
-    await asyncio.sleep(0.02)  # stop mid-flow
+    # stop mid-flow: once the first reports are stored and acknowledged ...
+    await eventually(lambda: a.state.outbox_size() < n, what="the first reports acknowledged")
     await fleet.stop_hub()
+    # ... and, the precondition of this test, while others are still unacknowledged
+    left = a.state.outbox_size()
+    assert 0 < left < n, f"{left} of {n} reports unacknowledged when the hub stopped: not mid-flow"
     await fleet.start_hub()
     await eventually(lambda: a.state.outbox_size() == 0, what="outbox drained")
     stats = (await fleet.report_stats())[("fra", "a")]
-    assert (stats.reports, stats.max_seq, stats.counted) == (300, 300, 300)
+    assert (stats.reports, stats.max_seq, stats.counted) == (n, n, n)
 
 
 async def test_telemetry_reports_merge_exactly_into_the_admin_report(make_fleet):
