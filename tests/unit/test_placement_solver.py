@@ -19,7 +19,7 @@ from tests.props import examples
 
 FAST = 3  # greedy runs in property tests (the default allows up to 48 on small fleets)
 
-fleets = st.builds(
+base_fleets = st.builds(
     synthetic_problem,
     sites=st.integers(3, 40),
     services=st.integers(1, 12),
@@ -30,8 +30,31 @@ fleets = st.builds(
 )
 
 
+@st.composite
+def fleets(draw) -> Problem:
+    """Synthetic fleets, some re-planned against a previous placement (churn) made before demand changed,
+    with pools cordoned, and with a data class whose residency policy is missing (allowed nowhere)."""
+    problem = draw(base_fleets)
+    if draw(st.booleans()):  # a previous placement, of the same fleet at another demand
+        scale = draw(st.floats(0.5, 1.5))
+        before = dataclasses.replace(problem, workloads=tuple(dataclasses.replace(w, rate=w.rate * scale)
+                                                              for w in problem.workloads))
+        problem = dataclasses.replace(problem, previous=solve_greedy(before, max_runs=1))
+    cordon = draw(st.floats(0.0, 0.5))
+    if cordon:
+        rng = np.random.default_rng(draw(st.integers(0, 10**6)))
+        problem = dataclasses.replace(problem, sites=tuple(dataclasses.replace(s, pools=tuple(
+            dataclasses.replace(p, unavailable="node is cordoned") if rng.random() < cordon else p for p in s.pools))
+            for s in problem.sites))
+    classes = sorted({w.data_class for w in problem.workloads})
+    if classes and draw(st.booleans()):
+        gone = draw(st.sampled_from(classes))
+        problem = dataclasses.replace(problem, rules={k: v for k, v in problem.rules.items() if k != gone})
+    return problem
+
+
 @settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(fleets)
+@given(fleets())
 def test_random_fleets_never_break_hard_constraints(problem) -> None:
     placement = solve_greedy(problem, max_runs=FAST)
     assert violations(problem, placement) == []
@@ -40,7 +63,11 @@ def test_random_fleets_never_break_hard_constraints(problem) -> None:
     by_key = {(w.service, w.region): w for w in problem.workloads}
     for a in placement.assignments:  # residency, re-derived here from the rule itself
         site = sites[a.site]
-        assert rules[by_key[(a.service, a.region)].data_class].verdict(site.name, site.country, site.jurisdictions)[0]
+        data_class = by_key[(a.service, a.region)].data_class
+        assert data_class in rules, f"{a.service} placed although {data_class!r} has no residency policy"
+        assert rules[data_class].verdict(site.name, site.country, site.jurisdictions)[0]
+        pool = next(p for p in site.pools if p.name == a.pool)
+        assert pool.unavailable is None and site.unavailable is None, f"{a.service} placed on cordoned {a.site}/{a.pool}"
     placed = {(a.service, a.region) for a in placement.assignments}
     unplaced = {(u.service, u.region) for u in placement.unplaced}
     assert placed | unplaced == set(by_key)  # every workload is accounted for
