@@ -5,7 +5,8 @@ The simulated agent speaks the real `AgentLink.Connect` protocol through the
 generated stubs (Hello with held versions, Welcome, resync until
 `resync_complete`, `Applied` acks, heartbeats at the hub's interval, report
 batches with per-agent sequence numbers kept in an in-memory outbox until the
-hub acknowledges them, and resent after a reconnect). It does NOT use the real
+hub acknowledges them, and resent after a reconnect; reconnect backoff by the
+real agent's function and configuration defaults). It does NOT use the real
 `edge_agent.link.HubLink`: that keeps a SQLite file per agent, far too heavy
 for 10,000 agents on two cores. Many agents share one channel (one HTTP/2
 connection, `grpc.use_local_subchannel_pool` so channels do not collapse into
@@ -208,6 +209,36 @@ def fresh_database(url: str | None):
 # Simulated agents (run inside agent processes).
 
 
+def _agent_defaults() -> tuple[float, float]:
+    """The real agent's reconnect backoff (initial, max ceiling) from its configuration defaults."""
+    from edge_agent.config import AgentConfig
+
+    fields = AgentConfig.model_fields
+    return float(fields["backoff_initial_s"].default), float(fields["backoff_max_s"].default)
+
+
+AGENT_BACKOFF_INITIAL_S, AGENT_BACKOFF_MAX_S = _agent_defaults()
+
+
+def sim_identity(i: int) -> tuple[str, str]:
+    """(site, node) of simulated agent ``i``; the node is named as hub.rollout.synthetic.node_of names it,
+    so a synthetic fleet's revision targets these agents."""
+    return f"s{i}", f"s{i}-gpu"
+
+
+def hello(i: int, held: dict[str, int]):
+    """The Hello simulated agent ``i`` opens its stream with."""
+    from protos.fleet.v1 import agent_pb2, types_pb2
+
+    site, node = sim_identity(i)
+    return agent_pb2.AgentMessage(hello=agent_pb2.Hello(
+        identity=types_pb2.AgentIdentity(site=site, node=node, agent_version="sim"),
+        inventory=types_pb2.Inventory(region="bench", country="DE", jurisdiction="EU"),
+        held=held,
+        incarnation=f"sim{i}",  # one report stream per simulated agent, kept across its reconnects
+    ))
+
+
 @dataclass
 class SimConfig:
     target: str
@@ -216,8 +247,9 @@ class SimConfig:
     per_channel: int = 100  # agents (streams) per channel / HTTP/2 connection
     connect_concurrency: int = 200
     report_batch: int = 100
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 5.0
+    backoff_initial_s: float = AGENT_BACKOFF_INITIAL_S
+    backoff_max_s: float = AGENT_BACKOFF_MAX_S
+    """The real agent's defaults (edge_agent.config), not gentler ones."""
     held: dict[str, int] = field(default_factory=dict)  # what every agent claims to hold at start
 
 
@@ -268,13 +300,16 @@ class SimAgent:
     async def run(self) -> None:
         import grpc
 
+        from edge_agent.link import backoff_delay
+
         attempt = 0
         rng = random.Random(self.i)
         while not self.fleet.stopping:
+            welcomed = False
             try:
                 async with self.fleet.connect_sem:
                     call = await self._open()
-                attempt = 0
+                welcomed = True
                 await self._serve(call)
             except Exception as exc:  # noqa: BLE001 - any stream failure means reconnect
                 self.errors += 1
@@ -286,9 +321,10 @@ class SimAgent:
                 self._drop()
             if self.fleet.stopping:
                 return
-            cap = min(self.fleet.cfg.backoff_max_s, self.fleet.cfg.backoff_initial_s * 2 ** attempt)
-            attempt += 1
-            await asyncio.sleep(rng.uniform(0, cap))
+            # the real agent's backoff (edge_agent.link.HubLink.run): reset after a welcome, else one step up
+            attempt = 0 if welcomed else attempt + 1
+            await asyncio.sleep(backoff_delay(attempt, self.fleet.cfg.backoff_initial_s,
+                                              self.fleet.cfg.backoff_max_s, rng))
 
     def _drop(self) -> None:
         if self.resynced:
@@ -301,16 +337,9 @@ class SimAgent:
     async def _open(self):
         import grpc
 
-        from protos.fleet.v1 import agent_pb2, types_pb2
-
         call = self.stub.Connect()
         self.call = call
-        await call.write(agent_pb2.AgentMessage(hello=agent_pb2.Hello(
-            identity=types_pb2.AgentIdentity(site=f"s{self.i}", node="n", agent_version="sim"),
-            inventory=types_pb2.Inventory(region="bench", country="DE", jurisdiction="EU"),
-            held=self.held,
-            incarnation=f"sim{self.i}",  # one report stream per simulated agent, kept across its reconnects
-        )))
+        await call.write(hello(self.i, self.held))
         first = await call.read()
         if first is grpc.aio.EOF or first.WhichOneof("msg") != "welcome":
             raise ConnectionError("no welcome")
@@ -392,11 +421,10 @@ class SimFleet:
         self.agents: list[SimAgent] = []
 
     def status(self) -> dict:
-        acked: dict[str, int] = {}
+        acked: dict[int, int] = {}  # object version -> agents that acked it (one key per revision, not per object)
         for a in self.agents:
-            for (oid, v) in a.acks:
-                key = f"{oid}@{v}"
-                acked[key] = acked.get(key, 0) + 1
+            for (_, v) in a.acks:
+                acked[v] = acked.get(v, 0) + 1
         return {
             "resynced": self.resynced_now,
             "resyncs": sum(a.resyncs for a in self.agents),
@@ -479,6 +507,11 @@ class SimFleet:
                 send(("prepared", []))
             elif m[0] == "flush":
                 await asyncio.gather(*(a.flush_outbox() for a in self.agents if a.resynced), return_exceptions=True)
+            elif m[0] == "acks_from":
+                # per agent: when it first acked an object at version >= m[1] (None: never)
+                v0 = m[1]
+                send(("acks_from", [min((t for (_, v), t in a.acks.items() if v >= v0), default=None)
+                                    for a in self.agents]))
             elif m[0] == "results":
                 oid, version = m[1], m[2]
                 send(("results", [a.acks.get((oid, version)) for a in self.agents]))
@@ -505,7 +538,8 @@ class AgentFleet:
     """Parent side: N agents spread over P processes."""
 
     def __init__(self, target: str, n: int, procs: int, *, per_channel: int = 100,
-                 held: dict[str, int] | None = None, connect_concurrency: int = 200, report_batch: int = 100) -> None:
+                 held: dict[str, int] | None = None, connect_concurrency: int = 200, report_batch: int = 100,
+                 backoff_initial_s: float = AGENT_BACKOFF_INITIAL_S, backoff_max_s: float = AGENT_BACKOFF_MAX_S) -> None:
         self.n = n
         self.ctx = mp.get_context("spawn")
         self.procs: list = []
@@ -518,7 +552,8 @@ class AgentFleet:
             if count <= 0:
                 break
             cfg = SimConfig(target, first, count, per_channel=per_channel, held=dict(held or {}),
-                            connect_concurrency=connect_concurrency, report_batch=report_batch)
+                            connect_concurrency=connect_concurrency, report_batch=report_batch,
+                            backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s)
             a, b = self.ctx.Pipe()
             proc = self.ctx.Process(target=_agent_process, args=(cfg, b), daemon=True, name=f"agents{p}")
             proc.start()

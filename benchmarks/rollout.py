@@ -13,7 +13,7 @@ The agents are simulated: a task plays every node's agent against the
 store as the hub's link would record them, i.e. it writes a node's applied
 acknowledgement (``Store.record_applied``) for each Placement object it is
 sent (read with ``Store.changed_since``, as the broker does), and every
-second a ``telemetry`` report per node for the version it runs (one bulk
+second a ``telemetry`` report per node for the version it runs, v1 or v2 (one bulk
 insert into the reports table, exactly what ``Store.store_reports`` writes
 per node). No gRPC, no agent processes: the figure is the control plane's.
 
@@ -73,6 +73,7 @@ class SimulatedAgents:
         self.seq: dict[int, int] = dict.fromkeys(node_ids.values(), 0)
         self.group = _payload()
         self.last_beat = self.last_report = 0.0
+        self.reports_by_version: dict[str, int] = {}
 
     async def run(self) -> None:
         while True:
@@ -106,9 +107,10 @@ class SimulatedAgents:
 
         rows = []
         for nid, version in self.running.items():
-            if version == "v1":
-                continue  # only the new version's traffic matters to the gates
+            # every node reports the traffic of the version it runs, old or new, as real agents do: the
+            # gates read the old version's too (baseline), and the store holds and scans every row
             self.seq[nid] += 1
+            self.reports_by_version[version] = self.reports_by_version.get(version, 0) + 1
             rows.append({"node_id": nid, "seq": self.seq[nid], "kind": "telemetry", "created_at": now,
                          "received_at": now, "payload": {
                              "schema": 1, "site": "", "node": "", "windowStart": (now - timedelta(seconds=REPORT_INTERVAL_S)).isoformat(),
@@ -191,6 +193,7 @@ async def run(url: str, sites: int, tick: float) -> dict:
         "slowest_ticks": [[w + 1, what, round(dt, 3), {k: round(v, 3) for k, v in parts.items()}]
                           for w, what, dt, _, parts in sorted(ctl.stats.log, key=lambda x: -x[2])[:3]],
         "min_success_time_s": 1.0,
+        "telemetry_reports_by_version": dict(sorted(agents.reports_by_version.items())),
         "goal": "N=1000 with <= 1 s decision time per wave (decision: ticks that changed the rollout; controller: "
                 "every tick, idle polling included)",
     }

@@ -2,6 +2,9 @@
 # Run the whole test suite: starts a throwaway PostgreSQL (tools/pg.sh) so the
 # store tests run on SQLite and PostgreSQL, and lets the Kubernetes tests build
 # or reuse kube-apiserver (tools/kube/build.sh, cached under ~/.cache).
+# Measures line coverage of hub/ and edge_agent/ (coverage.py, in-process: see
+# [tool.coverage.run] in pyproject.toml) and prints the report, lowest first;
+# FLEET_COVERAGE=0 runs plain pytest.
 #   tools/test.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,9 +15,21 @@ if [ -z "${FLEET_TEST_PG_URL:-}" ]; then
   export FLEET_TEST_PG_URL
   trap 'tools/pg.sh stop' EXIT
 fi
+cover=${FLEET_COVERAGE:-1}
+if [ "$cover" != 0 ] && ! "$PY" -c "import coverage" 2>/dev/null; then
+  echo "coverage.py is not installed (pip install -e '.[dev]'): running without coverage" >&2
+  cover=0
+fi
 set +e
-"$PY" -m pytest -p no:cacheprovider -ra "$@"
-rc=$?
+if [ "$cover" != 0 ]; then
+  # a fresh data file each run (coverage run replaces it), so running twice reports the second run only
+  "$PY" -m coverage run -m pytest -p no:cacheprovider -ra "$@"
+  rc=$?
+  "$PY" -m coverage report || echo "coverage report failed (the test result below stands)" >&2
+else
+  "$PY" -m pytest -p no:cacheprovider -ra "$@"
+  rc=$?
+fi
 set -e
 if [ "$rc" = 5 ]; then
   echo "pytest collected no tests: that is a failure here" >&2

@@ -20,23 +20,37 @@ Constraints::
     o[p,g] >= o[p,g+1]                                          symmetry
 
 Objective: sum o[p,g] * gpu_cost_p + sum fixed_c x[w,c] + penalty u[w],
-the same objective the fast solver's result is evaluated with. Demand
-shards are fixed before the MILP (``FleetIndex.prepare``): it is exact for
-that split. Workloads it leaves unplaced then go through the fast solver's
-splitting placement, so both solvers may use the same demand splitting.
+the same objective the fast solver's result is evaluated with.
+
+Demand splitting. With ``split_depth = 0`` the demand shards are fixed
+before the MILP (``FleetIndex.prepare``): it is exact for that split only,
+and the fast solver, which splits a workload in halves when it does not fit
+whole, may then find a *lower* objective. With ``split_depth = d`` the MILP
+chooses the split too: every workload is the root of a tree of halves
+(each node is half its parent's demand, ``d`` levels deep, as the fast
+solver's ``place_all`` splits), and each tree node w is placed whole, split
+into its two children, or left unplaced::
+
+    sum_c x[w,c] + s[w] + u[w] = s[parent(w)]      (= 1 for a root; s = 0 at depth d)
+
+so the MILP is exact over every split the fast solver can make up to depth
+``d``, and its dual bound (``milp_bound``) is a lower bound for them.
+Workloads it leaves unplaced then go through the fast solver's splitting
+placement.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
-from hub.placement.constraints import FleetIndex
-from hub.placement.greedy import place_all
-from hub.placement.model import Placement, Problem
+from hub.placement.constraints import Candidates, FleetIndex
+from hub.placement.greedy import MAX_SHARDS, place_all
+from hub.placement.model import Placement, Problem, Workload
 from hub.placement.state import SolveState
 
 
@@ -65,10 +79,41 @@ class _Builder:
         self.hi.append(hi)
 
 
-def solve_exact(problem: Problem, index: FleetIndex | None = None, time_limit: float = 60.0) -> Placement:
+@dataclass
+class _Node:
+    """One workload of the split tree: placed whole, split into ``children``, or unplaced."""
+
+    workload: Workload
+    candidates: Candidates
+    children: list["_Node"] = field(default_factory=list)
+    xcols: list[int] = field(default_factory=list)
+    split: int = -1
+    """Column of s[w] (-1: a leaf, no split possible)."""
+
+
+def _tree(index: FleetIndex, w: Workload, c: Candidates, depth: int) -> _Node:
+    node = _Node(w, c)
+    if depth > 0 and w.shards * 2 <= MAX_SHARDS:
+        node.children = [_tree(index, half, index.candidates(half), depth - 1) for half in w.split()]
+    return node
+
+
+def _walk(nodes: list[_Node]):
+    for n in nodes:
+        yield n
+        yield from _walk(n.children)
+
+
+def solve_exact(problem: Problem, index: FleetIndex | None = None, time_limit: float = 60.0,
+                split_depth: int = 0) -> Placement:
+    """The MILP above; ``split_depth`` levels of demand halving chosen by the MILP (0: the fixed split)."""
     t0 = time.perf_counter()
     index = index or FleetIndex(problem)
-    workloads, candidates = index.prepare(list(problem.workloads))
+    roots_w, roots_c = index.prepare(list(problem.workloads))
+    roots = [_tree(index, w, c, split_depth) for w, c in zip(roots_w, roots_c)]
+    nodes = list(_walk(roots))
+    workloads = [n.workload for n in nodes]
+    candidates = [n.candidates for n in nodes]
     weights = problem.weights
     b = _Builder()
     pools = sorted({int(p) for c in candidates for p in c.pool})
@@ -77,9 +122,16 @@ def solve_exact(problem: Problem, index: FleetIndex | None = None, time_limit: f
     comp_terms: dict[tuple[int, int], list[tuple[int, float]]] = {key: [] for key in mem_terms}
     xs: list[list[int]] = []
     per_gpu: dict[tuple[int, int], list[int]] = {}
-    for wi, (w, c) in enumerate(zip(workloads, candidates)):
+    for node in nodes:
+        if node.children:
+            node.split = b.var(0.0, 1.0)
+    parent_split: dict[int, int] = {id(ch): n.split for n in nodes for ch in n.children}
+    for wi, (node, w, c) in enumerate(zip(nodes, workloads, candidates)):
         unplaced = b.var(weights.unplaced_usd * (1 if w.sheddable else 10) / w.shards, 1.0)
         row = [(unplaced, 1.0)]
+        if node.split >= 0:
+            row.append((node.split, 1.0))
+        parent = parent_split.get(id(node))
         xcols = []
         for ci in range(len(c)):
             p, n, k = int(c.pool[ci]), int(c.replicas[ci]), int(c.gpus_per_replica[ci])
@@ -102,7 +154,11 @@ def solve_exact(problem: Problem, index: FleetIndex | None = None, time_limit: f
             per_gpu[(wi, ci)] = cols
             b.row(link, 0.0, 0.0)
         xs.append(xcols)
-        b.row(row, 1.0, 1.0)
+        node.xcols = xcols
+        if parent is None:
+            b.row(row, 1.0, 1.0)
+        else:  # active exactly when the parent is split
+            b.row(row + [(parent, -1.0)], 0.0, 0.0)
     for (p, g), terms in mem_terms.items():
         b.row(terms + [(opened[p][g], -1.0)], -np.inf, 0.0)
         b.row(comp_terms[(p, g)] + [(opened[p][g], -1.0)], -np.inf, 0.0)
@@ -119,25 +175,36 @@ def solve_exact(problem: Problem, index: FleetIndex | None = None, time_limit: f
         raise RuntimeError(f"MILP solver failed: {result.message}")
     sol = np.round(result.x).astype(np.int64)
 
-    st = SolveState(index, workloads, candidates)
-    placed = set()
-    for wi, xcols in enumerate(xs):
-        for ci, x in enumerate(xcols):
+    st = SolveState(index, list(roots_w), list(roots_c))
+    number = {id(n): i for i, n in enumerate(nodes)}
+
+    def realise(node: _Node, wi: int) -> None:
+        """Put tree node ``node`` (workload ``wi`` of the solve state) as the MILP chose."""
+        ni = number[id(node)]
+        for ci, x in enumerate(node.xcols):
             if sol[x] != 1:
                 continue
-            c = candidates[wi]
+            c = node.candidates
             p, k = int(c.pool[ci]), int(c.gpus_per_replica[ci])
-            gpu_counts = [int(sol[col]) for col in per_gpu[(wi, ci)]]
+            gpu_counts = [int(sol[col]) for col in per_gpu[(ni, ci)]]
             if k > 1:
                 chosen = [g for g, v in enumerate(gpu_counts) if v]
                 gpus = [tuple(chosen[j * k:(j + 1) * k]) for j in range(len(chosen) // k)]
             else:
                 gpus = [(g,) for g, v in enumerate(gpu_counts) for _ in range(v)]
-            st.pool(p).commit(wi, gpus, workloads[wi].memory, float(c.share[ci]))
+            st.pool(p).commit(wi, gpus, node.workload.memory, float(c.share[ci]))
             st.chosen[wi] = ci
             st.refresh(p)
-            placed.add(wi)
-    place_all(st, [wi for wi in range(len(workloads)) if wi not in placed and len(candidates[wi])])
+            return
+        if node.split >= 0 and sol[node.split] == 1:
+            for child, half in zip(node.children, st.split(wi)):  # same halves, same candidates, same order
+                realise(child, half)
+
+    for wi, root in enumerate(roots):
+        realise(root, wi)
+    place_all(st, [wi for wi in range(len(st.workloads))
+                   if wi not in st.chosen and wi not in st.replaced and len(st.candidates[wi])])
     stats = {"time_build_s": t1 - t0, "time_solve_s": t2 - t1, "milp_bound": float(getattr(result, "mip_dual_bound", result.fun) or result.fun),
-             "milp_status": float(result.status), "milp_optimal": float(result.status == 0), "milp_vars": float(nvar)}
+             "milp_status": float(result.status), "milp_optimal": float(result.status == 0), "milp_vars": float(nvar),
+             "milp_objective": float(result.fun), "milp_split_depth": float(split_depth)}
     return st.to_placement("exact", stats)

@@ -11,35 +11,22 @@ exists; then it keeps running so that its outbox drains.
 from __future__ import annotations
 
 import asyncio
-import base64
 import signal
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ddsketch import DDSketch
-from ddsketch.pb.proto import DDSketchProto
-
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
-
-
-def b64(value: float, n: int) -> str:
-    sk = DDSketch(relative_accuracy=0.01)
-    for i in range(n):
-        sk.add(value * (1 + i / 100))
-    return base64.b64encode(DDSketchProto.to_proto(sk).SerializeToString()).decode()
+from tests.harness.telemetry import Requests, telemetry_payload
 
 
 def payload(node: str, version: str, n: int = 20) -> dict:
+    """A telemetry window of ``n`` requests, made by the agent's own telemetry code (tests/harness)."""
     end = datetime.now(UTC)
-    return {"schema": 1, "site": "", "node": node, "windowStart": (end - timedelta(seconds=0.3)).isoformat(),
-            "windowEnd": end.isoformat(), "groups": [{
-                "model": "assistant", "version": version, "priority": "interactive", "requests": n, "errors": 0,
-                "rejected": 0, "cancelled": 0, "forbidden": 0, "promptTokens": 100 * n, "outputTokens": 50 * n,
-                "gpuSeconds": 0.1 * n, "costUsd": 0.0, "energyJ": 1.0 * n, "carbonG": 0.001 * n,
-                "sketches": {"ttftS": b64(0.15, n), "itlS": b64(0.02, n), "tpotS": b64(0.02, n),
-                             "e2eS": b64(1.0, n)}}]}
+    ttfts = [0.15 * (1 + i / 100) for i in range(n)]
+    return telemetry_payload("", node, [Requests("assistant", version, ttfts, itl=0.02, output_tokens=50,
+                                                 prompt_tokens=100)], end - timedelta(seconds=0.3), end)
 
 
 def held_version(agent: Agent) -> str | None:

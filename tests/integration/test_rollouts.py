@@ -12,7 +12,6 @@ construction and the tests are deterministic.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import random
 from collections import Counter
@@ -20,14 +19,13 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from ddsketch import DDSketch
-from ddsketch.pb.proto import DDSketchProto
 
 from hub.placement.model import Placement
 from hub.rollout import synthetic
 from hub.rollout.controller import RolloutController
 from hub.rollout.spec import RolloutSpec
 from protos.fleet.v1 import admin_pb2, rollout_pb2, rollout_pb2_grpc
+from tests.harness.telemetry import Requests, telemetry_payload
 from tests.integration.test_link import Fleet, RunningAgent, eventually, no_leaked_tasks, pki  # noqa: F401
 
 SITES = ["s1", "s2", "s3", "s4"]
@@ -41,25 +39,13 @@ the canary's comparison with v1 can catch it."""
 # -- helpers ------------------------------------------------------------------
 
 
-def _b64(values: list[float]) -> str:
-    sk = DDSketch(relative_accuracy=0.01)
-    for v in values:
-        sk.add(v)
-    return base64.b64encode(DDSketchProto.to_proto(sk).SerializeToString()).decode()
-
-
 def telemetry(node: str, version: str, n: int, factor: float, rng: random.Random) -> dict:
-    """One telemetry window as the serving layer writes it (edge_agent.serving.telemetry), for ``n`` requests."""
+    """One telemetry window of ``n`` requests, made by the agent's own telemetry code (tests/harness)."""
     end = datetime.now(UTC)
     ttft = [rng.lognormvariate(-2.3, 0.3) * factor for _ in range(n)]  # p95 ~ 0.16 s at factor 1
     itl = [rng.lognormvariate(-4.0, 0.2) for _ in range(n)]   # ~ 0.02 s
-    return {"schema": 1, "site": "x", "node": node, "windowStart": (end - timedelta(seconds=0.3)).isoformat(),
-            "windowEnd": end.isoformat(), "groups": [{
-                "model": synthetic.MODEL, "version": version, "priority": "interactive", "requests": n,
-                "errors": 0, "rejected": 0, "cancelled": 0, "forbidden": 0, "promptTokens": 100 * n,
-                "outputTokens": 50 * n, "gpuSeconds": 0.1 * n, "costUsd": 0.0, "energyJ": 1.0 * n,
-                "carbonG": 0.001 * n,
-                "sketches": {"ttftS": _b64(ttft), "itlS": _b64(itl), "tpotS": _b64(itl), "e2eS": _b64(ttft)}}]}
+    return telemetry_payload("x", node, [Requests(synthetic.MODEL, version, ttft, itl=itl, output_tokens=50,
+                                                  prompt_tokens=100)], end - timedelta(seconds=0.3), end)
 
 
 def held_version(a: RunningAgent) -> str | None:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 from datetime import UTC, datetime, timedelta
-
-from ddsketch import DDSketch
-from ddsketch.pb.proto import DDSketchProto
 
 from hub.rollout import fleetview, synthetic
 from hub.store.repo import AppliedRecord, NodeRecord, ObjectRecord
 from hub.sync import LivenessPolicy
+from tests.harness.telemetry import Requests, telemetry_payload
 
 T0 = datetime(2026, 11, 27, 21, 0, tzinfo=UTC)
 SITES = ["a", "b", "c"]
@@ -68,20 +65,10 @@ def test_site_facts_from_store_records():
     assert facts["c"].applied_version == "v1" and facts["c"].opted_out
 
 
-def _sketch(values: list[float]) -> str:
-    sk = DDSketch(0.01)
-    for v in values:
-        sk.add(v)
-    return base64.b64encode(DDSketchProto.to_proto(sk).SerializeToString()).decode()
-
-
 def _payload(end: datetime, model: str, version: str, n: int) -> dict:
-    return {"schema": 1, "site": "spoofed", "node": "x", "windowStart": (end - timedelta(seconds=1)).isoformat(),
-            "windowEnd": end.isoformat(), "groups": [{
-                "model": model, "version": version, "priority": "interactive", "requests": n, "errors": 0,
-                "rejected": 0, "cancelled": 0, "forbidden": 0, "promptTokens": n, "outputTokens": n,
-                "gpuSeconds": 0.0, "costUsd": 0.0, "energyJ": 0.0, "carbonG": 0.0,
-                "sketches": {"ttftS": _sketch([0.1] * n), "itlS": _sketch([0.01] * n), "e2eS": _sketch([1.0] * n)}}]}
+    """A window of ``n`` requests made by the agent's own telemetry code (tests/harness)."""
+    return telemetry_payload("spoofed", "x", [Requests(model, version, [0.1] * n, itl=0.01, output_tokens=1,
+                                                       prompt_tokens=1)], end - timedelta(seconds=1), end)
 
 
 def test_telemetry_selects_the_model_and_each_versions_window():

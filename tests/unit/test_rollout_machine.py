@@ -36,6 +36,7 @@ from hub.rollout.machine import (
 )
 from hub.rollout.plan import SiteState
 from hub.rollout.spec import RolloutSpec
+from tests.props import examples
 
 T0 = datetime(2026, 11, 27, 21, 0, tzinfo=UTC)
 TICK = timedelta(minutes=5)
@@ -62,6 +63,8 @@ class Fleet:
         self.reachable = dict.fromkeys(self.names, True)
         self.maintenance = dict.fromkeys(self.names, False)
         self.opted_out = dict.fromkeys(self.names, False)
+        self.broken = dict.fromkeys(self.names, False)
+        """The site's agent is reachable but fails to apply what it is sent (it keeps running what it ran)."""
         self.speed = speed or {"v1": 1.0, "v2": 1.0}
         self.errors = errors or {"v1": 0, "v2": 0}
         self.requests = requests
@@ -75,7 +78,7 @@ class Fleet:
 
     def observe(self) -> Observation:
         for n in self.names:  # agents apply their desired version when they can reach the hub
-            if self.reachable[n]:
+            if self.reachable[n] and not self.broken[n]:
                 self.applied[n] = self.desired[n]
         telemetry = {}
         for n in self.names:
@@ -445,18 +448,18 @@ def test_state_is_plain_json_and_round_trips():
 
 
 EVENTS = st.sampled_from(["tick", "tick", "tick", "tick", "down", "up", "maint", "unmaint", "pause", "resume",
-                          "abort", "undo", "optout", "slow"])
+                          "abort", "undo", "optout", "slow", "fail", "heal", "errors"])
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    n=st.integers(1, 6),
+    n=st.integers(1, 40),
     waves=st.sampled_from(["1,10%,50%,100%", "1,100%", "2,50%,100%", "100%"]),
     max_unavailable=st.sampled_from(["1", "2", "50%"]),
     max_failures=st.integers(0, 2),
     strategy=st.sampled_from(["waves", "canary"]),
     on_breach=st.sampled_from(["pause", "rollback"]),
-    script=st.lists(st.tuples(EVENTS, st.integers(0, 5)), min_size=5, max_size=60),
+    script=st.lists(st.tuples(EVENTS, st.integers(0, 39)), min_size=5, max_size=80),
 )
 def test_resume_from_serialised_state_is_equivalent(n, waves, max_unavailable, max_failures, strategy, on_breach,
                                                     script):
@@ -482,6 +485,12 @@ def test_resume_from_serialised_state_is_equivalent(n, waves, max_unavailable, m
             fleet.opted_out[site] = True
         elif event == "slow":
             fleet.speed["v2"] = 5.0
+        elif event == "fail":  # the agent stays connected but its applies fail
+            fleet.broken[site] = True
+        elif event == "heal":
+            fleet.broken[site] = False
+        elif event == "errors":  # the new version starts failing requests
+            fleet.errors["v2"] = fleet.requests // 4
         elif event in ("pause", "resume", "abort", "undo"):
             outcomes = []
             for s in (live, restored_state):

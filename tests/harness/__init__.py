@@ -1,0 +1,1 @@
+"""Helpers shared by tests (no tests here): payloads made by the real producers, not typed by hand."""
