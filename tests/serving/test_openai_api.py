@@ -74,8 +74,8 @@ def test_health_readiness_and_metrics(harness) -> None:
                  "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc", "fleet_request_cost_usd_total",
                  "fleet_request_carbon_grams_total", "fleet_requests_forbidden_total"):
         assert name in text, name
-    assert 'vllm:generation_tokens_total{model="tiny",priority="",version="v1"} 4.0' in text
-    assert 'fleet_requests_forbidden_total{model="tiny",priority="",version="v1"} 1.0' in text
+    assert 'vllm:generation_tokens_total{model_name="tiny",priority="",version="v1"} 4.0' in text
+    assert 'fleet_requests_forbidden_total{model_name="tiny",priority="",version="v1"} 1.0' in text
 
 
 @pytest.mark.parametrize(("body", "status", "code", "param"), [
