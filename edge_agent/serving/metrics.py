@@ -109,3 +109,19 @@ class PrometheusExporter:
             self.cost.labels(*lv).inc(rec.cost.cost_usd)
             self.carbon.labels(*lv).inc(rec.cost.carbon_g)
             self.energy.labels(*lv).inc(rec.cost.energy_j)
+
+
+def openmetrics_latest(registry: CollectorRegistry) -> bytes:
+    """The registry in OpenMetrics text format.
+
+    prometheus_client 0.22+ escapes names for the exposition; with its default
+    ("underscores") it writes ``vllm:...`` in HELP/TYPE but ``vllm_...`` in the
+    samples, which no parser accepts. Names with colons are valid in
+    OpenMetrics' legacy character set, so they are written as they are.
+    """
+    from prometheus_client.openmetrics import exposition
+
+    try:
+        return exposition.generate_latest(registry, escaping="allow-utf-8")
+    except TypeError:  # before prometheus_client 0.22: no escaping at all
+        return exposition.generate_latest(registry)

@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edge_agent.runtime.request import Logprob, TokenLogprobs
 from edge_agent.serving.errors import BadRequest, ModelNotFound, ServingError
 from edge_agent.serving.gateway import Admission, Gateway
-from edge_agent.serving.metrics import PrometheusExporter
+from edge_agent.serving.metrics import PrometheusExporter, openmetrics_latest
 from edge_agent.serving.models import Generation, GenRequest, Piece
 from edge_agent.serving.telemetry import Outcome
 
@@ -351,7 +351,7 @@ def build_app(gateway: Gateway, exporter: PrometheusExporter | None = None) -> F
         if exporter is None:
             return PlainTextResponse("metrics are off\n", 404)
         if wants_openmetrics(request.headers.get("accept", "")):
-            return Response(openmetrics.generate_latest(exporter.registry),
+            return Response(openmetrics_latest(exporter.registry),
                             media_type=openmetrics.CONTENT_TYPE_LATEST)
         return Response(generate_latest(exporter.registry), media_type=CONTENT_TYPE_LATEST)
 
