@@ -597,6 +597,10 @@ class ModelRegistry:
 def local_factory(models_dir: Path, engine_config: Any = None) -> BackendFactory:
     """Engines from ``<models_dir>/<model>/<version>/``; a missing directory is a clear error."""
 
+    from edge_agent.runtime import require_runtime
+
+    require_runtime("the local runtime (--runtime-mode local)")
+
     def make(model: str, version: str) -> Backend:
         d = Path(models_dir) / model / version
         if not (d / "config.json").exists():
