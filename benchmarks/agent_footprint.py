@@ -6,8 +6,6 @@ runtime mode, and how long it takes to exit on SIGTERM.
 Starts a real hub (`fleet hub serve --insecure`, SQLite in a temporary
 directory, benchmarks/_sim.py's HubProcess) and, one after the other, a real agent in
 
-(The GPU probe runs as it does by default: NVML, then torch in local mode only.)
-
 * ``local`` mode: serving one model (``fleet-agent make-model --size SIZE``)
   in the in-process engine (torch loaded), and
 * ``external`` mode: forwarding to an OpenAI-compatible server
@@ -19,7 +17,8 @@ agent's node; each agent serves HTTP, and is measured with psutil once it has co
 to the hub, its HTTP API is ready and it has been idle for ``--idle`` seconds:
 RSS and USS (MiB), CPU over the idle window (% of one core), threads, and
 whether torch is loaded (``/proc/PID/maps``). Then it is sent SIGTERM and the
-time to exit is taken. Prints one JSON line.
+time to exit is taken. The GPU probe runs as by default (NVML, then torch in
+local mode only). Prints one JSON line.
 """
 
 from __future__ import annotations
