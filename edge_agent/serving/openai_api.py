@@ -4,7 +4,12 @@ health, readiness and Prometheus metrics.
 Streaming uses server-sent events exactly as the ``openai`` client reads them
 (``data: {json}\\n\\n`` per chunk, then ``data: [DONE]\\n\\n``); with
 ``stream_options.include_usage`` a last chunk with empty ``choices`` carries
-the usage. Errors use OpenAI's shape ``{"error": {"message", "type", "param",
+the usage. ``stop`` (a string or up to 4) and ``logprobs``/``top_logprobs``
+are honoured, streaming included (the engine matches stop strings and computes
+log-probabilities only for requests that ask); every field this server would
+otherwise ignore (``tools``, JSON ``response_format``, ``n > 1``, penalties,
+``logit_bias``, unknown names...) is refused with a 400 naming it, never
+silently dropped (README, "OpenAI-compatible API"). Errors use OpenAI's shape ``{"error": {"message", "type", "param",
 "code"}}``: 400 bad input (invalid JSON, over-long prompt, ``max_tokens``
 beyond the context, unknown priority class), 403 residency, 404
 ``model_not_found``, 503 + ``Retry-After`` when shed.

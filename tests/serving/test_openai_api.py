@@ -301,3 +301,22 @@ def test_metrics_use_vllm_label_names_and_speak_openmetrics(served: Harness, cli
                                    for s in samples), name
         gen = [s for s in by_name["vllm:generation_tokens"].samples if s.name.endswith("_total")]
         assert [(s.labels, s.value) for s in gen] == [({"model_name": "tiny", "version": "v1", "priority": ""}, 3.0)]
+
+
+def test_external_mode_forwards_stop_and_refuses_logprobs(harness) -> None:
+    upstream = harness().standard().start()
+    upstream.serving.gateway.default_data_class = "public"
+    front = harness(external_url=upstream.url, default_data_class="public")
+    front.start().standard()
+    kw = {"model": "tiny", "prompt": "The agent serves", "max_tokens": 24, "temperature": 0,
+          "extra_body": {"ignore_eos": True}}
+    with openai.OpenAI(base_url=f"{upstream.url}/v1", api_key="x", max_retries=0) as direct:
+        full = direct.completions.create(**kw).choices[0].text
+    stop = full[6:9]
+    with openai.OpenAI(base_url=f"{front.url}/v1", api_key="x", max_retries=0) as c:
+        chunks = list(c.completions.create(stop=[stop], stream=True, **kw))
+        with pytest.raises(openai.BadRequestError) as err:
+            c.completions.create(logprobs=1, **kw)
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == full[: full.index(stop)]
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "stop"
+    assert err.value.param == "logprobs" and "external runtime mode" in err.value.message
