@@ -495,7 +495,8 @@ class Engine:
             self.cache.set_length(s.slot, s.computed)  # type: ignore[arg-type]
             self._emit(s, tok, t1, lp)
 
-    def _logprobs(self, logits: torch.Tensor, seqs: Sequence[_Seq], picked: Sequence[int]) -> list[TokenLogprobs | None]:
+    def _logprobs(self, logits: torch.Tensor, seqs: Sequence[_Seq],
+                  picked: Sequence[int]) -> list[TokenLogprobs | None]:
         """Log-probabilities for the rows whose request asked for them; requests that did not pay nothing."""
         want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
         out: list[TokenLogprobs | None] = [None] * len(seqs)

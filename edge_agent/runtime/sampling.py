@@ -41,7 +41,8 @@ def sample(
     return out
 
 
-def logprobs(logits: torch.Tensor, picked: Sequence[int], top: Sequence[int]) -> list[tuple[float, list[tuple[int, float]]]]:
+def logprobs(logits: torch.Tensor, picked: Sequence[int],
+             top: Sequence[int]) -> list[tuple[float, list[tuple[int, float]]]]:
     """Per row of ``logits`` [B, V]: the log-probability of ``picked[i]`` and the ``top[i]`` most likely
     (token id, log-probability) pairs.
 

@@ -9,10 +9,11 @@ are honoured, streaming included (the engine matches stop strings and computes
 log-probabilities only for requests that ask); every field this server would
 otherwise ignore (``tools``, JSON ``response_format``, ``n > 1``, penalties,
 ``logit_bias``, unknown names...) is refused with a 400 naming it, never
-silently dropped (README, "OpenAI-compatible API"). Errors use OpenAI's shape ``{"error": {"message", "type", "param",
-"code"}}``: 400 bad input (invalid JSON, over-long prompt, ``max_tokens``
-beyond the context, unknown priority class), 403 residency, 404
-``model_not_found``, 503 + ``Retry-After`` when shed.
+silently dropped (README, "OpenAI-compatible API"). Errors use OpenAI's
+shape ``{"error": {"message", "type", "param", "code"}}``: 400 bad input
+(invalid JSON, over-long prompt, ``max_tokens`` beyond the context, unknown
+priority class), 403 residency, 404 ``model_not_found``, 503 + ``Retry-After``
+when shed.
 
 Fleet headers: ``X-Fleet-Data-Class`` (else the agent's default; none →
 refused), ``X-Fleet-Priority-Class`` (or the body's ``priority`` as a class
