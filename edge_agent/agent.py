@@ -87,7 +87,8 @@ class Agent:
                           external_url=cfg.external_url if external else "",
                           default_data_class=cfg.default_data_class,
                           default_priority_class=cfg.default_priority_class,
-                          telemetry_interval_s=cfg.telemetry_interval_s, data_dir=cfg.data_dir),
+                          telemetry_interval_s=cfg.telemetry_interval_s, data_dir=cfg.data_dir,
+                          grace_s=cfg.drain_timeout_s),
             Location(cfg.site, cfg.country, cfg.jurisdiction), cfg.node,
             lambda kind, payload: self.link.report(kind, payload),
         )

@@ -113,6 +113,9 @@ class AgentConfig(BaseModel):
     Policy objects never wait for it: they apply on their own path."""
     telemetry_interval_s: float = Field(5.0, gt=0)
     """Seconds between telemetry reports to the hub (default 5; idle windows send nothing)."""
+    drain_timeout_s: float = Field(5.0, ge=0)
+    """Seconds in-flight requests get to finish when the agent stops (SIGTERM); then they
+    are cancelled. Idle connections close at once (default 5)."""
 
     @property
     def serving(self) -> bool:
@@ -161,6 +164,23 @@ class AgentConfig(BaseModel):
         return f"{host}:7445"
 
 
+HOW_TO_SET = {
+    "hub": "--hub HOST:PORT (the hub's agent address, e.g. --hub hub.example.net:7443)",
+    "site": "--site NAME (the edge site this node belongs to, e.g. --site fra-1)",
+    "node": "--node NAME or $NODE_NAME (this node's name, e.g. --node gpu-a)",
+    "data_dir": "--data-dir DIR (local state: applied objects and the report outbox, e.g. /var/lib/fleet-agent)",
+}
+"""How to give each required setting, for the error when it is missing."""
+
+
+def _describe(e: dict, where: str) -> str:
+    loc = ".".join(str(p) for p in e["loc"]) or "(config)"
+    if e["type"] == "missing" and loc in HOW_TO_SET:
+        also = f", or `{loc}:` in {where.rstrip(': ')}" if where else ", or `" + loc + ":` in a --config FILE"
+        return f"{where}{loc} is required: set it with {HOW_TO_SET[loc]}{also}"
+    return f"{where}{loc}: {e['msg']}"
+
+
 def load(path: Path | None, overrides: dict) -> AgentConfig:
     """Merge a YAML file (if any) with flag overrides (None values ignored) and validate."""
     data: dict = {}
@@ -179,7 +199,5 @@ def load(path: Path | None, overrides: dict) -> AgentConfig:
         return AgentConfig.model_validate(data)
     except ValidationError as exc:
         where = f"{path}: " if path else ""
-        lines = [
-            f"{where}{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}" for e in exc.errors()
-        ]
+        lines = [_describe(e, where) for e in exc.errors()]
         raise ConfigError("\n".join(lines)) from None

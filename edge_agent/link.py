@@ -17,9 +17,9 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf import json_format
@@ -172,7 +172,7 @@ class HubLink:
         while not self._stop.is_set():
             welcomed = False
             try:
-                welcomed = await self._session()
+                welcomed = await self._until_stopped(self._session())
             except grpc.aio.AioRpcError as exc:
                 msg = f"{exc.code().name}: {exc.details()}"
                 self.status.error(msg)
@@ -194,6 +194,28 @@ class HubLink:
                 async with asyncio.timeout(delay):
                     await self._stop.wait()
         await self._close_lanes()
+
+    async def _until_stopped(self, work: Coroutine[Any, Any, bool]) -> bool:
+        """Run one session, cancelling it as soon as stop() is called.
+
+        Without this a session still dialling (a hub that drops packets: up to
+        gRPC's 20 s connect timeout) or saying hello delays the agent's exit on
+        SIGTERM. Cancelling is safe: reports leave the outbox only when acked.
+        """
+        session = asyncio.ensure_future(work)
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({session, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not session.done():
+                session.cancel()
+            await asyncio.gather(stopped, return_exceptions=True)
+        if session.cancelled() or (self._stop.is_set() and not session.done()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await session
+            return False
+        return await session
 
     # -- one stream ---------------------------------------------------------
 

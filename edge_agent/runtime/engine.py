@@ -42,14 +42,17 @@ from edge_agent.runtime.model import LlamaModel, load_model
 from edge_agent.runtime.request import (
     Completion,
     FinishReason,
+    Logprob,
     Rejection,
     RequestHandle,
     RequestStats,
     SamplingParams,
+    StopMatcher,
     TokenEvent,
+    TokenLogprobs,
     coalesced_wakes,
 )
-from edge_agent.runtime.sampling import sample
+from edge_agent.runtime.sampling import logprobs, sample
 from edge_agent.runtime.scheduler import SchedulerConfig, SeqView, StepTimeModel, schedule
 
 log = logging.getLogger(__name__)
@@ -95,6 +98,8 @@ class _Seq:
     """Tokens whose K/V are in the slot."""
     prefix_offset: int = 0
     read_offset: int = 0
+    stops: StopMatcher | None = None
+    """Stop-string matcher when the request has stop strings."""
 
     @property
     def tokens(self) -> list[int]:
@@ -278,7 +283,7 @@ class Engine:
         seq = _Seq(
             handle=handle, prompt=ids, params=params, priority=priority,
             deadline_ns=None if ttft_slo_s is None else arrival + int(ttft_slo_s * 1e9),
-            tpot_slo_s=tpot_slo_s, generator=gen,
+            tpot_slo_s=tpot_slo_s, generator=gen, stops=StopMatcher(params.stop) if params.stop else None,
         )
         with self._lock:
             if self._stop.is_set():
@@ -459,6 +464,7 @@ class Engine:
         sampled_rows = [i for i, (s, n) in enumerate(rows) if not s.output and s.computed + n == s.prefill_target]
         picked = sample(logits[sampled_rows], [rows[i][0].params for i in sampled_rows],
                         [rows[i][0].generator for i in sampled_rows]) if sampled_rows else []
+        lps = self._logprobs(logits[sampled_rows], [rows[i][0] for i in sampled_rows], picked)
         t1 = time.perf_counter_ns()
         share = (t1 - t0) / 1e9 / len(rows)
         for s, n in rows:
@@ -467,8 +473,8 @@ class Engine:
             self.cache.set_length(s.slot, s.computed)  # type: ignore[arg-type]
             if not s.output and s.computed == s.prefill_target:
                 self._prompt_total += len(s.prompt)
-        for i, tok in zip(sampled_rows, picked):
-            self._emit(rows[i][0], tok, t1)
+        for i, tok, lp in zip(sampled_rows, picked, lps):
+            self._emit(rows[i][0], tok, t1, lp)
 
     # -- decode -----------------------------------------------------------------
     def _decode(self) -> None:
@@ -479,16 +485,35 @@ class Engine:
         logits = self.decoder([s.output[-1] for s in batch], [s.computed for s in batch],
                               [s.slot for s in batch])  # type: ignore[misc]
         picked = sample(logits, [s.params for s in batch], [s.generator for s in batch])
+        lps = self._logprobs(logits, batch, picked)
         t1 = time.perf_counter_ns()
         self.step_times.observe(len(batch), (t1 - t0) / 1e9)
         share = (t1 - t0) / 1e9 / len(batch)
-        for s, tok in zip(batch, picked):
+        for s, tok, lp in zip(batch, picked, lps):
             s.computed += 1
             s.handle.stats.gpu_seconds += share
             self.cache.set_length(s.slot, s.computed)  # type: ignore[arg-type]
-            self._emit(s, tok, t1)
+            self._emit(s, tok, t1, lp)
 
-    def _emit(self, s: _Seq, tok: int, t_ns: int) -> None:
+    def _logprobs(self, logits: torch.Tensor, seqs: Sequence[_Seq],
+                  picked: Sequence[int]) -> list[TokenLogprobs | None]:
+        """Log-probabilities for the rows whose request asked for them; requests that did not pay nothing."""
+        want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
+        out: list[TokenLogprobs | None] = [None] * len(seqs)
+        if not want:
+            return out
+        rows = logprobs(logits[want], [picked[i] for i in want], [seqs[i].params.logprobs or 0 for i in want])
+        for i, (lp, alts) in zip(want, rows):
+            out[i] = TokenLogprobs(Logprob(picked[i], self._token_text(picked[i]), lp),
+                                   tuple(Logprob(t, self._token_text(t), v) for t, v in alts))
+        return out
+
+    def _token_text(self, tok: int) -> str:
+        if self.tokenizer is None:
+            return ""
+        return self.tokenizer.decode([tok], skip_special_tokens=False)  # type: ignore[attr-defined]
+
+    def _emit(self, s: _Seq, tok: int, t_ns: int, lp: TokenLogprobs | None = None) -> None:
         s.output.append(tok)
         st = s.handle.stats
         if st.first_token_ns is None:
@@ -496,12 +521,23 @@ class Engine:
         st.token_ns.append(t_ns)
         st.output_tokens = len(s.output)
         self._gen_total += 1
-        s.handle._push(TokenEvent(index=len(s.output) - 1, token_id=tok, text=self._detok(s), time_ns=t_ns))
         p = s.params
-        if (tok in self.eos_token_ids and not p.ignore_eos) or tok in p.stop_token_ids:
-            self._finish(s, FinishReason.STOP)
-        elif len(s.output) >= p.max_tokens or s.num_tokens >= self.max_len:
-            self._finish(s, FinishReason.LENGTH)
+        text = self._detok(s)
+        reason: FinishReason | None = None
+        if s.stops is not None:
+            text = s.stops.feed(text)
+            if s.stops.stopped:
+                reason = FinishReason.STOP
+        if reason is None:
+            if (tok in self.eos_token_ids and not p.ignore_eos) or tok in p.stop_token_ids:
+                reason = FinishReason.STOP
+            elif len(s.output) >= p.max_tokens or s.num_tokens >= self.max_len:
+                reason = FinishReason.LENGTH
+            if reason is not None and s.stops is not None:
+                text += s.stops.flush()  # held back for a stop string that never came
+        s.handle._push(TokenEvent(index=len(s.output) - 1, token_id=tok, text=text, time_ns=t_ns, logprobs=lp))
+        if reason is not None:
+            self._finish(s, reason)  # the KV slot is freed now, in this step
 
     def _detok(self, s: _Seq) -> str:
         """Incremental detokenisation (holds back incomplete UTF-8 sequences)."""

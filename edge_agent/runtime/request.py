@@ -32,6 +32,12 @@ class SamplingParams:
     """Extra token ids that end the request (finish reason ``stop``)."""
     seed: int | None = None
     """Per-request RNG seed for reproducible sampling."""
+    stop: tuple[str, ...] = ()
+    """Stop strings: output ends (finish reason ``stop``) just before the first of them, which is
+    not emitted; text that may begin one is held back until it is decided (:class:`StopMatcher`)."""
+    logprobs: int | None = None
+    """None (default): no log-probabilities. Else each token carries its log-probability and
+    this many top alternatives (0..20), from the model's distribution before temperature and top-p."""
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -40,6 +46,50 @@ class SamplingParams:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if any(not isinstance(x, str) or not x for x in self.stop):
+            raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+
+
+MAX_LOGPROBS = 20
+"""Most alternatives per token a request may ask for (OpenAI's ``top_logprobs`` bound)."""
+
+
+class StopMatcher:
+    """Finds stop strings in streamed text; pure, one per request.
+
+    :meth:`feed` returns the text that is safe to emit now: everything before a
+    stop string, less the longest tail that is still the beginning of some stop
+    string (held back until the next piece decides it). :meth:`flush` releases
+    what is held when the output ends for another reason.
+    """
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.held = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        buf = self.held + text
+        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.held, self.stopped = "", True
+            return buf[: min(hits)]
+        keep = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(buf)), keep, -1):
+                if buf.endswith(s[:k]):
+                    keep = k
+                    break
+        self.held = buf[len(buf) - keep :]
+        return buf[: len(buf) - keep]
+
+    def flush(self) -> str:
+        out, self.held = self.held, ""
+        return out
 
 
 class FinishReason(str, enum.Enum):
@@ -61,6 +111,24 @@ class Rejection:
 
 
 @dataclass(frozen=True)
+class Logprob:
+    """One token's log-probability under the model."""
+
+    token_id: int
+    text: str
+    """The token decoded on its own (may hold U+FFFD for part of a multi-byte character)."""
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """The sampled token's log-probability and the top alternatives (most likely first)."""
+
+    chosen: Logprob
+    top: tuple[Logprob, ...] = ()
+
+
+@dataclass(frozen=True)
 class TokenEvent:
     """One generated token as streamed to the caller."""
 
@@ -71,6 +139,8 @@ class TokenEvent:
     """Newly decodable text (may be empty while a multi-byte character is incomplete)."""
     time_ns: int
     """``time.perf_counter_ns()`` when the token was produced."""
+    logprobs: TokenLogprobs | None = None
+    """Only when the request asked for them (``SamplingParams.logprobs``)."""
 
 
 @dataclass

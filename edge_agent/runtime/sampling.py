@@ -39,3 +39,23 @@ def sample(
             probs = probs.to(gen.device)
         out[i] = int(torch.multinomial(probs, 1, generator=gen).item())
     return out
+
+
+def logprobs(logits: torch.Tensor, picked: Sequence[int],
+             top: Sequence[int]) -> list[tuple[float, list[tuple[int, float]]]]:
+    """Per row of ``logits`` [B, V]: the log-probability of ``picked[i]`` and the ``top[i]`` most likely
+    (token id, log-probability) pairs.
+
+    These are the model's own distribution (log-softmax of the raw logits), not the one after
+    temperature and top-p that the token was drawn from: what OpenAI and vLLM (by default) report,
+    and comparable across requests whatever their sampling settings.
+    """
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = lp.gather(-1, torch.tensor(list(picked), dtype=torch.long, device=lp.device).view(-1, 1)).view(-1)
+    k = max(top, default=0)
+    alts: list[list[tuple[int, float]]] = [[] for _ in picked]
+    if k > 0:
+        vals, ids = torch.topk(lp, k, dim=-1)
+        for i, (row_v, row_i) in enumerate(zip(vals.tolist(), ids.tolist())):
+            alts[i] = list(zip(row_i, row_v))[: top[i]]
+    return [(c, a) for c, a in zip(chosen.tolist(), alts)]

@@ -5,8 +5,16 @@ one process, e.g. in tests). Names follow vLLM V1 where the meaning is the
 same (FACTS.md): TTFT and ITL histograms with vLLM's buckets, e2e and queue
 time, prompt/generation token counters, and per-model gauges of running and
 waiting requests and KV cache usage; plus the fleet's cost, carbon and
-forbidden-request counters. Request metrics carry the labels model, version
-and priority (the priority class name).
+forbidden-request counters.
+
+Labels: ``model_name`` as in vLLM (its Grafana dashboards and alerts select on
+it), plus ``version`` (several versions of a model may be loaded during a
+rollout) and, on request metrics, ``priority`` (the priority class name). The
+extra labels do not break vLLM's dashboards: their queries select by
+``model_name`` and aggregate (``sum by (le)``), so a series per version or
+class is summed away. The fleet's own ``fleet_*`` metrics use the same labels.
+``/metrics`` answers in the Prometheus text format, or in OpenMetrics when
+the scraper's ``Accept`` header prefers ``application/openmetrics-text``.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
                 160, 640, 2560)
 ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80)
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240, 480, 960, 1920, 7680)
-LABELS = ("model", "version", "priority")
+MODEL_LABELS = ("model_name", "version")
+LABELS = (*MODEL_LABELS, "priority")
 
 EngineGauges = tuple[str, str, int, int, float]
 """(model, version, running, waiting, kv cache usage fraction) of one loaded model."""
@@ -35,10 +44,10 @@ class _EngineCollector(Collector):
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         running = GaugeMetricFamily("vllm:num_requests_running", "Requests in the running batch.",
-                                    labels=["model", "version"])
+                                    labels=list(MODEL_LABELS))
         waiting = GaugeMetricFamily("vllm:num_requests_waiting", "Requests waiting for admission.",
-                                    labels=["model", "version"])
-        kv = GaugeMetricFamily("vllm:kv_cache_usage_perc", "KV cache usage (1 = full).", labels=["model", "version"])
+                                    labels=list(MODEL_LABELS))
+        kv = GaugeMetricFamily("vllm:kv_cache_usage_perc", "KV cache usage (1 = full).", labels=list(MODEL_LABELS))
         for model, version, r, w, frac in self._gauges():
             running.add_metric([model, version], r)
             waiting.add_metric([model, version], w)
@@ -100,3 +109,19 @@ class PrometheusExporter:
             self.cost.labels(*lv).inc(rec.cost.cost_usd)
             self.carbon.labels(*lv).inc(rec.cost.carbon_g)
             self.energy.labels(*lv).inc(rec.cost.energy_j)
+
+
+def openmetrics_latest(registry: CollectorRegistry) -> bytes:
+    """The registry in OpenMetrics text format.
+
+    prometheus_client 0.22+ escapes names for the exposition; with its default
+    ("underscores") it writes ``vllm:...`` in HELP/TYPE but ``vllm_...`` in the
+    samples, which no parser accepts. Names with colons are valid in
+    OpenMetrics' legacy character set, so they are written as they are.
+    """
+    from prometheus_client.openmetrics import exposition
+
+    try:
+        return exposition.generate_latest(registry, escaping="allow-utf-8")
+    except TypeError:  # before prometheus_client 0.22: no escaping at all
+        return exposition.generate_latest(registry)

@@ -130,6 +130,10 @@ class GenRequest:
     ttft_slo_s: float | None = None
     tpot_slo_s: float | None = None
     request_id: str | None = None
+    stop: tuple[str, ...] = ()
+    """Stop strings (not emitted; finish reason ``stop``)."""
+    logprobs: int | None = None
+    """None: none; else per-token log-probabilities with this many alternatives (0..20)."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,8 @@ class Piece:
     text: str
     token_id: int | None
     index: int
+    logprobs: Any = None
+    """:class:`~edge_agent.runtime.request.TokenLogprobs` when the request asked for them."""
 
 
 class Generation:
@@ -193,11 +199,11 @@ class LocalGeneration(Generation):
     async def __aiter__(self) -> AsyncIterator[Piece]:
         if self._pending is not None:
             ev, self._pending = self._pending, None
-            yield Piece(ev.text, ev.token_id, ev.index)
+            yield Piece(ev.text, ev.token_id, ev.index, ev.logprobs)
         if self._ended:
             return
         async for ev in self._it:
-            yield Piece(ev.text, ev.token_id, ev.index)
+            yield Piece(ev.text, ev.token_id, ev.index, ev.logprobs)
 
     @property
     def finish_reason(self) -> str:
@@ -222,6 +228,8 @@ class ExternalGeneration(Generation):
             extra["seed"] = req.seed
         if req.ignore_eos:
             extra["ignore_eos"] = True
+        if req.stop:
+            extra["stop"] = list(req.stop)  # the upstream server stops (and frees the request) itself
         kw: dict[str, Any] = {"messages": req.messages} if req.messages is not None else {"prompt": req.prompt}
         self._agen = server.stream(model, max_tokens=req.max_tokens if req.max_tokens > 0 else 256, temperature=req.temperature,
                                    priority=req.priority, extra=extra, result=self.result, **kw)
@@ -415,7 +423,8 @@ class LocalBackend(Backend):
                              f"{self.max_len - len(ids)}", param="max_tokens", code="context_length_exceeded")
         try:
             params = SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
-                                    ignore_eos=req.ignore_eos, seed=req.seed)
+                                    ignore_eos=req.ignore_eos, seed=req.seed, stop=req.stop,
+                                    logprobs=req.logprobs)
             handle = self.engine.submit(ids, params, priority=req.priority, ttft_slo_s=req.ttft_slo_s,
                                         tpot_slo_s=req.tpot_slo_s, request_id=req.request_id)
         except ValueError as exc:
@@ -455,6 +464,10 @@ class ExternalBackend(Backend):
         return self._server
 
     async def start(self, req: GenRequest) -> Generation:
+        if req.logprobs is not None:
+            raise BadRequest("logprobs are not available in external runtime mode (the agent relays text only); "
+                             "ask the model server directly, or run the model in the agent's local runtime",
+                             param="logprobs")
         return ExternalGeneration(self._client(), self.upstream_model, req)
 
     async def aclose(self) -> None:
@@ -606,6 +619,10 @@ class ModelRegistry:
 
 def local_factory(models_dir: Path, engine_config: Any = None) -> BackendFactory:
     """Engines from ``<models_dir>/<model>/<version>/``; a missing directory is a clear error."""
+
+    from edge_agent.runtime import require_runtime
+
+    require_runtime("the local runtime (--runtime-mode local)")
 
     def make(model: str, version: str) -> Backend:
         d = Path(models_dir) / model / version

@@ -4,10 +4,16 @@ health, readiness and Prometheus metrics.
 Streaming uses server-sent events exactly as the ``openai`` client reads them
 (``data: {json}\\n\\n`` per chunk, then ``data: [DONE]\\n\\n``); with
 ``stream_options.include_usage`` a last chunk with empty ``choices`` carries
-the usage. Errors use OpenAI's shape ``{"error": {"message", "type", "param",
-"code"}}``: 400 bad input (invalid JSON, over-long prompt, ``max_tokens``
-beyond the context, unknown priority class), 403 residency, 404
-``model_not_found``, 503 + ``Retry-After`` when shed.
+the usage. ``stop`` (a string or up to 4) and ``logprobs``/``top_logprobs``
+are honoured, streaming included (the engine matches stop strings and computes
+log-probabilities only for requests that ask); every field this server would
+otherwise ignore (``tools``, JSON ``response_format``, ``n > 1``, penalties,
+``logit_bias``, unknown names...) is refused with a 400 naming it, never
+silently dropped (README, "OpenAI-compatible API"). Errors use OpenAI's
+shape ``{"error": {"message", "type", "param", "code"}}``: 400 bad input
+(invalid JSON, over-long prompt, ``max_tokens`` beyond the context, unknown
+priority class), 403 residency, 404 ``model_not_found``, 503 + ``Retry-After``
+when shed.
 
 Fleet headers: ``X-Fleet-Data-Class`` (else the agent's default; none →
 refused), ``X-Fleet-Priority-Class`` (or the body's ``priority`` as a class
@@ -29,13 +35,15 @@ from typing import Any, TypeVar
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edge_agent.serving.errors import BadRequest, ServingError
+from edge_agent.runtime.request import Logprob, TokenLogprobs
+from edge_agent.serving.errors import BadRequest, ModelNotFound, ServingError
 from edge_agent.serving.gateway import Admission, Gateway
 from edge_agent.serving.headers import DATA_CLASS_HEADER, PRIORITY_HEADER, agree, single
-from edge_agent.serving.metrics import PrometheusExporter
-from edge_agent.serving.models import Generation, GenRequest
+from edge_agent.serving.metrics import PrometheusExporter, openmetrics_latest
+from edge_agent.serving.models import Generation, GenRequest, Piece
 from edge_agent.serving.telemetry import Outcome
 
 log = logging.getLogger(__name__)
@@ -99,15 +107,97 @@ def _float(body: dict, key: str, default: float, low: float, high: float) -> flo
     return float(v)
 
 
+COMMON_FIELDS = frozenset({
+    "model", "stream", "stream_options", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "user",
+    "logprobs", "presence_penalty", "frequency_penalty", "logit_bias", "priority", "ignore_eos"})
+CHAT_FIELDS = COMMON_FIELDS | {"messages", "max_completion_tokens", "top_logprobs", "response_format", "tools",
+                               "tool_choice", "parallel_tool_calls", "functions", "function_call"}
+COMPLETION_FIELDS = COMMON_FIELDS | {"prompt", "echo", "suffix", "best_of"}
+MAX_STOPS = 4
+MAX_LOGPROBS = 20
+
+
+def _refuse_unsupported(body: dict, chat: bool) -> None:
+    """400 for every field this server would otherwise have to ignore (never silently).
+
+    Accepted with no effect, because they change nothing in the output:
+    ``user``, ``parallel_tool_calls``, ``response_format: {"type": "text"}``,
+    ``tool_choice: "none"``, zero penalties, an empty ``logit_bias``, ``best_of: 1``.
+    """
+    known = CHAT_FIELDS if chat else COMPLETION_FIELDS
+    for key in body:
+        if key not in known:
+            raise BadRequest(f"unrecognized request argument {key!r}; this server supports: "
+                             f"{', '.join(sorted(known))} (see the README's API section)", param=key)
+    for key in ("presence_penalty", "frequency_penalty"):
+        v = body.get(key)
+        if v not in (None, 0):
+            raise BadRequest(f"{key} is not supported by this server (only 0)", param=key)
+    if body.get("logit_bias") not in (None, {}):
+        raise BadRequest("logit_bias is not supported by this server", param="logit_bias")
+    for key in ("tools", "functions"):
+        if body.get(key) not in (None, []):
+            raise BadRequest(f"{key} (function calling) is not supported by this server; send the tool "
+                             "descriptions in the prompt and parse the reply yourself", param=key)
+    for key in ("tool_choice", "function_call"):
+        if body.get(key) not in (None, "none"):
+            raise BadRequest(f"{key} is not supported by this server (function calling is not implemented)",
+                             param=key)
+    rf = body.get("response_format")
+    if rf is not None and rf != {"type": "text"}:
+        raise BadRequest("response_format other than {\"type\": \"text\"} (JSON mode, JSON schema) is not "
+                         "supported by this server", param="response_format")
+    if body.get("echo") not in (None, False):
+        raise BadRequest("echo is not supported by this server", param="echo")
+    if body.get("suffix") not in (None, ""):
+        raise BadRequest("suffix (insertion) is not supported by this server", param="suffix")
+    if body.get("best_of") not in (None, 1):
+        raise BadRequest("only best_of = 1 is supported", param="best_of")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise BadRequest("user must be a string", param="user")
+
+
+def _stop(body: dict) -> tuple[str, ...]:
+    v = body.get("stop")
+    if v is None:
+        return ()
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+        raise BadRequest(f"stop must be a string or a list of strings, got {v!r}", param="stop")
+    if len(items) > MAX_STOPS:
+        raise BadRequest(f"stop takes at most {MAX_STOPS} sequences, got {len(items)}", param="stop")
+    return tuple(dict.fromkeys(x for x in items if x))  # "" stops nothing; duplicates once
+
+
+def _logprobs(body: dict, chat: bool) -> int | None:
+    """The number of alternatives per token, or None when no logprobs are asked for."""
+    v = body.get("logprobs")
+    if chat:
+        if v is not None and not isinstance(v, bool):
+            raise BadRequest(f"logprobs must be a boolean, got {v!r}", param="logprobs")
+        top = _int(body, "top_logprobs", None, 0)
+        if top is not None and top > MAX_LOGPROBS:
+            raise BadRequest(f"top_logprobs must be at most {MAX_LOGPROBS}, got {top}", param="top_logprobs")
+        if top is not None and not v:
+            raise BadRequest("top_logprobs needs logprobs: true", param="top_logprobs")
+        return (top or 0) if v else None
+    n = _int(body, "logprobs", None, 0)
+    if n is not None and n > MAX_LOGPROBS:
+        raise BadRequest(f"logprobs must be at most {MAX_LOGPROBS}, got {n}", param="logprobs")
+    return n
+
+
 def parse(body: dict, chat: bool) -> tuple[str, GenRequest, bool, bool]:
     """(model, request, stream, include_usage) from an OpenAI request body."""
+    _refuse_unsupported(body, chat)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("model is required (GET /v1/models lists them)", param="model")
     if _int(body, "n", 1, 1) != 1:
         raise BadRequest("only n = 1 is supported", param="n")
-    if body.get("stop") not in (None, [], ""):
-        raise BadRequest("stop sequences are not supported by this server", param="stop")
+    stop = _stop(body)
+    logprobs = _logprobs(body, chat)
     prompt: Any = None
     messages = None
     if chat:
@@ -138,16 +228,65 @@ def parse(body: dict, chat: bool) -> tuple[str, GenRequest, bool, bool]:
     req = GenRequest(
         prompt=prompt, messages=messages, max_tokens=max_tokens if max_tokens is not None else -1,
         temperature=_float(body, "temperature", 1.0, 0.0, 2.0), top_p=_float(body, "top_p", 1.0, 1e-9, 1.0),
-        seed=seed, ignore_eos=bool(body.get("ignore_eos", False)),
+        seed=seed, ignore_eos=bool(body.get("ignore_eos", False)), stop=stop, logprobs=logprobs,
     )
     return model, req, stream, bool(opts.get("include_usage"))
 
 
 # -- responses -------------------------------------------------------------------------
+def wants_openmetrics(accept: str) -> bool:
+    """Whether a scraper's Accept header asks for OpenMetrics (Prometheus sends
+    ``application/openmetrics-text;version=1.0.0,...;q=0.5,text/plain;...``)."""
+    best: tuple[float, bool] = (-1.0, False)
+    for part in accept.split(","):
+        media, *params = (x.strip() for x in part.split(";"))
+        q = 1.0
+        for prm in params:
+            if prm.startswith("q="):
+                try:
+                    q = float(prm[2:])
+                except ValueError:
+                    q = 0.0
+        if media in ("application/openmetrics-text", "text/plain", "*/*", "text/*") and q > 0 and q > best[0]:
+            best = (q, media == "application/openmetrics-text")
+    return best[1]
+
+
 def _usage(gen: Generation) -> dict:
     st = gen.stats
     return {"prompt_tokens": st.prompt_tokens, "completion_tokens": st.output_tokens,
             "total_tokens": st.prompt_tokens + st.output_tokens}
+
+
+LOGPROB_FLOOR = -9999.0
+"""What OpenAI reports for a token of probability 0 (JSON has no -Infinity)."""
+
+
+def _lp(v: float) -> float:
+    return v if v > LOGPROB_FLOOR else LOGPROB_FLOOR
+
+
+def chat_logprobs(lps: list[TokenLogprobs]) -> dict:
+    """OpenAI's chat ``logprobs`` object: ``{"content": [{token, logprob, bytes, top_logprobs}]}``."""
+    def one(x: Logprob) -> dict:
+        return {"token": x.text, "logprob": _lp(x.logprob), "bytes": list(x.text.encode())}
+
+    return {"content": [{**one(t.chosen), "top_logprobs": [one(a) for a in t.top]} for t in lps]}
+
+
+def completion_logprobs(lps: list[TokenLogprobs], offset: int) -> dict:
+    """OpenAI's legacy completions ``logprobs`` object; ``text_offset`` counts from ``offset``.
+
+    As in vLLM, each ``top_logprobs`` entry also holds the sampled token (so up to ``logprobs + 1`` keys).
+    """
+    tokens, token_lps, top, offsets = [], [], [], []
+    for t in lps:
+        tokens.append(t.chosen.text)
+        token_lps.append(_lp(t.chosen.logprob))
+        top.append({**{a.text: _lp(a.logprob) for a in t.top}, t.chosen.text: _lp(t.chosen.logprob)})
+        offsets.append(offset)
+        offset += len(t.chosen.text)
+    return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": top, "text_offset": offsets}
 
 
 class SSE:
@@ -171,6 +310,11 @@ class SSE:
 
     def text(self, text: str) -> str:
         return self.head + self._pre + json.dumps(text) + self._post
+
+    def with_logprobs(self, text: str, logprobs: dict) -> str:
+        piece = '"delta":{"content":' if self.chat else '"text":'
+        return self.head + f'[{{"index":0,{piece}{json.dumps(text)}{"}" if self.chat else ""},' \
+                           f'"logprobs":{json.dumps(logprobs)},"finish_reason":null}}]}}\n\n'
 
     def finish(self, reason: str) -> str:
         piece = '"delta":{}' if self.chat else '"text":""'
@@ -209,20 +353,35 @@ def build_app(gateway: Gateway, exporter: PrometheusExporter | None = None) -> F
         return PlainTextResponse("ok\n") if why is None else PlainTextResponse(f"not ready: {why}\n", 503)
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
         if exporter is None:
             return PlainTextResponse("metrics are off\n", 404)
+        if wants_openmetrics(request.headers.get("accept", "")):
+            return Response(openmetrics_latest(exporter.registry),
+                            media_type=openmetrics.CONTENT_TYPE_LATEST)
         return Response(generate_latest(exporter.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models")
-    async def models() -> JSONResponse:
+    def model_cards() -> list[dict]:
         data = []
         for b in sorted(gateway.registry.backends(), key=lambda b: (b.model, b.version)):
             data.append({"id": f"{b.model}:{b.version}", "object": "model", "created": 0, "owned_by": "fleet",
                          "root": b.model, "max_model_len": b.max_len})
         for name in sorted({d["root"] for d in data}):
             data.append({"id": name, "object": "model", "created": 0, "owned_by": "fleet", "root": name})
-        return JSONResponse({"object": "list", "data": data})
+        return data
+
+    @app.get("/v1/models")
+    async def models() -> JSONResponse:
+        return JSONResponse({"object": "list", "data": model_cards()})
+
+    @app.get("/v1/models/{model_id:path}")
+    async def retrieve_model(model_id: str) -> JSONResponse:
+        for card in model_cards():
+            if card["id"] == model_id:
+                return JSONResponse(card)
+        served = ", ".join(c["id"] for c in model_cards()) or "nothing yet"
+        raise ModelNotFound(f"the model {model_id!r} does not exist on this node; it serves: {served}",
+                            param="model")
 
     async def handle(request: Request, chat: bool) -> Response:
         raw = await request.body()
@@ -249,21 +408,26 @@ def build_app(gateway: Gateway, exporter: PrometheusExporter | None = None) -> F
             return StreamingResponse(_stream(gateway, adm, gen, SSE(chat, adm.request_id, model), include_usage),
                                      media_type="text/event-stream", headers=headers)
         try:
-            text = await _until_disconnect(request, _collect(gateway, adm, gen))
+            pieces = await _until_disconnect(request, _collect(gateway, adm, gen))
         except ClientGone:
             return Response(status_code=499)
         reason = gen.finish_reason
         if reason not in ("stop", "length"):
             raise ServingError(f"the request ended with {reason}")
+        text = "".join(p.text for p in pieces)
+        lps = [p.logprobs for p in pieces if p.logprobs is not None] if req.logprobs is not None else None
         created = int(time.time())
         if chat:
             out = {"id": f"chatcmpl-{adm.request_id}", "object": "chat.completion", "created": created,
                    "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                                "logprobs": None, "finish_reason": reason}],
+                                                "logprobs": None if lps is None else chat_logprobs(lps),
+                                                "finish_reason": reason}],
                    "usage": _usage(gen)}
         else:
             out = {"id": f"cmpl-{adm.request_id}", "object": "text_completion", "created": created, "model": model,
-                   "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}],
+                   "choices": [{"index": 0, "text": text,
+                                "logprobs": None if lps is None else completion_logprobs(lps, 0),
+                                "finish_reason": reason}],
                    "usage": _usage(gen)}
         return JSONResponse(out, headers=headers)
 
@@ -278,12 +442,12 @@ def build_app(gateway: Gateway, exporter: PrometheusExporter | None = None) -> F
     return app
 
 
-async def _collect(gateway: Gateway, adm: Admission, gen: Generation) -> str:
+async def _collect(gateway: Gateway, adm: Admission, gen: Generation) -> list[Piece]:
     outcome: Outcome | None = Outcome.CANCELLED
     try:
-        parts = [p.text async for p in gen]
+        parts = [p async for p in gen]
         outcome = None
-        return "".join(parts)
+        return parts
     finally:
         gen.cancel()
         gateway.finish(adm, gen, outcome)
@@ -295,8 +459,13 @@ async def _stream(gateway: Gateway, adm: Admission, gen: Generation, sse: SSE,
     try:
         if sse.chat:
             yield sse.role()
+        offset = 0
         async for piece in gen:
-            if piece.text:
+            if piece.logprobs is not None:
+                lp = chat_logprobs([piece.logprobs]) if sse.chat else completion_logprobs([piece.logprobs], offset)
+                offset += len(piece.logprobs.chosen.text)
+                yield sse.with_logprobs(piece.text, lp)
+            elif piece.text:
                 yield sse.text(piece.text)
         reason = gen.finish_reason
         if reason in ("stop", "length"):

@@ -56,7 +56,8 @@ class ServingConfig:
     engine_config: Any = None
     """:class:`~edge_agent.runtime.engine.EngineConfig` for local engines (default: the engine's)."""
     grace_s: float = 5.0
-    """Seconds in-flight requests get to finish at stop."""
+    """Seconds in-flight requests get to finish at stop (then they are cancelled); idle
+    connections close at once (default 5; `fleet-agent run --drain-timeout`)."""
     audit_allowed: bool = False
     """Also audit allowed residency decisions (refusals are always audited)."""
 
@@ -65,7 +66,7 @@ class Serving:
     def __init__(self, cfg: ServingConfig, here: Location, node: str, report: Report) -> None:
         self.cfg = cfg
         if cfg.external_url:
-            factory = external_factory(cfg.external_url)
+            factory = external_factory(cfg.external_url)  # no torch: an external-mode agent never imports it
         else:
             factory = local_factory(cfg.models_dir or Path("models"), cfg.engine_config)
         self.registry = ModelRegistry(factory, node, here.country)
@@ -162,7 +163,7 @@ class Serving:
             if cfg.http_port is not None:
                 config = uvicorn.Config(build_app(self.gateway, self.exporter), host=cfg.host, port=cfg.http_port,
                                         log_level="warning", lifespan="off", ws="none", access_log=False,
-                                        timeout_graceful_shutdown=int(max(1, cfg.grace_s)))
+                                        timeout_graceful_shutdown=max(0.1, cfg.grace_s))  # type: ignore[arg-type]
                 http = uvicorn.Server(config)
                 http_task = asyncio.create_task(http.serve())
                 while not http.started:
@@ -191,12 +192,16 @@ class Serving:
                 if not self._stop.is_set():
                     self.flush()
         finally:
-            if rpc is not None:
-                await rpc.stop(cfg.grace_s)
-            if http is not None and http_task is not None:
-                http.should_exit = True
-                with contextlib.suppress(Exception):
-                    await http_task
+            # Both servers drain at once, each for at most grace_s: idle keep-alive
+            # connections close at once, in-flight requests are cancelled at the deadline.
+            async def stop_http() -> None:
+                if http is not None and http_task is not None:
+                    http.should_exit = True
+                    with contextlib.suppress(Exception):
+                        await http_task
+
+            await asyncio.gather(rpc.stop(cfg.grace_s) if rpc is not None else asyncio.sleep(0), stop_http(),
+                                 return_exceptions=True)
             for b in self.registry.backends():
                 if isinstance(b, ExternalBackend):
                     await b.aclose()
