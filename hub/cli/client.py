@@ -2,8 +2,8 @@
 
 Where the hub is and how to authenticate come from, in order: flags
 (--hub, --token, --ca), the environment (FLEET_HUB, FLEET_TOKEN, FLEET_CA),
-then the fleetconfig file (FLEETCONFIG, default ~/.fleet/config.yaml) that
-`fleet hub serve` writes.
+then the fleetconfig file (FLEETCONFIG, default ~/.fleet/hub/fleetconfig.yaml) that
+`fleet hub serve` writes (see hub.cli.fleetconfig).
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from pathlib import Path
 import grpc
 import yaml
 
+from hub.cli import fleetconfig
 from hub.cli.errors import CliError
 from protos.fleet.v1 import admin_pb2_grpc
 
-DEFAULT_CONFIG = Path.home() / ".fleet" / "config.yaml"
+DEFAULT_CONFIG = fleetconfig.default_path()
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +30,7 @@ class Target:
 
 
 def config_path() -> Path:
-    return Path(os.environ.get("FLEETCONFIG", DEFAULT_CONFIG))
+    return fleetconfig.path()
 
 
 def write_fleetconfig(path: Path, hub: str, token: str, ca: Path | None) -> None:
@@ -40,13 +41,7 @@ def write_fleetconfig(path: Path, hub: str, token: str, ca: Path | None) -> None
 
 
 def resolve(hub: str | None, token: str | None, ca: str | None) -> Target:
-    file: dict = {}
-    path = config_path()
-    if path.exists():
-        try:
-            file = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise CliError(f"{path} is not valid YAML: {exc}", "fix it or delete it and restart `fleet hub serve`") from None
+    path, file = fleetconfig.load()
     hub = hub or os.environ.get("FLEET_HUB") or file.get("hub")
     token = token or os.environ.get("FLEET_TOKEN") or file.get("token")
     ca = ca or os.environ.get("FLEET_CA") or file.get("ca")
