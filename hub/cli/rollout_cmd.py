@@ -82,9 +82,12 @@ def add_parsers(sub, client_flags) -> None:
     h.add_argument("service", nargs="?", default="")
     client(h)
 
-    au = sub.add_parser("audit", help="the append-only audit trail (export with -o json or -o yaml)")
+    au = sub.add_parser("audit", help="the append-only audit trail and the agents' residency refusals "
+                                      "(export with -o json or -o yaml)")
     au.add_argument("--since", help="only records from the last DURATION (e.g. 1h) or since an ISO time")
-    au.add_argument("--subject", default="", help="only this subject, e.g. rollout/ID")
+    au.add_argument("--subject", default="", help="only this subject, e.g. rollout/ID or site/SITE")
+    au.add_argument("--site", default="", help="only the agents' residency refusals at this site")
+    au.add_argument("--data-class", default="", help="only the agents' residency refusals of this data class")
     client(au)
 
 
@@ -283,7 +286,7 @@ def history(api: Rollouts, args) -> int:
 
 
 def audit(api: Rollouts, args) -> int:
-    req = rollout_pb2.AuditRequest(subject=args.subject)
+    req = rollout_pb2.AuditRequest(subject=args.subject, site=args.site, data_class=args.data_class)
     if args.since:
         since = _since(args.since)
         req.since.FromDatetime(since)

@@ -37,29 +37,30 @@ PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F
 MAX_SERIES = 8
 """Most curves per distribution chart (the busiest rows are drawn)."""
 
-# (header, key, wide_only) of the table view; keys of table_rows' dicts. Units (ms, USD, gCO2e) are
-# in the caption (HTML) and the CLI's footnote, so headers stay short; the default columns fit a
-# terminal and `-o wide` shows every one (values are never cut).
+# (header, key) of the table view; keys of table_rows' dicts. Units (ms, USD, gCO2e) are in the caption
+# (HTML) and the CLI's footnote, so headers stay short.
 _METRIC_COLUMNS = (
-    ("REQS", "requests", False),
-    ("ERR%", "errorPct", False),
-    ("REJ", "rejected", True),
-    ("FORBID", "forbidden", True),
-    ("TTFT P50", "ttftP50Ms", True),
-    ("TTFT P95", "ttftP95Ms", False),
-    ("TTFT P99", "ttftP99Ms", True),
-    ("ITL P50", "itlP50Ms", True),
-    ("ITL P95", "itlP95Ms", False),
-    ("ITL P99", "itlP99Ms", True),
-    ("TPOT P95", "tpotP95Ms", True),
-    ("QUEUE P95", "queueP95Ms", True),
-    ("E2E P95", "e2eP95Ms", True),
-    ("TOK/S", "tokensPerS", False),
-    ("$/1M TOK", "usdPer1MOutputTokens", True),
-    ("$/1K REQ", "usdPer1kRequests", False),
-    ("GCO2E/1K REQ", "gco2ePer1kRequests", True),
-    ("ENERGY KWH", "energyKwh", True),
+    ("REQS", "requests"),
+    ("ERR%", "errorPct"),
+    ("REJ", "rejected"),
+    ("FORBID", "forbidden"),
+    ("TTFT P50", "ttftP50Ms"),
+    ("TTFT P95", "ttftP95Ms"),
+    ("TTFT P99", "ttftP99Ms"),
+    ("ITL P50", "itlP50Ms"),
+    ("ITL P95", "itlP95Ms"),
+    ("ITL P99", "itlP99Ms"),
+    ("TPOT P95", "tpotP95Ms"),
+    ("QUEUE P95", "queueP95Ms"),
+    ("E2E P95", "e2eP95Ms"),
+    ("TOK/S", "tokensPerS"),
+    ("$/1M TOK", "usdPer1MOutputTokens"),
+    ("$/1K REQ", "usdPer1kRequests"),
+    ("GCO2E/1K REQ", "gco2ePer1kRequests"),
+    ("ENERGY KWH", "energyKwh"),
 )
+TERMINAL_KEYS = frozenset({"requests", "errorPct", "ttftP95Ms", "itlP95Ms", "tokensPerS", "usdPer1kRequests"})
+"""The metric columns a terminal table shows by default (with the dimensions); `-o wide` shows every one."""
 UNITS = "latencies in ms; error rate in %; cost in USD; carbon in gCO2e; energy in kWh"
 """What the short headers of the table measure in."""
 
@@ -109,11 +110,11 @@ TOTAL = "TOTAL"
 """First dimension value of the total row in the table view."""
 
 
-def table_rows(report: Report) -> tuple[list[dict], list[tuple[str, str, bool]]]:
-    """Rows then the total row, and the ``(header, key, wide_only)`` columns, for :func:`hub.cli.output.emit`."""
+def table_rows(report: Report) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Rows then the total row, and the ``(header, key)`` columns, for :func:`hub.cli.output.emit`."""
     rows = [_display_row(report, r, False) for r in report.rows]
     rows.append(_display_row(report, report.total, True))
-    dims = [(d.upper(), d, False) for d in report.by] or [("SCOPE", "scope", False)]
+    dims = [(d.upper(), d) for d in report.by] or [("SCOPE", "scope")]
     return rows, dims + list(_METRIC_COLUMNS)
 
 
@@ -437,12 +438,12 @@ def render_html(report: Report, title: str = "Fleet report", slo_ttft_p95_s: Opt
     dims = set(report.by) | {"scope"}
     out.append("<h2>Table</h2><table><caption>Per " + escape(", ".join(report.by) or "fleet")
                + " (latencies in ms; error rate in %; cost in USD; carbon in gCO2e)</caption><thead><tr>")
-    out.extend(f'<th scope="col"{"" if key in dims else " class=n"}>{escape(h)}</th>' for h, key, _ in columns)
+    out.extend(f'<th scope="col"{"" if key in dims else " class=n"}>{escape(h)}</th>' for h, key in columns)
     out.append("</tr></thead><tbody>")
     for i, r in enumerate(rows):
         cls = ' class="total"' if i == len(rows) - 1 else ""
         out.append(f"<tr{cls}>" + "".join(
-            f'<td{"" if key in dims else " class=n"}>{escape(_cell(r.get(key)))}</td>' for _, key, _ in columns)
+            f'<td{"" if key in dims else " class=n"}>{escape(_cell(r.get(key)))}</td>' for _, key in columns)
             + "</tr>")
     out.append("</tbody></table>")
     if report.skipped:
