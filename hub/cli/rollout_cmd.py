@@ -213,7 +213,7 @@ def status(api: Rollouts, args) -> int:
         one(rollout_dict(r), args.output)
         return 0
     if not args.watch:
-        console().print(render(r))
+        console().print(render(r), crop=False)  # a long reason runs on; the terminal wraps it whole
         return 0
     with Live(render(r), console=console(), refresh_per_second=4) as live:
         while r.phase not in {p.value for p in Phase.terminal()}:
