@@ -51,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="hub processes sharing the agent port (default 1)")
     serve.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between agent heartbeats (default 5)")
     serve.add_argument("--rollout-tick", type=float, default=2.0, help="seconds between rollout controller ticks (default 2)")
+    serve.add_argument("--metrics-listen", metavar="HOST:PORT",
+                       help="serve the hub's Prometheus /metrics here, e.g. 127.0.0.1:9464 (default: not served)")
     serve.add_argument("--rollout-lease", type=float, default=15.0,
                        help="seconds a hub's claim to drive a rollout lasts unrenewed (default 15)")
 
