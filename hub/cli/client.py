@@ -46,12 +46,11 @@ def resolve(hub: str | None, token: str | None, ca: str | None) -> Target:
     token = token or os.environ.get("FLEET_TOKEN") or file.get("token")
     ca = ca or os.environ.get("FLEET_CA") or file.get("ca")
     if not hub:
-        raise CliError(
-            "no hub address: nothing in --hub, FLEET_HUB or " + str(path),
-            "start one with `fleet hub serve`, or pass --hub HOST:PORT",
-        )
+        raise CliError("no hub address: nothing in --hub, FLEET_HUB or " + fleetconfig.describe(path),
+                       fleetconfig.hint(path))
     if not token:
-        raise CliError("no admin token: nothing in --token, FLEET_TOKEN or " + str(path), "pass --token or set FLEET_TOKEN")
+        raise CliError("no admin token: nothing in --token, FLEET_TOKEN or " + fleetconfig.describe(path),
+                       "pass --token or set FLEET_TOKEN")
     return Target(hub, token, Path(ca) if ca else None)
 
 

@@ -31,18 +31,13 @@ def path() -> Path:
 
 
 def load() -> tuple[Path, dict]:
-    """The fleetconfig's path and settings; ``{}`` when the default file does not exist.
+    """The fleetconfig's path and settings; ``{}`` when the file does not exist (flags or the environment
+    may name the hub; :func:`describe` and :func:`hint` say what was missing if nothing does).
 
-    A FLEETCONFIG that names a missing file, or a file that is not a YAML
-    mapping, is an error of its own (not "start a hub").
+    A file that is not a YAML mapping is an error of its own (not "start a hub").
     """
     p = path()
-    named = bool(os.environ.get("FLEETCONFIG"))
     if not p.exists():
-        if named:
-            raise CliError(f"FLEETCONFIG names {p}, which does not exist",
-                           f"point FLEETCONFIG at the {FILENAME} in the hub's --data-dir (default "
-                           f"{default_path()}), or unset it")
         return p, {}
     try:
         data = yaml.safe_load(p.read_text())
@@ -58,3 +53,20 @@ def load() -> tuple[Path, dict]:
                        f"{type(data).__name__})",
                        "fix it, or delete it and restart `fleet hub serve` to write it again")
     return p, data
+
+
+def _named_but_missing(p: Path) -> bool:
+    return bool(os.environ.get("FLEETCONFIG")) and not p.exists()
+
+
+def describe(p: Path) -> str:
+    """The fleetconfig for an error message: a FLEETCONFIG naming a missing file says so."""
+    return f"FLEETCONFIG={p}, which does not exist" if _named_but_missing(p) else str(p)
+
+
+def hint(p: Path) -> str:
+    """What to do when the fleetconfig gave no hub."""
+    if _named_but_missing(p):
+        return (f"point FLEETCONFIG at the {FILENAME} in the hub's --data-dir (default {default_path()}), or "
+                "unset it; or pass --hub HOST:PORT")
+    return "start one with `fleet hub serve`, or pass --hub HOST:PORT"

@@ -66,7 +66,9 @@ def test_a_fleetconfig_that_does_not_exist_gets_its_own_message(tmp_path):
     missing = tmp_path / "nope.yaml"
     proc = fleet(None, "get", "sites", env={"FLEETCONFIG": str(missing)})
     assert_clean_error(proc)
-    assert f"FLEETCONFIG names {missing}, which does not exist" in proc.stderr
+    assert f"no hub address: nothing in --hub, FLEET_HUB or FLEETCONFIG={missing}, which does not exist" \
+        in proc.stderr
+    assert "next: point FLEETCONFIG at the fleetconfig.yaml in the hub's --data-dir" in proc.stderr
     assert "start one with `fleet hub serve`" not in proc.stderr
 
 
