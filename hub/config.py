@@ -68,6 +68,11 @@ class HubConfig(BaseModel):
     rollout_lease_s: float = Field(15.0, gt=0)
     """How long a hub process's claim to drive a rollout lasts without renewal; another replica (or this
     one restarted) takes over after it (default 15 s, at least two ticks)."""
+    metrics_listen: str | None = None
+    """HOST:PORT of the hub's Prometheus ``/metrics`` (hub.metrics; port 0: any free port); None: not served
+    (default). Only the admin-serving process serves it."""
+    metrics_refresh_s: float = Field(5.0, gt=0)
+    """How often the metrics are read from the store, in seconds (default 5)."""
     limits: Limits = Limits()
 
     @model_validator(mode="after")

@@ -30,6 +30,7 @@ import grpc
 from hub.admin import AdminService, BearerTokenInterceptor
 from hub.config import HubConfig
 from hub.link import AgentLinkService, Broker, Recorder
+from hub.metrics import HubMetrics, serve_http
 from hub.rollout.controller import RolloutController
 from hub.rollout.service import RolloutService
 from hub.security.enrollment import CertificatesService, Enrollment, EnrollmentService, Signer
@@ -45,6 +46,7 @@ class Ports:
     agent: int
     admin: int | None
     enroll: int | None = None
+    metrics: int | None = None
 
 
 def _server_options(cfg: HubConfig) -> list[tuple[str, int]]:
@@ -113,6 +115,8 @@ class Hub:
         self.broker = Broker(self.store, cfg.poll_interval_s)
         self.recorder = Recorder(self.store, cfg.flush_interval_s)
         self._tasks: list[asyncio.Task] = []
+        self.metrics: HubMetrics | None = None
+        self._metrics_http = None
         self._agent_server: grpc.aio.Server | None = None
         self._admin_server: grpc.aio.Server | None = None
         self._enroll_server: grpc.aio.Server | None = None
@@ -194,6 +198,13 @@ class Hub:
             asyncio.create_task(self.broker.run(), name="broker"),
             asyncio.create_task(self.recorder.run(), name="recorder"),
         ]
+        metrics_port = None
+        if self.serve_admin and self.cfg.metrics_listen:
+            self.metrics = HubMetrics()
+            self._metrics_http, metrics_port = serve_http(self.cfg.metrics_listen, self.metrics.registry)
+            self._tasks.append(asyncio.create_task(
+                self.metrics.run(self.store, self.cfg.liveness, self.cfg.metrics_refresh_s), name="metrics"))
+            log.info("hub metrics on port %d (/metrics)", metrics_port)
         await self._agent_server.start()
         if self._enroll_server is not None:
             await self._enroll_server.start()
@@ -204,7 +215,7 @@ class Hub:
         log.info("hub serving agents on port %d%s%s", agent_port,
                  f", enrollment on port {enroll_port}" if enroll_port else "",
                  f", admin on port {admin_port}" if admin_port else "")
-        return Ports(agent_port, admin_port, enroll_port)
+        return Ports(agent_port, admin_port, enroll_port, metrics_port)
 
     async def stop(self, grace: float = 2.0) -> None:
         if self.rollouts is not None:
@@ -218,6 +229,9 @@ class Hub:
         # finish before the store closes, or they open connections nobody closes.
         if self._link is not None and not await self._link.wait_idle(grace + 5.0):
             log.warning("some agent streams did not finish their clean-up before shutdown")
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -152,7 +152,7 @@ def run(args) -> int:
             ttl = parse_duration(args.ttl)
         except (certs.CertError, ValueError) as exc:
             raise CliError(str(exc), "e.g. `fleet certs token create --site fra-1 --ttl 24h`", code=2) from None
-    c = Certificates(resolve(args.hub, args.token, args.ca))
+    c = Certificates(resolve(args.hub, args.token, args.ca, getattr(args, "insecure", False)))
     now = datetime.now(UTC)
     try:
         if args.certs_cmd == "token":

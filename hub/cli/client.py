@@ -3,7 +3,7 @@
 Where the hub is and how to authenticate come from, in order: flags
 (--hub, --token, --ca, --insecure), the environment (FLEET_HUB, FLEET_TOKEN,
 FLEET_CA, FLEET_INSECURE=1), then the fleetconfig file (FLEETCONFIG, default
-~/.fleet/config.yaml) that `fleet hub serve` writes.
+~/.fleet/hub/fleetconfig.yaml) that `fleet hub serve` writes (see hub.cli.fleetconfig).
 
 The admin token is a bearer secret, so the CLI speaks TLS (verified against
 the fleet CA) unless plaintext was asked for explicitly: --insecure,
@@ -22,10 +22,11 @@ from pathlib import Path
 import grpc
 import yaml
 
+from hub.cli import fleetconfig
 from hub.cli.errors import CliError
 from protos.fleet.v1 import admin_pb2_grpc
 
-DEFAULT_CONFIG = Path.home() / ".fleet" / "config.yaml"
+DEFAULT_CONFIG = fleetconfig.default_path()
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +40,7 @@ class Target:
 
 
 def config_path() -> Path:
-    return Path(os.environ.get("FLEETCONFIG", DEFAULT_CONFIG))
+    return fleetconfig.path()
 
 
 def write_fleetconfig(path: Path, hub: str, token: str, ca: Path | None) -> None:
@@ -73,26 +74,19 @@ def _transport(ca: str | None, insecure: bool, env: dict, file: dict) -> tuple[s
 
 
 def resolve(hub: str | None, token: str | None, ca: str | None, insecure: bool = False) -> Target:
-    file: dict = {}
-    path = config_path()
-    if path.exists():
-        try:
-            file = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise CliError(f"{path} is not valid YAML: {exc}", "fix it or delete it and restart `fleet hub serve`") from None
+    path, file = fleetconfig.load()
     hub = hub or os.environ.get("FLEET_HUB") or file.get("hub")
     token = token or os.environ.get("FLEET_TOKEN") or file.get("token")
     ca, insecure = _transport(ca, insecure, dict(os.environ), file)
     if not hub:
-        raise CliError(
-            "no hub address: nothing in --hub, FLEET_HUB or " + str(path),
-            "start one with `fleet hub serve`, or pass --hub HOST:PORT",
-        )
+        raise CliError("no hub address: nothing in --hub, FLEET_HUB or " + fleetconfig.describe(path),
+                       fleetconfig.hint(path))
     if not token:
-        raise CliError("no admin token: nothing in --token, FLEET_TOKEN or " + str(path), "pass --token or set FLEET_TOKEN")
+        raise CliError("no admin token: nothing in --token, FLEET_TOKEN or " + fleetconfig.describe(path),
+                       "pass --token or set FLEET_TOKEN")
     if ca is None and not insecure:
         raise CliError(
-            f"no CA to verify the hub at {hub} with (nothing in --ca, FLEET_CA or {path}): the admin token "
+            f"no CA to verify the hub at {hub} with (nothing in --ca, FLEET_CA or {fleetconfig.describe(path)}): the admin token "
             "would travel in plaintext; nothing was sent",
             "pass --ca with the ca.pem from `fleet certs init`, or --insecure for a hub started with --insecure "
             "on a trusted machine",

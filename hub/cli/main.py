@@ -17,9 +17,14 @@ from google.protobuf.struct_pb2 import Struct
 from hub.cli import certs_cmd, policy_cmd, report_cmd, rollout_cmd, views
 from hub.cli.client import Admin, resolve
 from hub.cli.errors import CliError
+from hub.cli.fleetconfig import DEFAULT_DATA_DIR, FILENAME
 from hub.cli.output import FORMATS
+from hub.cli.suggest import Parser, resource_type
 from hub.publish import MANAGED_KINDS
 from protos.fleet.v1 import admin_pb2
+
+
+GET_RESOURCES = ("sites", "nodes", "objects", "revisions", "rollouts")
 
 
 def _client_flags(p: argparse.ArgumentParser) -> None:
@@ -29,17 +34,20 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure", action="store_true",
                    help="plaintext, no TLS: the admin token travels unencrypted (a hub started with --insecure, "
                         "on a trusted machine only; default: FLEET_INSECURE=1 or the fleetconfig)")
-    p.add_argument("-o", "--output", choices=FORMATS, default="table", help="output format (default: table)")
+    p.add_argument("-o", "--output", choices=FORMATS, default="table",
+                   help="output format; wide adds columns to the table (default: table)")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fleet", description="Edge-fleet federation manager for LLM inference: the hub CLI.")
+    p = Parser(prog="fleet", description="Edge-fleet federation manager for LLM inference: the hub CLI.")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     hub = sub.add_parser("hub", help="run the hub").add_subparsers(dest="hub_cmd", required=True)
     serve = hub.add_parser("serve", help="serve agents and the admin API until interrupted")
-    serve.add_argument("--data-dir", default="~/.fleet/hub", help="state directory (SQLite store, admin token)")
+    serve.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                       help=f"state directory: SQLite store, admin token, and the {FILENAME} the CLI reads "
+                            f"(default {DEFAULT_DATA_DIR})")
     serve.add_argument("--db", help="database URL: sqlite:///PATH (default: DATA_DIR/fleet.db) or postgresql://...")
     serve.add_argument("--listen", default="0.0.0.0:7443", help="agent address (default 0.0.0.0:7443)")
     serve.add_argument("--admin-listen", default="127.0.0.1:7444", help="admin API address (default 127.0.0.1:7444)")
@@ -54,19 +62,23 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="hub processes sharing the agent port (default 1)")
     serve.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between agent heartbeats (default 5)")
     serve.add_argument("--rollout-tick", type=float, default=2.0, help="seconds between rollout controller ticks (default 2)")
+    serve.add_argument("--metrics-listen", metavar="HOST:PORT",
+                       help="serve the hub's Prometheus /metrics here, e.g. 127.0.0.1:9464 (default: not served)")
     serve.add_argument("--rollout-lease", type=float, default=15.0,
                        help="seconds a hub's claim to drive a rollout lasts unrenewed (default 15)")
 
     certs_cmd.add_parsers(sub, _client_flags)
 
-    get = sub.add_parser("get", help="list sites, nodes, desired objects or policy revisions")
-    get.add_argument("what", choices=["sites", "nodes", "objects", "revisions"])
+    get = sub.add_parser("get", help="list sites, nodes, desired objects, policy revisions or rollouts")
+    get.add_argument("what", type=resource_type(GET_RESOURCES), metavar="RESOURCE",
+                     help="sites (site, st), nodes (node, no), objects (object, obj), revisions (revision, rev) "
+                          "or rollouts (rollout, ro)")
     get.add_argument("--site", default="", help="only this site (nodes)")
     get.add_argument("--kind", default="", help="only this kind (objects)")
     _client_flags(get)
 
     desc = sub.add_parser("describe", help="everything about one site or node")
-    desc.add_argument("what", choices=["site", "node"])
+    desc.add_argument("what", type=resource_type(("sites", "nodes")), metavar="RESOURCE", help="site or node")
     desc.add_argument("name", help="SITE, or SITE/NODE for a node")
     _client_flags(desc)
 
@@ -162,6 +174,9 @@ def dispatch(args) -> int:
         args.bundle = policy_cmd.load(args.filename)  # bad files: exit 2 before any connection
     if args.cmd == "rollout" and args.rollout_cmd == "start":
         rollout_cmd.spec_from_args(args)  # bad flags: exit 2 before any connection
+    if args.cmd == "get" and args.what == "rollouts":
+        args.rollout_cmd, args.service, args.watch = "status", "", False
+        return rollout_cmd.run(resolve(args.hub, args.token, args.ca, args.insecure), args)
     if args.cmd in ("rollout", "audit"):
         return rollout_cmd.run(resolve(args.hub, args.token, args.ca, args.insecure), args)
     if args.cmd in ("set", "delete") and args.kind in MANAGED_KINDS:
@@ -170,7 +185,7 @@ def dispatch(args) -> int:
     admin = Admin(resolve(args.hub, args.token, args.ca, args.insecure))
     try:
         if args.cmd == "get" and args.what == "revisions":
-            return policy_cmd.get_revisions(admin, args.output)
+            return policy_cmd.get_revisions(admin, args.output, wide=args.wide)
         if args.cmd in ("plan", "apply", "rollback", "diff", "explain"):
             run = {"plan": policy_cmd.plan, "apply": policy_cmd.apply, "rollback": policy_cmd.rollback,
                    "diff": policy_cmd.diff_revisions, "explain": policy_cmd.explain_service}[args.cmd]
@@ -178,9 +193,9 @@ def dispatch(args) -> int:
         if args.cmd == "report":
             return report_cmd.run(admin, args)
         if args.cmd == "get":
-            return views.get(admin, args.what, args.output, site=args.site, kind=args.kind)
+            return views.get(admin, args.what, args.output, site=args.site, kind=args.kind, wide=args.wide)
         if args.cmd == "describe":
-            return views.describe(admin, args.what, args.name, args.output)
+            return views.describe(admin, args.what.removesuffix("s"), args.name, args.output)
         if args.cmd == "set":
             resp = admin.PutObject(admin_pb2.PutObjectRequest(
                 kind=args.kind, name=args.name, spec=_spec(args.values),
@@ -199,6 +214,10 @@ def dispatch(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # -o wide is the table with every column: views that have none extra print their table.
+    args.wide = getattr(args, "output", None) == "wide"
+    if args.wide:
+        args.output = "table"
     debug = os.environ.get("FLEET_DEBUG") == "1"
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO if args.verbose or args.cmd == "hub" else logging.WARNING,

@@ -133,14 +133,15 @@ def revision_row(r: admin_pb2.Revision) -> dict:
     }
 
 
-def get_revisions(admin: Admin, fmt: str) -> int:
+def get_revisions(admin: Admin, fmt: str, wide: bool = False) -> int:
     rows = [revision_row(r) for r in admin.ListRevisions(admin_pb2.ListRevisionsRequest()).revisions]
     if not rows and fmt == "table":
         print("no revisions yet; `fleet apply -f fleet_configs -f policies` creates the first")
         return 0
     emit(rows, [("REVISION", "revision"), ("AGE", "age"), ("AUTHOR", "author"), ("REPLICAS", "replicas"),
-                ("GPUS", "gpus"), ("USD/H", "costUsdPerHour"), ("KGCO2E/H", "carbonKgPerHour"),
-                ("SLO", "sloAttainment"), ("ROLLBACK-OF", "rollbackOf"), ("MESSAGE", "message")], fmt)
+                ("GPUS", "gpus"), ("USD/H", "costUsdPerHour"), ("KGCO2E/H", "carbonKgPerHour", True),
+                ("SLO", "sloAttainment", True), ("ROLLBACK-OF", "rollbackOf", True), ("DIGEST", "digest", True),
+                ("MESSAGE", "message")], fmt, wide=wide)
     return 0
 
 

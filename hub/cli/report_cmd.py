@@ -16,6 +16,7 @@ from hub.cli.client import Admin
 from hub.cli.errors import CliError
 from hub.cli.output import emit
 from hub.policy.units import parse_duration
+from hub.report.render import TERMINAL_KEYS, UNITS
 from protos.fleet.v1 import admin_pb2
 
 
@@ -61,7 +62,11 @@ def run(admin: Admin, args) -> int:
     if args.output == "table" and report["payloads"] == 0:
         print("no telemetry yet: agents send it every few seconds while they serve requests")
         return 0
-    emit(table["rows"], [tuple(c) for c in table["columns"]], args.output)
+    dims = {*report["by"], "scope"}
+    columns = [(h, k, k not in dims and k not in TERMINAL_KEYS) for h, k in table["columns"]]
+    emit(table["rows"], columns, args.output, wide=args.wide)
+    if args.output == "table":
+        print(f"({UNITS}" + ("" if args.wide else "; -o wide for every column") + ")", file=sys.stderr)
     for s in report["skipped"]:
         print(f"skipped a payload from {s['site']}/{s['node']}: {s['reason']}", file=sys.stderr)
     return 0

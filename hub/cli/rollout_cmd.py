@@ -15,12 +15,11 @@ from pydantic import ValidationError
 from rich.console import Group
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn
-from rich.table import Table
 from rich.text import Text
 
 from hub.cli.client import Client, Target
 from hub.cli.errors import CliError
-from hub.cli.output import age, console, emit
+from hub.cli.output import aligned, age, console, emit
 from hub.rollout.machine import Phase, RolloutState, SiteStatus
 from hub.rollout.spec import RolloutSpec, cli_errors, parse_duration
 from protos.fleet.v1 import rollout_pb2, rollout_pb2_grpc
@@ -83,9 +82,12 @@ def add_parsers(sub, client_flags) -> None:
     h.add_argument("service", nargs="?", default="")
     client(h)
 
-    au = sub.add_parser("audit", help="the append-only audit trail (export with -o json or -o yaml)")
+    au = sub.add_parser("audit", help="the append-only audit trail and the agents' residency refusals "
+                                      "(export with -o json or -o yaml)")
     au.add_argument("--since", help="only records from the last DURATION (e.g. 1h) or since an ISO time")
-    au.add_argument("--subject", default="", help="only this subject, e.g. rollout/ID")
+    au.add_argument("--subject", default="", help="only this subject, e.g. rollout/ID or site/SITE")
+    au.add_argument("--site", default="", help="only the agents' residency refusals at this site")
+    au.add_argument("--data-class", default="", help="only the agents' residency refusals of this data class")
     client(au)
 
 
@@ -154,17 +156,17 @@ def render(r: rollout_pb2.Rollout) -> Group:
     bar.add_task(f"{r.phase:<12} {what}", total=total, completed=done)
     status = Text(f"Status: {r.status}")
     waves = Text("Waves: " + " | ".join(f"{i + 1}: {', '.join(w)}" for i, w in enumerate(state.waves)))
-    sites = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("SITE", "WAVE", "STATE", "SINCE", "REASON"):
-        sites.add_column(col)
-    for rec in state.sites:
-        sites.add_row(rec.site, str(rec.wave + 1), rec.status.value, age(rec.since, now), rec.reason or "-")
+    # Aligned text, never folded or cut at the terminal's width (a long reason runs on).
+    sites = Text(aligned(("SITE", "WAVE", "STATE", "SINCE", "REASON"),
+                         [(rec.site, str(rec.wave + 1), rec.status.value, age(rec.since, now), rec.reason or "-")
+                          for rec in state.sites]), no_wrap=True, overflow="ignore")
     parts = [head, status, bar, waves, sites]
     if state.excluded:
         parts.append(Text("Not in the rollout: " + "; ".join(f"{s} ({why})" for s, why in state.excluded)))
     if state.verdicts:
+        judged = state.verdicts_wave if state.verdicts_wave is not None else state.wave
         parts.append(Text.from_markup("[bold]Last gate verdicts[/] (wave "
-                                      f"{min(state.wave, len(state.waves) - 1) + 1}):"))
+                                      f"{min(judged, len(state.waves) - 1) + 1}):"))
         for v in state.verdicts:
             parts.append(Text.from_markup(f"  {MARK.get(v.outcome.value, v.outcome.value)} {v.gate}: ")
                          + Text(v.sentence))
@@ -211,7 +213,7 @@ def status(api: Rollouts, args) -> int:
         one(rollout_dict(r), args.output)
         return 0
     if not args.watch:
-        console().print(render(r))
+        console().print(render(r), crop=False)  # a long reason runs on; the terminal wraps it whole
         return 0
     with Live(render(r), console=console(), refresh_per_second=4) as live:
         while r.phase not in {p.value for p in Phase.terminal()}:
@@ -233,6 +235,8 @@ def start(api: Rollouts, args) -> int:
           f"({' + '.join(str(len(w)) for w in state.waves)}), at most {state.max_unavailable} updating at once")
     for site, why in state.excluded:
         print(f"  not included: {site} ({why})")
+    for w in state.warnings:
+        print(f"  warning: {w}")
     print(f"  watch it: fleet rollout status {r.service} --watch")
     return 0
 
@@ -282,7 +286,7 @@ def history(api: Rollouts, args) -> int:
 
 
 def audit(api: Rollouts, args) -> int:
-    req = rollout_pb2.AuditRequest(subject=args.subject)
+    req = rollout_pb2.AuditRequest(subject=args.subject, site=args.site, data_class=args.data_class)
     if args.since:
         since = _since(args.since)
         req.since.FromDatetime(since)

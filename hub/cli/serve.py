@@ -71,6 +71,7 @@ def build_config(args) -> HubConfig:
             heartbeat_interval_s=args.heartbeat_interval,
             rollout_tick_s=getattr(args, "rollout_tick", 2.0),
             rollout_lease_s=getattr(args, "rollout_lease", 15.0),
+            metrics_listen=getattr(args, "metrics_listen", None),
         )
     except ValidationError as exc:
         msgs = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())

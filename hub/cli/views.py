@@ -72,21 +72,25 @@ def object_row(o: admin_pb2.ObjectView) -> dict:
     }
 
 
+# kubectl-style: what fits 80 columns by default, the rest with -o wide (third field True).
 SITE_COLUMNS = [("SITE", "site"), ("PHASE", "phase"), ("LAST SEEN", "age"), ("NODES", "nodes"), ("GPUS", "gpus"),
-                ("REGION", "region"), ("COUNTRY", "country"), ("JURISDICTION", "jurisdiction"),
-                ("DESIRED", "desiredVersion"), ("APPLIED", "appliedVersion")]
+                ("REGION", "region"), ("APPLIED", "appliedVersion"), ("COUNTRY", "country", True),
+                ("JURISDICTION", "jurisdiction", True), ("DESIRED", "desiredVersion", True)]
 NODE_COLUMNS = [("SITE", "site"), ("NODE", "node"), ("PHASE", "phase"), ("LAST SEEN", "age"), ("GPUS", "gpus"),
-                ("DESIRED", "desiredVersion"), ("APPLIED", "appliedVersion"), ("OBJECTS", "objects")]
-OBJECT_COLUMNS = [("KIND", "kind"), ("NAME", "name"), ("VERSION", "version"), ("TARGET", "target"), ("APPLIED", "applied")]
+                ("OBJECTS", "objects"), ("DESIRED", "desiredVersion", True), ("APPLIED", "appliedVersion", True),
+                ("REGION", "region", True), ("AGENT", "agentVersion", True)]
+OBJECT_COLUMNS = [("KIND", "kind"), ("NAME", "name"), ("VERSION", "version"), ("TARGET", "target"),
+                  ("APPLIED", "applied"), ("ID", "id", True)]
 
 
-def get(admin, what: str, fmt: str, site: str = "", kind: str = "") -> int:
+def get(admin, what: str, fmt: str, site: str = "", kind: str = "", wide: bool = False) -> int:
     if what == "sites":
-        emit([site_row(s) for s in admin.ListSites(admin_pb2.ListSitesRequest()).sites], SITE_COLUMNS, fmt)
+        emit([site_row(s) for s in admin.ListSites(admin_pb2.ListSitesRequest()).sites], SITE_COLUMNS, fmt, wide=wide)
     elif what == "nodes":
-        emit([node_row(n) for n in admin.ListNodes(admin_pb2.ListNodesRequest(site=site)).nodes], NODE_COLUMNS, fmt)
+        emit([node_row(n) for n in admin.ListNodes(admin_pb2.ListNodesRequest(site=site)).nodes], NODE_COLUMNS, fmt, wide=wide)
     elif what == "objects":
-        emit([object_row(o) for o in admin.ListObjects(admin_pb2.ListObjectsRequest(kind=kind)).objects], OBJECT_COLUMNS, fmt)
+        emit([object_row(o) for o in admin.ListObjects(admin_pb2.ListObjectsRequest(kind=kind)).objects], OBJECT_COLUMNS, fmt,
+             wide=wide)
     return 0
 
 

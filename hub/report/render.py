@@ -37,27 +37,32 @@ PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F
 MAX_SERIES = 8
 """Most curves per distribution chart (the busiest rows are drawn)."""
 
-# (header, key, unit) of the table view; keys of table_rows' dicts.
+# (header, key) of the table view; keys of table_rows' dicts. Units (ms, USD, gCO2e) are in the caption
+# (HTML) and the CLI's footnote, so headers stay short.
 _METRIC_COLUMNS = (
     ("REQS", "requests"),
     ("ERR%", "errorPct"),
     ("REJ", "rejected"),
     ("FORBID", "forbidden"),
-    ("TTFT P50 MS", "ttftP50Ms"),
-    ("TTFT P95 MS", "ttftP95Ms"),
-    ("TTFT P99 MS", "ttftP99Ms"),
-    ("ITL P50 MS", "itlP50Ms"),
-    ("ITL P95 MS", "itlP95Ms"),
-    ("ITL P99 MS", "itlP99Ms"),
-    ("TPOT P95 MS", "tpotP95Ms"),
-    ("QUEUE P95 MS", "queueP95Ms"),
-    ("E2E P95 MS", "e2eP95Ms"),
+    ("TTFT P50", "ttftP50Ms"),
+    ("TTFT P95", "ttftP95Ms"),
+    ("TTFT P99", "ttftP99Ms"),
+    ("ITL P50", "itlP50Ms"),
+    ("ITL P95", "itlP95Ms"),
+    ("ITL P99", "itlP99Ms"),
+    ("TPOT P95", "tpotP95Ms"),
+    ("QUEUE P95", "queueP95Ms"),
+    ("E2E P95", "e2eP95Ms"),
     ("TOK/S", "tokensPerS"),
     ("$/1M TOK", "usdPer1MOutputTokens"),
     ("$/1K REQ", "usdPer1kRequests"),
     ("GCO2E/1K REQ", "gco2ePer1kRequests"),
     ("ENERGY KWH", "energyKwh"),
 )
+TERMINAL_KEYS = frozenset({"requests", "errorPct", "ttftP95Ms", "itlP95Ms", "tokensPerS", "usdPer1kRequests"})
+"""The metric columns a terminal table shows by default (with the dimensions); `-o wide` shows every one."""
+UNITS = "latencies in ms; error rate in %; cost in USD; carbon in gCO2e; energy in kWh"
+"""What the short headers of the table measure in."""
 
 
 def _round(x: Optional[float], digits: int = 3) -> Optional[float]:
@@ -245,7 +250,7 @@ def cdf_points(sketch: BaseDDSketch) -> list[tuple[float, float]]:
 def _cdf_chart(ids: _Ids, series: Sequence[tuple[str, BaseDDSketch]], title: str, what: str,
                unit: str = "requests") -> str:
     width, height = 720, 330
-    left, right, top, bottom = 60, 20, 30, 50
+    left, right, top, bottom = 60, 44, 30, 50
     curves = [(label, cdf_points(s), s) for label, s in series]
     curves = [c for c in curves if c[1]]
     if not curves:
@@ -277,9 +282,13 @@ def _cdf_chart(ids: _Ids, series: Sequence[tuple[str, BaseDDSketch]], title: str
     for f in (0.0, 0.25, 0.5, 0.75, 1.0):
         parts.append(f'<line x1="{left}" y1="{py(f):.1f}" x2="{left + pw}" y2="{py(f):.1f}" stroke="#eee"/>'
                      f'<text x="{left - 6}" y="{py(f) + 4:.1f}" text-anchor="end">{f:.0%}</text>')
-    for f in (0.5, 0.95, 0.99):
+    # The quantile lines are labelled in the right margin, each label at least a line below the one above
+    # (p99 and p95 lie 4 % of the height apart: labels on the lines themselves overlap); 16 units clear a
+    # 12-unit font's box.
+    label_y = quantile_label_positions([py(f) + 4 for f in QUANTILE_LINES], min_gap=16)
+    for f, y in zip(QUANTILE_LINES, label_y):
         parts.append(f'<line x1="{left}" y1="{py(f):.1f}" x2="{left + pw}" y2="{py(f):.1f}" stroke="#888" '
-                     f'stroke-dasharray="3 3"/><text x="{left + pw - 2}" y="{py(f) - 3:.1f}" text-anchor="end" '
+                     f'stroke-dasharray="3 3"/><text class="q-label" x="{left + pw + 4}" y="{y:.1f}" '
                      f'fill="#555">p{f * 100:g}</text>')
     for i, (label, pts, _) in enumerate(curves):
         color = PALETTE[i % len(PALETTE)]
@@ -300,6 +309,18 @@ def _cdf_chart(ids: _Ids, series: Sequence[tuple[str, BaseDDSketch]], title: str
         for i, (label, _, _) in enumerate(curves)
     )
     return "".join(parts) + f'<ul class="legend">{legend}</ul>'
+
+
+QUANTILE_LINES = (0.99, 0.95, 0.5)
+"""Quantiles marked on the distribution charts, top to bottom."""
+
+
+def quantile_label_positions(ys: Sequence[float], min_gap: float) -> list[float]:
+    """Baselines for labels wanted at ``ys`` (ascending), moved down so that no two are closer than ``min_gap``."""
+    out: list[float] = []
+    for y in ys:
+        out.append(max(y, out[-1] + min_gap) if out else y)
+    return out
 
 
 def _bar_chart(ids: _Ids, bars: Sequence[tuple[str, Optional[float]]], title: str, axis: str,
@@ -348,28 +369,88 @@ def _bar_chart(ids: _Ids, bars: Sequence[tuple[str, Optional[float]]], title: st
 
 
 _CSS = """
-body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+*{box-sizing:border-box}
+body{font-family:system-ui,sans-serif;margin:1.5rem 2rem;color:#222}
 h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
 .cards{display:flex;flex-wrap:wrap;gap:.75rem}.card{border:1px solid #ddd;border-radius:6px;padding:.5rem .8rem}
 .card b{display:block;font-size:1.2rem}.meta{color:#555}
-figure{margin:1rem 0}svg{max-width:100%;height:auto}
-.legend{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:1rem;font-size:.85rem}
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,560px),1fr));gap:1rem 2rem}
+figure{margin:.5rem 0;min-width:0}figcaption{font-weight:600;margin-bottom:.25rem}
+svg{display:block;width:100%;height:auto}
+.legend{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:.4rem 1rem;font-size:.85rem}
 .swatch{display:inline-block;width:.9em;height:.9em;margin-right:.3em;vertical-align:middle}
-table{border-collapse:collapse;font-size:.8rem;display:block;overflow-x:auto}
-th,td{padding:.25rem .45rem;border-bottom:1px solid #eee;text-align:right;white-space:nowrap}
+table{border-collapse:collapse;font-size:.8rem;width:100%;margin:.5rem 0 1.5rem}
+caption{caption-side:top;text-align:left;color:#555;padding:.25rem 0;white-space:normal}
+th{white-space:normal;vertical-align:bottom}
+th,td{padding:.25rem .45rem;border-bottom:1px solid #eee;text-align:right}
+td{white-space:nowrap}
 th:not(.n),td:not(.n){text-align:left}tr.total td{font-weight:600;border-top:2px solid #888}
 .empty{color:#777;font-style:italic}
+@media print{
+  @page{size:A4 landscape;margin:10mm}
+  body{margin:0;font-size:9pt}
+  .charts{grid-template-columns:1fr 1fr}
+  figure,tr,.card{break-inside:avoid}
+  table{font-size:7pt}
+  h2{break-after:avoid}
+}
 """
 
+LATENCY_KEYS = ("requests", "errorPct", "rejected", "forbidden", "ttftP50Ms", "ttftP95Ms", "ttftP99Ms", "itlP50Ms",
+                "itlP95Ms", "itlP99Ms", "tpotP95Ms", "queueP95Ms", "e2eP95Ms")
+"""Columns of the page's first table (traffic and latency); the second has throughput, cost and carbon."""
 
-def _series(report: Report, metric: str) -> list[tuple[str, BaseDDSketch]]:
-    """Curves for a distribution chart: per site/model where the report has both, else per row."""
-    by = tuple(d for d in ("site", "model") if d in report.by)
+
+def _series(report: Report, metric: str, priority: Optional[str] = None) -> list[tuple[str, BaseDDSketch]]:
+    """Curves for a distribution chart: per site/model where the report has both, else per row; only the
+    traffic of one priority class when ``priority`` is given (interactive and batch latencies differ by
+    design: one chart mixing them shows neither)."""
+    dims = tuple(d for d in ("site", "model") if d in report.by)
+    by = dims + (("priority",) if priority is not None else ())
     rows = report.regroup(by).rows if by else report.rows
+    if priority is not None:
+        rows = tuple(r for r in rows if r.value("priority") == priority)
     if not rows:
         return []
     ranked = sorted(rows, key=lambda r: (-r.count(metric), r.label))[:MAX_SERIES]
-    return [(r.label, r.sketches[metric]) for r in ranked]
+
+    def label(r) -> str:
+        return " / ".join(r.value(d) for d in dims) if dims else r.label
+
+    return [(label(r), r.sketches[metric]) for r in ranked]
+
+
+def _priorities(report: Report) -> list[Optional[str]]:
+    """The priority classes to chart separately (``[None]``: the report is not grouped by priority)."""
+    if "priority" not in report.by:
+        return [None]
+    return sorted({r.value("priority") for r in report.regroup(("priority",)).rows}, key=lambda p: (p != "interactive", p))
+
+
+def _distribution_charts(ids: _Ids, report: Report) -> list[str]:
+    out = []
+    for metric, name, what, unit in (("ttftS", "Time to first token (TTFT)", "TTFT", "requests"),
+                                     ("itlS", "Inter-token latency (ITL)", "ITL", "token gaps")):
+        figs = []
+        for prio in _priorities(report):
+            title = name + (f", {prio} traffic" if prio else "")
+            figs.append(f'<figure>{_cdf_chart(ids, _series(report, metric, prio), title, what, unit)}</figure>')
+        out.append('<div class="charts">' + "".join(figs) + "</div>")
+    return out
+
+
+def _table(report: Report, rows: list[dict], columns: list[tuple[str, str]], caption: str) -> str:
+    dims = set(report.by) | {"scope"}
+    out = [f"<table><caption>{escape(caption)}</caption><thead><tr>"]
+    out.extend(f'<th scope="col"{"" if key in dims else " class=n"}>{escape(h)}</th>' for h, key in columns)
+    out.append("</tr></thead><tbody>")
+    for i, r in enumerate(rows):
+        cls = ' class="total"' if i == len(rows) - 1 else ""
+        out.append(f"<tr{cls}>" + "".join(
+            f'<td{"" if key in dims else " class=n"}>{escape(_cell(r.get(key)))}</td>' for _, key in columns)
+            + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
 
 
 def render_html(report: Report, title: str = "Fleet report", slo_ttft_p95_s: Optional[float] = None,
@@ -406,15 +487,13 @@ def render_html(report: Report, title: str = "Fleet report", slo_ttft_p95_s: Opt
         '<p class="meta">Cumulative share of requests (of gaps between tokens for ITL) at or below each latency, '
         "read from the "
         "merged sketches (relative error at most 1 %). Further right is slower.</p>",
-        "<figure>" + _cdf_chart(ids, _series(report, "ttftS"), "Time to first token (TTFT)", "TTFT")
-        + "</figure>",
-        "<figure>" + _cdf_chart(ids, _series(report, "itlS"), "Inter-token latency (ITL)", "ITL", "token gaps")
-        + "</figure>",
+        *_distribution_charts(ids, report),
         "<h2>Per site</h2>",
     ]
     if "site" in report.by:
         sites = report.regroup(("site",)).rows
         ref = (slo_ttft_p95_s * 1e3, "SLO p95 TTFT") if slo_ttft_p95_s is not None else None
+        out.append('<div class="charts">')
         out.append("<figure>" + _bar_chart(
             ids, [(r.value("site"), (lambda v: v * 1e3 if v is not None else None)(r.quantile("ttftS", 0.95)))
                   for r in sites],
@@ -426,21 +505,20 @@ def render_html(report: Report, title: str = "Fleet report", slo_ttft_p95_s: Opt
             ids, [(r.value("site"), r.carbon_g_per_1k_requests) for r in sites],
             "Carbon per 1,000 requests per site", "emissions per 1k requests (gCO2e)",
             lambda v: f"{v:.4g} g") + "</figure>")
+        out.append("</div>")
     else:
         out.append('<p class="empty">This report is not grouped by site; build it with site in --by for '
                    "per-site charts.</p>")
     rows, columns = table_rows(report)
-    dims = set(report.by) | {"scope"}
-    out.append("<h2>Table</h2><table><caption>Per " + escape(", ".join(report.by) or "fleet")
-               + " (latencies in ms; error rate in %; cost in USD; carbon in gCO2e)</caption><thead><tr>")
-    out.extend(f'<th scope="col"{"" if key in dims else " class=n"}>{escape(h)}</th>' for h, key in columns)
-    out.append("</tr></thead><tbody>")
-    for i, r in enumerate(rows):
-        cls = ' class="total"' if i == len(rows) - 1 else ""
-        out.append(f"<tr{cls}>" + "".join(
-            f'<td{"" if key in dims else " class=n"}>{escape(_cell(r.get(key)))}</td>' for _, key in columns)
-            + "</tr>")
-    out.append("</tbody></table>")
+    dims = [c for c in columns if c[1] in set(report.by) | {"scope"}]
+    per = ", ".join(report.by) or "fleet"
+    out.append("<h2>Table</h2>")
+    # Two tables, each as wide as the page at most: traffic and latency, then throughput, cost and carbon.
+    out.append(_table(report, rows, dims + [c for c in columns if c[1] in LATENCY_KEYS],
+                      f"Traffic and latency per {per} (latencies in ms; error rate in %)"))
+    out.append(_table(report, rows, dims + [c for c in columns if c not in dims and c[1] not in LATENCY_KEYS],
+                      f"Throughput, cost and carbon per {per} (output tokens/s; cost in USD; carbon in gCO2e; "
+                      "energy in kWh)"))
     if report.skipped:
         out.append(f"<h2>Skipped payloads ({len(report.skipped)})</h2><ul>")
         out.extend(f"<li>#{s.index} {escape(s.site or '?')}/{escape(s.node or '?')}: {escape(s.reason)}</li>"

@@ -133,7 +133,7 @@ def switch(bundle: Bundle, placement: Placement, service: str, version: str, sit
 def site_states(bundle: Bundle, placement: Placement, service: str, facts: Mapping[str, SiteFacts]) -> list[SiteState]:
     """The planner's view of the service's sites."""
     versions = site_versions(placement, service)
-    return [SiteState(site, f.reachable, f.opted_out, f.in_maintenance, versions.get(site))
+    return [SiteState(site, f.reachable, f.opted_out, f.in_maintenance, versions.get(site), f.has_agent)
             for site, f in sorted(facts.items())]
 
 
@@ -158,11 +158,12 @@ def site_facts(
     acked = {(a.node_id, a.object_id): a for a in applied}
     out: dict[str, SiteFacts] = {}
     for site, site_nodes in service_sites(placement, service).items():
-        reachable = False
+        reachable = has_agent = False
         running: set[Optional[str]] = set()
         for node in site_nodes:
             rec = by_node.get((site, node))
             obj = obj_of.get((site, node))
+            has_agent = has_agent or rec is not None
             if rec is not None and phase(rec.last_seen, now, rec.connected, liveness) is not Phase.UNREACHABLE:
                 reachable = True
             desired = None
@@ -172,7 +173,7 @@ def site_facts(
             ack = acked.get((rec.id, obj.id)) if rec is not None and obj is not None else None
             if desired is not None and ack is not None and ack.ok and ack.version >= obj.version:
                 running.add(desired)
-            elif versions[1] and desired == versions[1]:
+            elif versions[1] and desired == versions[1] and rec is not None:
                 running.add(versions[0])  # given the new version, not applied yet: still on the old one
             else:
                 running.add(None)  # reverting, or never acknowledged: the hub cannot tell
@@ -183,6 +184,7 @@ def site_facts(
             applied_version=version or None,
             in_maintenance=bool(spec is not None and spec.in_maintenance(now) is not None),
             opted_out=opted_out(bundle, site),
+            has_agent=has_agent,
         )
     return out
 

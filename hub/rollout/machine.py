@@ -143,6 +143,8 @@ class SiteFacts:
     """The version the agent acknowledged as applied."""
     in_maintenance: bool = False
     opted_out: bool = False
+    has_agent: bool = True
+    """Some node of the site has ever connected (a site without one never ran any version it was given)."""
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,10 @@ class RolloutState:
     """Why the rollout is in its phase (breach, command, schedule...), with numbers."""
     verdicts: tuple[Verdict, ...] = ()
     """The last gate verdicts."""
+    verdicts_wave: Optional[int] = None
+    """The wave (0-based) the last gate verdicts judged; the current wave may be the next one already."""
+    warnings: tuple[str, ...] = ()
+    """What the operator should know when the rollout starts (sites without a connected agent...)."""
     accepted_failures: tuple[str, ...] = ()
     """Failed sites an operator accepted by resuming; they no longer count against max_failures."""
     revision: int = 0
@@ -266,6 +272,8 @@ class RolloutState:
             "pausedPhase": self.paused_phase.value if self.paused_phase else None,
             "reason": self.reason,
             "verdicts": [v.to_dict() for v in self.verdicts],
+            "verdictsWave": self.verdicts_wave,
+            "warnings": list(self.warnings),
             "acceptedFailures": list(self.accepted_failures),
             "revision": self.revision,
         }
@@ -293,6 +301,8 @@ class RolloutState:
             paused_phase=Phase(d["pausedPhase"]) if d.get("pausedPhase") else None,
             reason=d.get("reason", ""),
             verdicts=tuple(Verdict.from_dict(v) for v in d.get("verdicts", [])),
+            verdicts_wave=int(d["verdictsWave"]) if d.get("verdictsWave") is not None else None,
+            warnings=tuple(d.get("warnings", [])),
             accepted_failures=tuple(d.get("acceptedFailures", [])),
             revision=int(d.get("revision", 0)),
         )
@@ -322,7 +332,22 @@ def start(spec: RolloutSpec, sites: Sequence[SiteState], from_version: str, now:
     records = tuple(SiteRecord(s, i, SiteStatus.PENDING, now) for i, w in enumerate(p.waves) for s in w)
     return RolloutState(spec=spec, from_version=from_version, phase=Phase.PENDING, waves=p.waves, sites=records,
                         max_unavailable=p.max_unavailable, created_at=now, updated_at=now, phase_since=now,
-                        excluded=p.excluded, reason="created")
+                        excluded=p.excluded, reason="created", warnings=start_warnings(spec, sites, p.sites))
+
+
+def start_warnings(spec: RolloutSpec, sites: Sequence[SiteState], planned: Sequence[str]) -> tuple[str, ...]:
+    """Warnings for the operator at start: planned sites that cannot apply the version now."""
+    by_name = {s.name: s for s in sites}
+    deadline = format_duration(spec.progress_deadline)
+    out = []
+    for what, pick in (("no agent that has ever connected", lambda s: not s.has_agent),
+                       ("no agent connected now", lambda s: s.has_agent and not s.reachable)):
+        names = [n for n in planned if n in by_name and pick(by_name[n])]
+        if names:
+            out.append(f"{len(names)} of {len(planned)} site(s) {'has' if len(names) == 1 else 'have'} {what}: "
+                       f"{', '.join(names)}; each fails after the {deadline} progress deadline unless an agent "
+                       f"connects and applies {spec.to_version}")
+    return tuple(out)
 
 
 # ---------------------------------------------------------- transitions
@@ -402,6 +427,12 @@ def _record_facts(tx: _Tx, obs: Observation) -> None:
             else:
                 tx.log("site-applied", f"{site} applied {to}", [site])
             tx.mark(site, SiteStatus.APPLIED)
+        elif r.status is SiteStatus.REVERTING and not f.has_agent:
+            # Nothing ever ran the new version there: there is nothing to revert, and "reverted" would claim
+            # an agent acknowledged the old one.
+            why = f"no agent has ever connected; not reverted (its desired version is {old} again)"
+            tx.log("site-not-reverted", f"{site}: {why}", [site])
+            tx.mark(site, SiteStatus.SKIPPED, why)
         elif r.status is SiteStatus.REVERTING and f.applied_version == old:
             tx.log("site-reverted", f"{site} is back on {old}", [site])
             tx.mark(site, SiteStatus.REVERTED)
@@ -534,7 +565,7 @@ def _progress(tx: _Tx, obs: Observation) -> None:
                 return
             tx.set(stage=Stage.GATING)
         verdicts = _gate(tx, obs)
-        tx.set(verdicts=tuple(verdicts))
+        tx.set(verdicts=tuple(verdicts), verdicts_wave=wave)
         failed = [v for v in verdicts if v.outcome is Outcome.FAIL]
         if failed:
             action = spec.canary.on_breach if any(v.gate != "slo" for v in failed) else spec.on_breach

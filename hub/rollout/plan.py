@@ -34,6 +34,8 @@ class SiteState:
     """The site refuses rollouts (it is updated by hand)."""
     in_maintenance: bool = False
     current_version: Optional[str] = None
+    has_agent: bool = True
+    """Some node of the site has ever connected."""
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import grpc
 from pydantic import ValidationError
 
 from hub import convert
-from hub.rollout import fleetview, machine
+from hub.rollout import fleetview, machine, refusals
 from hub.rollout.controller import RolloutController
 from hub.rollout.machine import IllegalCommand, RolloutState
 from hub.rollout.spec import RolloutSpec, cli_errors
@@ -113,8 +113,14 @@ class RolloutService(rollout_pb2_grpc.RolloutsServicer):
 
     async def Audit(self, request, context):  # noqa: N802
         since = request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
-        recs = await self.store.list_audit(since=since, subject=request.subject or None, limit=request.limit or 100_000)
-        return rollout_pb2.AuditResponse(records=[audit_proto(a) for a in recs])
+        limit = request.limit or 100_000
+        only_refusals = bool(request.site or request.data_class)
+        trail = [] if only_refusals else await self.store.list_audit(
+            since=since, subject=request.subject or None, limit=limit)
+        found = refusals.refusal_records(await self.store.reports_of_kind(refusals.KIND, since=since),
+                                         site=request.site, data_class=request.data_class,
+                                         subject=request.subject, since=since)
+        return rollout_pb2.AuditResponse(records=[audit_proto(a) for a in refusals.merge(trail, found, limit)])
 
     # ----------------------------------------------------------- commands
 

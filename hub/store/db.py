@@ -13,13 +13,17 @@ import os
 import stat
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import create_engine, event
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import NullPool
+from hub.store import alembic_log
+
+alembic_log.quiet()  # before Alembic is imported: it logs "setup plugin ..." at INFO on import
+
+from alembic import command  # noqa: E402
+from alembic.config import Config  # noqa: E402
+from sqlalchemy import create_engine, event  # noqa: E402
+from sqlalchemy.engine import URL, make_url  # noqa: E402
+from sqlalchemy.exc import ArgumentError  # noqa: E402
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine  # noqa: E402
+from sqlalchemy.pool import NullPool  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +123,7 @@ class Database:
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision (idempotent)."""
+        alembic_log.quiet()  # one INFO line when a migration runs, none when the store is up to date
         engine = create_engine(self.sync_url, poolclass=NullPool)
         if self.is_sqlite:
             event.listen(engine, "connect", _sqlite_pragmas)

@@ -64,14 +64,18 @@ class RolloutHistoryResponse(_message.Message):
     def __init__(self, rollouts: _Optional[_Iterable[_Union[Rollout, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ...) -> None: ...
 
 class AuditRequest(_message.Message):
-    __slots__ = ("since", "subject", "limit")
+    __slots__ = ("since", "subject", "limit", "site", "data_class")
     SINCE_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    DATA_CLASS_FIELD_NUMBER: _ClassVar[int]
     since: _timestamp_pb2.Timestamp
     subject: str
     limit: int
-    def __init__(self, since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subject: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    site: str
+    data_class: str
+    def __init__(self, since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subject: _Optional[str] = ..., limit: _Optional[int] = ..., site: _Optional[str] = ..., data_class: _Optional[str] = ...) -> None: ...
 
 class AuditResponse(_message.Message):
     __slots__ = ("records",)

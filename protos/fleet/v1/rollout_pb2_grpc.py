@@ -139,7 +139,8 @@ class RolloutsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Audit(self, request, context):
-        """The append-only audit trail.
+        """The append-only audit trail, with the agents' residency refusals (reports of kind "audit") merged in by
+        time: action "residency-deny", actor SITE/NODE, subject site/SITE, details the agent's record.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
