@@ -21,7 +21,7 @@ from google.protobuf.struct_pb2 import Struct
 
 from edge_agent.managed import ManagedServers, PlacementSpec, ServerSettings, render
 from edge_agent.managed_door import ManagedPlacements, backend_factory
-from edge_agent.serving.appliers import PlacementApplier, PriorityClassApplier, ResidencyApplier
+from edge_agent.serving.appliers import PlacementApplier, appliers
 from edge_agent.serving.gateway import Gateway
 from edge_agent.serving.models import ModelRegistry, external_factory
 from edge_agent.serving.residency import Location
@@ -73,8 +73,9 @@ def test_in_process_serving_appliers_accept_every_published_object(published: li
         # The serving layer's --external-url mode: same appliers, and its backends load nothing.
         registry = ModelRegistry(external_factory("http://127.0.0.1:9"), put.target_node or "n", "DE")
         gateway = Gateway(Location(put.target_site or "s", "DE", "EU"), registry, Telemetry("s", "n"), lambda k, p: None)
-        applier = {"ResidencyPolicy": ResidencyApplier(gateway), "PriorityClass": PriorityClassApplier(gateway),
-                   "Placement": PlacementApplier(registry)}[put.kind]
+        table = appliers(gateway)  # the agent's own table: a kind it has no applier for fails here
+        assert put.kind in table, f"the agent has no applier for {put.kind} objects the hub publishes"
+        applier = table[put.kind]
         obj = over_the_wire(put)
         applier.apply(obj, None)
         if put.kind == "Placement":
