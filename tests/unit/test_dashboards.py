@@ -126,17 +126,8 @@ def test_there_are_dashboards_for_the_agents_and_the_hub():
     assert {p.name for p in DASHBOARDS} >= {"fleet-agents.json", "fleet-hub.json"}
 
 
-# The dashboards select vLLM's label model_name; the agent's rename from "model" is another branch's change
-# (helper H7). Until it lands this test must fail (strict: passing then is an error), and after it runs as is.
-_RENAME_PENDING = "model_name" not in exported().get("fleet_requests_total", set())
-
-
-_PENDING = pytest.mark.xfail(_RENAME_PENDING, reason="the agent still exports label 'model', not vLLM's "
-                             "'model_name'", strict=True)
-
-
-@pytest.mark.parametrize("path", [pytest.param(p, id=p.name, marks=_PENDING if "model_name" in p.read_text() else ())
-                                  for p in DASHBOARDS])
+# The dashboards select vLLM's label model_name, which the agent exports on vLLM's metrics.
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.name) for p in DASHBOARDS])
 def test_every_queried_metric_and_label_is_exported(path):
     d = json.loads(path.read_text())
     known = exported()
