@@ -141,7 +141,10 @@ def test_a_gpu_share_takes_a_slice_where_the_node_offers_one_else_a_whole_gpu(no
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert c["resources"]["limits"] == c["resources"]["requests"] == {resource: "1"}
     args = c["args"]
-    assert (args[args.index("--gpu-memory-utilization") + 1] if memory else "--gpu-memory-utilization" not in args) == (memory or True)
+    if memory:
+        assert args[args.index("--gpu-memory-utilization") + 1] == memory
+    else:
+        assert "--gpu-memory-utilization" not in args
     note = dep["metadata"]["annotations"]["fleet.edge/gpu-share"]
     assert ("rounded up to one whole nvidia.com/gpu" in note) == rounded and bool(gpu.note) == rounded
     assert "ownerReferences" not in dep["metadata"]
