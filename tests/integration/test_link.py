@@ -827,6 +827,7 @@ async def test_acks_for_objects_not_meant_for_the_node_are_refused(guarded):
     gone = await fleet.put("Config", "gone-theirs", {"x": 1}, site="par")
     await fleet.delete("Config", "gone-theirs")
     mine = await fleet.put("Config", "mine", {"x": 1}, site="raw")
+    await eventually(lambda: fleet.hub.broker.version >= mine.version, what="the broker to see the objects")
 
     def applied(obj_id: str, version: int = 0, deleted: bool = False) -> agent_pb2.AgentMessage:
         return agent_pb2.AgentMessage(applied=agent_pb2.Applied(object_id=obj_id, version=version, deleted=deleted,
@@ -1063,6 +1064,7 @@ async def test_a_hello_counts_as_applied_only_what_it_says_it_holds(make_fleet):
     fleet = await make_fleet()
     one = await fleet.put("Config", "one", {"x": 1}, site="raw")
     two = await fleet.put("Config", "two", {"x": 2}, site="raw")
+    await eventually(lambda: fleet.hub.broker.version >= two.version, what="the broker to see both objects")
     ch, call = await raw_call(fleet)
     async with ch:
         await send(call, hello("raw", "n", **{one.id: one.version}))
