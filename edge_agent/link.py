@@ -15,7 +15,6 @@ import contextlib
 import logging
 import math
 import random
-import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -431,11 +430,11 @@ class HubLink:
             self._lanes_idle()
 
     async def _load(self, obj: LocalObject, lane: _Lane) -> agent_pb2.Applied | None:
-        """Apply ``obj`` in its own thread, bounded by ``model_load_timeout_s``; None when superseded.
+        """Apply ``obj`` off the loop, bounded by ``model_load_timeout_s``; None when superseded.
 
-        The thread is a plain daemon thread (not the default executor): a load that hangs in
-        torch cannot be interrupted, so it is abandoned (its token cancelled, its result thrown
-        away by the applier) without starving anything else of threads.
+        A load that hangs in torch cannot be interrupted: it is abandoned (its token cancelled,
+        its result thrown away by the applier when it comes) and its executor thread stays busy
+        until the load returns. Policy objects never need that executor (they apply on the loop).
         """
         loop = asyncio.get_running_loop()
         token = lane.token = CancelToken()
@@ -450,7 +449,7 @@ class HubLink:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
                 loop.call_soon_threadsafe(_settle, done, result)
 
-        threading.Thread(target=work, name=f"apply-{obj.kind}-{obj.name}-v{obj.version}", daemon=True).start()
+        loop.run_in_executor(None, work)  # work() never raises: its outcome goes to `done`
         superseded = asyncio.ensure_future(lane.superseded.wait())
         try:
             await asyncio.wait([done, superseded], timeout=self.cfg.model_load_timeout_s,
