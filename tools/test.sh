@@ -23,9 +23,13 @@ fi
 set +e
 if [ "$cover" != 0 ]; then
   # a fresh data file each run (coverage run replaces it), so running twice reports the second run only
-  "$PY" -m coverage run -m pytest -p no:cacheprovider -ra "$@"
-  rc=$?
-  "$PY" -m coverage report || echo "coverage report failed (the test result below stands)" >&2
+  log=$(mktemp)
+  "$PY" -m coverage run -m pytest -p no:cacheprovider -ra "$@" 2>&1 | tee "$log"
+  rc=${PIPESTATUS[0]}
+  "$PY" -m coverage report || echo "coverage report failed (the test result stands)" >&2
+  # pytest's summary line again, so the run still ends with it
+  grep -E '^=+ .*(passed|failed|error|no tests ran).* =+$' "$log" | tail -n 1
+  rm -f "$log"
 else
   "$PY" -m pytest -p no:cacheprovider -ra "$@"
   rc=$?
