@@ -68,13 +68,47 @@ def cross_validate(
                 if site not in bundle.sites:
                     problems.append(bundle.problem("ResidencyPolicy", name, ("spec", side, "sites", index),
                                                    f"{site!r} is not a known Site{did_you_mean(site, bundle.sites)}"))
+    index = _HostIndex(bundle)
     for name in sorted(bundle.services):
-        problems.extend(_check_service(bundle, bundle.services[name], rules, broken, broken_classes))
+        problems.extend(_check_service(bundle, bundle.services[name], rules, broken, broken_classes, index))
     return problems
 
 
+class _HostIndex:
+    """Which sites reach a region, and which pools can hold a model version, each computed once per bundle.
+
+    Without it every demand of every service scanned every pool of the fleet: at 10,000 sites and as many
+    services that is 10^8 comparisons before `fleet apply` even plans.
+    """
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self.reach: dict[str, list[str]] = {}
+        for site in bundle.sites.values():  # bundle order, so results keep the order of a plain scan
+            for region in site.spec.network_latency:
+                self.reach.setdefault(region, []).append(site.name)
+        self._hosts: dict[tuple[str, str], dict[str, list]] = {}
+
+    def hosts(self, model: str, version) -> dict[str, list]:
+        """Site name -> [(site, pool)] of the pools that fit one replica of ``version``."""
+        key = (model, version.name)
+        got = self._hosts.get(key)
+        if got is None:
+            got = self._hosts[key] = {}
+            for site in self.bundle.sites.values():
+                for pool in site.spec.gpu_pools:
+                    if (pool.gpu_type in version.gpu_types
+                            and math.ceil(version.gpu_memory_per_replica / pool.memory - 1e-9) <= pool.count):
+                        got.setdefault(site.name, []).append((site, pool))
+        return got
+
+    def reachable(self, hosts: dict[str, list], region: str) -> list:
+        return [hp for name in self.reach.get(region, ()) for hp in hosts.get(name, ())]
+
+
 def _check_service(
-    bundle: Bundle, service: Service, rules: dict[str, ResidencyRule], broken: set, broken_classes: set
+    bundle: Bundle, service: Service, rules: dict[str, ResidencyRule], broken: set, broken_classes: set,
+    fleet: _HostIndex,
 ) -> list[Problem]:
     out: list[Problem] = []
     spec = service.spec
@@ -106,13 +140,7 @@ def _check_service(
     if any(kind == "Site" for kind, _ in broken):
         return out  # the fleet is incomplete: reachability would be judged on part of it
     # Model hardware fit anywhere in the fleet.
-    hosts = [
-        (site, pool)
-        for site in bundle.sites.values()
-        for pool in site.spec.gpu_pools
-        if pool.gpu_type in version.gpu_types
-        and math.ceil(version.gpu_memory_per_replica / pool.memory - 1e-9) <= pool.count
-    ]
+    hosts = fleet.hosts(spec.model, version)
     if not hosts:
         at(("spec", "version"), f"no GPU pool in the fleet can hold {spec.model} {spec.version}: it runs on "
            f"{', '.join(version.gpu_types)} and needs {format_memory(version.gpu_memory_per_replica)} per replica")
@@ -120,7 +148,7 @@ def _check_service(
 
     for index, demand in enumerate(spec.demand):
         path = ("spec", "demand", index, "region")
-        reachable = [(s, p) for s, p in hosts if demand.region in s.spec.network_latency]
+        reachable = fleet.reachable(hosts, demand.region)
         if not reachable:
             at(path, f"no site that can run {spec.model} {spec.version} lists networkLatency for region "
                f"{demand.region!r}{did_you_mean(demand.region, {r for s in bundle.sites.values() for r in s.spec.network_latency})}")
