@@ -144,7 +144,8 @@ def say_hello_as(hub: TlsHub, cert: Path, key: Path, site: str, node: str) -> gr
         async with grpc.aio.secure_channel(f"localhost:{hub.port}", creds) as ch:
             call = agent_pb2_grpc.AgentLinkStub(ch).Connect()
             await call.write(agent_pb2.AgentMessage(hello=agent_pb2.Hello(
-                identity=types_pb2.AgentIdentity(site=site, node=node, agent_version="test"))))
+                identity=types_pb2.AgentIdentity(site=site, node=node, agent_version="test"),
+                incarnation="0" * 32)))
             try:
                 first = await call.read()
             except grpc.aio.AioRpcError as exc:
