@@ -20,7 +20,9 @@ def test_rollout_demo_catches_the_slow_canary_and_rolls_out_the_good_version():
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     canary = out[out.index("--to v2-slow --strategy canary"):out.index("--to v2 --waves")]
-    assert "RollingBack" in canary and "the new version is slower than allowed" in canary
+    # RollingBack itself lasts about one controller tick, so a once-a-second progress line may miss it on a
+    # loaded machine; the gate's reason and the final RolledBack status below are always there.
+    assert "the new version is slower than allowed; rolling back" in canary
     assert "Status: RolledBack: chat v1 -> v2-slow" in canary and "FAIL " in canary and "-comparison" in canary
     waves = out[out.index("--to v2 --waves"):]
     assert "Status: Completed: chat v1 -> v2, 3 site(s): 3 applied" in waves
