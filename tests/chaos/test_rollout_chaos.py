@@ -17,7 +17,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from hub.placement.model import Placement
 from hub.rollout import synthetic
 from hub.store import Database, Store
 from tests.chaos.test_exactly_once import agent_outbox, free_port, hub_counts
+from tests.harness.procs import wait_port
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -81,14 +81,7 @@ class Fleet:
         """Until the hub accepts connections on its agent and admin ports."""
         deadline = time.monotonic() + timeout
         for port in (self.port, self.admin_port):
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
-                    break
-                except OSError:
-                    assert self.hub is not None and self.hub.poll() is None, "the hub exited on its own"
-                    assert time.monotonic() < deadline, f"the hub did not serve on port {port} within {timeout:g} s"
-                    time.sleep(0.05)
+            wait_port(port, self.hub, max(0.1, deadline - time.monotonic()))
 
     def dump_agent_tasks(self) -> None:
         for p in self.agents.values():
