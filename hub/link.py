@@ -142,6 +142,7 @@ class Broker:
         self._wake = asyncio.Event()
         self._live: dict[str, ObjectRecord] = {}
         self._by_target: dict[tuple[str, str], dict[str, ObjectRecord]] = {}
+        self._stopping = False
         # Objects deleted while this process watched, newest last (bounded): an
         # agent may still acknowledge one it was applying when it was deleted.
         self._gone: OrderedDict[str, ObjectRecord] = OrderedDict()
@@ -212,12 +213,20 @@ class Broker:
                     msg = built[key] = update_message(d)
                 s.push(d, msg=msg)
 
+    def stop(self) -> None:
+        """End :meth:`run` after the poll in flight, if any (cancelling a query mid-way can leave its
+        database connection to be closed by the garbage collector)."""
+        self._stopping = True
+        self._wake.set()
+
     async def run(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_interval):
                     await self._wake.wait()
             self._wake.clear()
+            if self._stopping:
+                return
             try:
                 current = await self.store.current_version()
                 if current > self.version:
@@ -239,6 +248,7 @@ class Recorder:
         self.beats: dict[int, Heartbeat] = {}
         self.acks: list[AppliedRecord] = []
         self.deletions: list[tuple[int, str]] = []
+        self._stop = asyncio.Event()
 
     def heartbeat(self, hb: Heartbeat) -> None:
         prev = self.beats.get(hb.node_id)
@@ -261,9 +271,17 @@ class Recorder:
         if acks or dels:
             await self.store.record_applied(acks, dels)
 
+    def stop(self) -> None:
+        """End :meth:`run` after the flush in flight, if any; the caller flushes what is left."""
+        self._stop.set()
+
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self._stop.wait()
+            if self._stop.is_set():
+                return
             try:
                 await self.flush()
             except Exception:

@@ -232,8 +232,17 @@ class Hub:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
+        # The broker and recorder finish the query in flight and return; only what does not is cancelled.
+        self.broker.stop()
+        self.recorder.stop()
+        polite = [t for t in self._tasks if t.get_name() in ("broker", "recorder")]
         for t in self._tasks:
-            t.cancel()
+            if t not in polite:
+                t.cancel()
+        if polite:
+            _, pending = await asyncio.wait(polite, timeout=grace + 5.0)
+            for t in pending:
+                t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.recorder.flush()

@@ -120,7 +120,8 @@ spec: {value: 1000}
 
 async def cli(fleet: Fleet, *args: str) -> str:
     """Run the `fleet` CLI as its own process against the test's hub."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "FLEET_HUB": f"127.0.0.1:{fleet.admin_port}", "FLEET_TOKEN": TOKEN}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "FLEET_HUB": f"127.0.0.1:{fleet.admin_port}", "FLEET_TOKEN": TOKEN,
+           "FLEET_INSECURE": "1"}  # the test hub listens in plaintext (no CA)
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "hub.cli.main", *args, env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 120)
