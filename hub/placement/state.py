@@ -159,9 +159,11 @@ class SolveState:
                 gained = self._grow(wi, need)
                 need -= gained
                 moved += gained
+            taken = sum(self.workloads[u].rate for u in left) - need  # moved onto placed replicas
             for u in left:  # take the moved demand off the unplaced parts
                 w = self.workloads[u]
-                give = min(w.rate, max(0.0, sum(self.workloads[x].rate for x in left) - need))
+                give = min(w.rate, max(0.0, taken))
+                taken -= give
                 if give >= w.rate - 1e-12:
                     self.replaced.add(u)
                 elif give > 0:
@@ -184,7 +186,8 @@ class SolveState:
         while rate > w.rate * (1 + 1e-9):
             grown = dataclasses.replace(w, rate=rate, fraction=w.fraction * rate / w.rate)
             share = 1.0 if k > 1 else float(self.index.curve(grown, gpu_type).utilisation(n))
-            room = min(state.compute[g[0]] for g in gpus) + float(c.share[ci]) if k == 1 else 1.0
+            on_gpu = Counter(g[0] for g in gpus)  # replicas of wi per GPU: each grows by the same share
+            room = (float(c.share[ci]) + min(state.compute[g] / m for g, m in on_gpu.items())) if k == 1 else 1.0
             if share <= room + 1e-9:
                 state.remove(wi)
                 state.commit(wi, [tuple(g) for g in gpus], w.memory, share)
