@@ -269,8 +269,8 @@ class FleetIndex:
         ``cap`` plus a remainder. None when that gives fewer than two parts."""
         if not (0 < cap < rate) or max_parts < 2:
             return None
-        if equal:
-            m = min(max(2, math.ceil(rate / cap - 1e-9)), max_parts)
+        if equal and math.ceil(rate / cap - 1e-9) <= max_parts:  # else equal parts would not fit: capacity-sized
+            m = max(2, math.ceil(rate / cap - 1e-9))
             return tuple([rate / m] * (m - 1) + [rate - rate / m * (m - 1)])
         full = min(int(rate // cap), max_parts - 1)
         rest = rate - full * cap
