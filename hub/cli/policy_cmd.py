@@ -80,6 +80,32 @@ def _print_drift(out, lines: list[str]) -> None:
             out.print(f"  {line}", markup=False)
 
 
+#: Exit status of ``fleet plan``/``fleet apply`` when demand that may not be shed stays unplaced.
+EXIT_UNPLACED = 3
+
+
+def _required_unplaced(resp: admin_pb2.ApplyResponse) -> list[str]:
+    """Unplaced demand that is not sheddable, one line each, from the plan the hub returned."""
+    plan = json_format.MessageToDict(resp.plan) if resp.HasField("plan") else {}
+    return [str(line) for line in plan.get("requiredUnplaced", [])]
+
+
+def _unplaced_status(resp: admin_pb2.ApplyResponse, *, stored: bool) -> int:
+    """0, or EXIT_UNPLACED with the reason on stderr when non-sheddable demand has no place."""
+    lines = _required_unplaced(resp)
+    if not lines:
+        return 0
+    what = (f"revision {resp.revision.number} stored (partial service beats none), but "
+            if stored else "")
+    print(f"fleet: {what}{len(lines)} demand(s) that may not be shed have no place (exit {EXIT_UNPLACED}):",
+          file=sys.stderr)
+    for line in lines:
+        print(f"  {line}", file=sys.stderr)
+    print("  next: add GPUs where the residency policy allows, lower the demand or mark it sheddable, "
+          "then `fleet plan -f ...` again", file=sys.stderr)
+    return EXIT_UNPLACED
+
+
 def plan(admin: Admin, args) -> int:
     resp = admin.Apply(_apply_request(args.bundle, args, dry_run=True))
     base = resp.revision.number if resp.HasField("revision") and resp.revision.number else 0
@@ -91,7 +117,7 @@ def plan(admin: Admin, args) -> int:
     else:
         header = f"plan against revision {base or '(none)'} (dry run: nothing stored; `fleet apply -f ...` commits it)"
     _print_outcome(resp, args.output, header=header)
-    return 0
+    return _unplaced_status(resp, stored=False)
 
 
 def apply(admin: Admin, args) -> int:
@@ -107,7 +133,7 @@ def apply(admin: Admin, args) -> int:
                   f"{resp.objects_deleted} removed, {resp.objects_unchanged} unchanged; "
                   "watch agents apply them: fleet get objects --kind Placement")
     _print_outcome(resp, args.output, header=header)
-    return 0
+    return _unplaced_status(resp, stored=not resp.unchanged)
 
 
 def rollback(admin: Admin, args) -> int:

@@ -30,6 +30,12 @@ def _gib(nbytes: float) -> str:
     return f"{nbytes / 2**30:.1f}GiB"
 
 
+#: USD/h per second of round trip on every option, whatever the latency weight: among otherwise
+#: equal-cost choices the nearer site wins (issue 12: users were sent 20-25 ms away while sites
+#: 3-5 ms away had room). 0.01 USD/h at 100 ms: below any price difference that matters.
+RTT_TIE_USD_PER_S = 0.1
+
+
 @dataclass
 class Candidates:
     """Statically feasible (pool, replicas) options of one workload."""
@@ -193,7 +199,7 @@ class FleetIndex:
         else:
             pool, reps, k, rtt, share = (np.concatenate(arrays) for arrays in zip(*parts))
         weights = self.problem.weights
-        fixed = (weights.latency_usd_per_rps_s * w.rate) * rtt
+        fixed = (weights.latency_usd_per_rps_s * w.rate + RTT_TIE_USD_PER_S) * rtt
         if self.max_candidates is not None and len(pool) > self.max_candidates:
             fraction = np.where(k > 1, reps * k, reps * np.maximum(share, w.memory / self.memory[pool]))
             keep = np.argpartition(fraction * self.gpu_cost[pool] + fixed, self.max_candidates)[: self.max_candidates]
@@ -208,10 +214,85 @@ class FleetIndex:
             fixed = fixed + weights.churn_usd_per_replica * churn
         return Candidates(pool, reps, k, rtt, share, fixed, oversize)
 
-    def prepare(self, workloads: list[Workload], max_shards: int = 64) -> tuple[list[Workload], list[Candidates]]:
-        """Candidates per workload; a workload no single pool can take
-        (too much demand for one pool) is split into equal shards until
-        each shard has a candidate or ``max_shards`` is reached."""
+    def carried(self, w: Workload, gpu_type: str, rtt: float, replicas: int) -> float:
+        """Most demand (req/s, at most ``w.rate``) that ``replicas`` replicas on
+        ``gpu_type`` at round trip ``rtt`` serve within the SLOs (0: none).
+        Bisection on the rate: the replicas needed grow with the rate."""
+        if replicas <= 0:
+            return 0.0
+
+        def fits(rate: float) -> bool:
+            curve = ReplicaCurve(rate, w.prompt_tokens, w.output_tokens, w.profiles[gpu_type], w.tpot_slo)
+            if curve.batch == 0:
+                return False
+            return int(curve.replicas_raw(np.array([ttft_budget(curve, w.ttft_slo, w.e2e_slo) - rtt]))[0]) <= replicas
+
+        if fits(w.rate):
+            return w.rate
+        lo, hi = 0.0, w.rate
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            if fits(mid):
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def pool_capacity(self, w: Workload, gpus: Optional[np.ndarray] = None) -> float:
+        """Most of ``w``'s demand (req/s) one legal pool carries with whole
+        replicas: ``gpus`` GPUs per pool (default: all of them, e.g. the
+        solver's empty GPUs instead). 0 when no pool carries any."""
+        best = 0.0
+        for gpu_type in sorted(w.profiles):
+            idx, rtt, k, count, _ = self._base(w.data_class, w.region, gpu_type, w.memory)
+            if not len(idx):
+                continue
+            have = count if gpus is None else gpus[idx]
+            reps = have // k
+            if not reps.max() > 0:
+                continue
+            # the pools with the most replicas (nearest first) and the nearest pools (most replicas first)
+            options = {(int(reps.max()), float(rtt[reps == reps.max()].min()))}
+            usable = reps > 0
+            near = float(rtt[usable].min())
+            options.add((int(reps[usable & (rtt == near)].max()), near))
+            for n, r in sorted(options):
+                best = max(best, self.carried(w, gpu_type, r, n))
+                if best >= w.rate:
+                    return w.rate
+        return best
+
+    @staticmethod
+    def capacity_rates(rate: float, cap: float, max_parts: int, equal: bool) -> Optional[tuple[float, ...]]:
+        """``rate`` in parts no larger than ``cap`` (at most ``max_parts``; the
+        last takes what is left): ``equal`` parts, as few as fit, or parts of
+        ``cap`` plus a remainder. None when that gives fewer than two parts."""
+        if not (0 < cap < rate) or max_parts < 2:
+            return None
+        if equal and math.ceil(rate / cap - 1e-9) <= max_parts:  # else equal parts would not fit: capacity-sized
+            m = max(2, math.ceil(rate / cap - 1e-9))
+            return tuple([rate / m] * (m - 1) + [rate - rate / m * (m - 1)])
+        full = min(int(rate // cap), max_parts - 1)
+        rest = rate - full * cap
+        rates = [cap] * full + ([rest] if rest > 1e-9 * rate else [])
+        if len(rates) < 2:
+            return None
+        rates[-1] = rate - cap * (len(rates) - 1)  # absorbs rounding
+        return tuple(rates)
+
+    def prepare(self, workloads: list[Workload], max_shards: int = 64,
+                equal: bool = True) -> tuple[list[Workload], list[Candidates]]:
+        """Candidates per workload; a workload no single pool can take (too much
+        demand for one pool) is split into as few equal shards as the largest
+        legal pool carries with whole replicas (``equal``; they pack well when
+        there is room) or into shards of what that pool carries plus a remainder
+        (not ``equal``; wastes no replica when GPUs are short), halves when
+        neither applies, until each shard has a candidate or ``max_shards``.
+
+        Sized by capacity rather than halved: halves each round up to whole
+        replicas, so more demand could leave more unplaced on the same GPUs
+        than less demand did (issue 12: 3.5 req/s on three GPUs carrying 1.25
+        each is three shards of 1.17, not halves needing two GPUs each)."""
         out_w: list[Workload] = []
         out_c: list[Candidates] = []
         self.warm(workloads)
@@ -223,8 +304,17 @@ class FleetIndex:
                 out_w.append(w)
                 out_c.append(c)
             else:
-                todo[:0] = list(w.split())
+                todo[:0] = list(w.split(self.split_rates(w, None, max_shards, equal)))
         return out_w, out_c
+
+    def split_rates(self, w: Workload, gpus: Optional[np.ndarray], max_shards: int,
+                    equal: bool = False) -> tuple[float, ...]:
+        """How to split ``w``: into parts no larger than what one pool carries with
+        ``gpus`` GPUs per pool (None: all of them; during a solve, the GPUs still
+        empty), ``equal`` or capacity-sized plus the rest; halves when no pool
+        carries a part."""
+        rates = self.capacity_rates(w.rate, self.pool_capacity(w, gpus), max_shards // w.shards, equal)
+        return rates if rates is not None else (w.rate / 2, w.rate / 2)
 
     # -------------------------------------------------------- one by one
 

@@ -54,6 +54,8 @@ class PlanDiff:
     moves: list[Move] = field(default_factory=list)
     justifications: list[str] = field(default_factory=list)
     unplaced: list[str] = field(default_factory=list)
+    required_unplaced: list[str] = field(default_factory=list)
+    """The ``unplaced`` lines of demand that is not sheddable (``fleet plan``/``apply`` exit 3 on these)."""
 
     @property
     def added(self) -> int:
@@ -86,6 +88,7 @@ class PlanDiff:
             "changes": [c.__dict__ | {"delta": c.delta} for c in self.changes],
             "moves": [m.__dict__ for m in self.moves],
             "justifications": self.justifications, "unplaced": self.unplaced,
+            "requiredUnplaced": self.required_unplaced,
         }
 
 
@@ -138,4 +141,6 @@ def plan_diff(before: Optional[Placement], after: Placement, problem: Problem) -
                     dst[1] -= n
     justifications = sorted({f"{a.service} ({a.region}) at {a.site}: {a.residency}" for a in after.assignments})
     unplaced = [f"{u.service} ({u.region}): {u.reason}" for u in after.unplaced]
-    return PlanDiff(totals(before, problem), totals(after, problem), changes, moves, justifications, unplaced)
+    sheddable = {(w.service, w.region) for w in problem.workloads if w.sheddable}
+    required = [f"{u.service} ({u.region}): {u.reason}" for u in after.unplaced if (u.service, u.region) not in sheddable]
+    return PlanDiff(totals(before, problem), totals(after, problem), changes, moves, justifications, unplaced, required)

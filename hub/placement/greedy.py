@@ -88,12 +88,16 @@ def place_best(st: SolveState, wi: int, open_only: bool = False) -> bool:
 
 def place_all(st: SolveState, order: list[int]) -> None:
     """Place workloads in ``order``; one that no longer fits anywhere whole is
-    split in two halves (up to MAX_SHARDS) that may go to different pools."""
+    split (up to MAX_SHARDS) into a part sized to what the empty GPUs of one
+    pool still carry and the rest (halves when no pool has room), and the
+    parts may go to different pools: whole replicas are not wasted on equal
+    parts, so more demand never leaves more of it unplaced (issue 12)."""
     queue = list(order)
     while queue:
         wi = queue.pop(0)
-        if not place_best(st, wi) and len(st.candidates[wi]) and st.workloads[wi].shards * 2 <= MAX_SHARDS:
-            queue[:0] = st.split(wi)
+        w = st.workloads[wi]
+        if not place_best(st, wi) and len(st.candidates[wi]) and w.shards * 2 <= MAX_SHARDS:
+            queue[:0] = st.split(wi, st.index.split_rates(w, st.empty, MAX_SHARDS))
 
 
 def _improve(st: SolveState) -> int:
@@ -164,7 +168,10 @@ def _run(index: FleetIndex, workloads: list, candidates: list, beta: float, impr
          rng: random.Random | None = None, single_moves: bool = True) -> SolveState:
     st = SolveState(index, list(workloads), list(candidates))
     st.beta = beta
-    noise = [rng.uniform(0.6, 1.4) if rng else 1.0 for _ in workloads]
+    # restarts perturb the order: mildly, or (every other one) enough to reorder across sizes,
+    # since uneven demand parts (capacity-sized shards) can block each other's nearest sites
+    wide = bool(rng) and rng.random() < 0.5
+    noise = [(rng.uniform(0.2, 5.0) if wide else rng.uniform(0.6, 1.4)) if rng else 1.0 for _ in workloads]
 
     def demand(i: int) -> float:
         c = candidates[i]
@@ -204,6 +211,23 @@ def solve_greedy(
     index = index or FleetIndex(problem, max_candidates=MAX_CANDIDATES)
     workloads, candidates = index.prepare(list(problem.workloads))
     t1 = _clock()
+    best = _best_run(index, workloads, candidates, improve, max_runs)
+    tight = False
+    if any(w.shards > 1 for wi, w in enumerate(best.workloads) if wi not in best.chosen and wi not in best.replaced):
+        # Equal shards left some demand out: shards sized to whole pools' capacity waste no
+        # replica, so they never serve less of a larger demand (issue 12). Keep the better.
+        workloads2, candidates2 = index.prepare(list(problem.workloads), equal=False)
+        other = _best_run(index, workloads2, candidates2, improve, max_runs)
+        if other.objective() < best.objective() - 1e-9:
+            best, tight = other, True
+    topped = best.top_up()
+    stats = {"time_candidates_s": t1 - t0, **best.stats, "capacity_shards": float(tight), "topped_up_rps": topped,
+             "time_total_s": _clock() - t0}
+    return best.to_placement("greedy", stats)
+
+
+def _best_run(index: FleetIndex, workloads: list, candidates: list, improve: bool, max_runs: int | None) -> SolveState:
+    """The best of the greedy runs over one split of the demand (see :func:`solve_greedy`)."""
     size = max(1, sum(len(c) for c in candidates))
     runs_allowed = max(1, min(MAX_RUNS if max_runs is None else max_runs, RUN_WORK // size))
     best: SolveState | None = None
@@ -218,5 +242,5 @@ def solve_greedy(
         if best is None or st.objective() < best.objective() - 1e-9:
             best = st
     assert best is not None
-    stats = {"time_candidates_s": t1 - t0, "runs": runs_allowed, **best.stats, "time_total_s": _clock() - t0}
-    return best.to_placement("greedy", stats)
+    best.stats["runs"] = runs_allowed
+    return best

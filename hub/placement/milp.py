@@ -24,11 +24,12 @@ the same objective the fast solver's result is evaluated with.
 
 Demand splitting. With ``split_depth = 0`` the demand shards are fixed
 before the MILP (``FleetIndex.prepare``): it is exact for that split only,
-and the fast solver, which splits a workload in halves when it does not fit
-whole, may then find a *lower* objective. With ``split_depth = d`` the MILP
-chooses the split too: every workload is the root of a tree of halves
-(each node is half its parent's demand, ``d`` levels deep, as the fast
-solver's ``place_all`` splits), and each tree node w is placed whole, split
+and the fast solver, which splits a workload when it does not fit whole,
+may then find a *lower* objective. With ``split_depth = d`` the MILP
+chooses the split too: every workload is the root of a tree of parts
+(each node's children are its demand in parts sized to what one whole pool
+carries plus a remainder, or halves, ``FleetIndex.split_rates``; ``d``
+levels deep), and each tree node w is placed whole, split
 into its two children, or left unplaced::
 
     sum_c x[w,c] + s[w] + u[w] = s[parent(w)]      (= 1 for a root; s = 0 at depth d)
@@ -89,12 +90,15 @@ class _Node:
     xcols: list[int] = field(default_factory=list)
     split: int = -1
     """Column of s[w] (-1: a leaf, no split possible)."""
+    rates: tuple[float, ...] = ()
+    """Demand of each child (req/s)."""
 
 
 def _tree(index: FleetIndex, w: Workload, c: Candidates, depth: int) -> _Node:
     node = _Node(w, c)
     if depth > 0 and w.shards * 2 <= MAX_SHARDS:
-        node.children = [_tree(index, half, index.candidates(half), depth - 1) for half in w.split()]
+        node.rates = index.split_rates(w, None, MAX_SHARDS, equal=True)
+        node.children = [_tree(index, part, index.candidates(part), depth - 1) for part in w.split(node.rates)]
     return node
 
 
@@ -127,7 +131,7 @@ def solve_exact(problem: Problem, index: FleetIndex | None = None, time_limit: f
             node.split = b.var(0.0, 1.0)
     parent_split: dict[int, int] = {id(ch): n.split for n in nodes for ch in n.children}
     for wi, (node, w, c) in enumerate(zip(nodes, workloads, candidates)):
-        unplaced = b.var(weights.unplaced_usd * (1 if w.sheddable else 10) / w.shards, 1.0)
+        unplaced = b.var(weights.unplaced_usd * (1 if w.sheddable else 10) * w.fraction, 1.0)
         row = [(unplaced, 1.0)]
         if node.split >= 0:
             row.append((node.split, 1.0))
@@ -197,7 +201,7 @@ def solve_exact(problem: Problem, index: FleetIndex | None = None, time_limit: f
             st.refresh(p)
             return
         if node.split >= 0 and sol[node.split] == 1:
-            for child, half in zip(node.children, st.split(wi)):  # same halves, same candidates, same order
+            for child, half in zip(node.children, st.split(wi, node.rates)):  # same parts, same candidates, same order
                 realise(child, half)
 
     for wi, root in enumerate(roots):
@@ -206,5 +210,5 @@ def solve_exact(problem: Problem, index: FleetIndex | None = None, time_limit: f
                    if wi not in st.chosen and wi not in st.replaced and len(st.candidates[wi])])
     stats = {"time_build_s": t1 - t0, "time_solve_s": t2 - t1, "milp_bound": float(getattr(result, "mip_dual_bound", result.fun) or result.fun),
              "milp_status": float(result.status), "milp_optimal": float(result.status == 0), "milp_vars": float(nvar),
-             "milp_objective": float(result.fun), "milp_split_depth": float(split_depth)}
+             "milp_objective": float(result.fun), "milp_split_depth": float(split_depth), "topped_up_rps": st.top_up()}
     return st.to_placement("exact", stats)

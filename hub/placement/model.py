@@ -69,18 +69,32 @@ class Workload:
     profiles: Mapping[str, PerfProfile]
     """GPU type -> profile; the keys are the GPU types it runs on."""
     shard: int = 0
-    """Which equal part of the region's demand this is (0-based)."""
+    """Which part of the region's demand this is (0-based)."""
     shards: int = 1
-    """How many equal parts the region's demand is split into (1 = whole)."""
+    """How many parts the region's demand is numbered into (1 = whole); parts need not be equal."""
+    fraction: float = 1.0
+    """Share of the region's demand this part carries (``rate`` / the region's rate)."""
 
     @property
     def key(self) -> tuple[str, str, int]:
         return (self.service, self.region, self.shard)
 
-    def split(self) -> tuple["Workload", "Workload"]:
-        """Two halves of this workload's demand (shard i of s becomes 2i and 2i+1 of 2s)."""
-        half = dataclasses.replace(self, rate=self.rate / 2, shards=self.shards * 2)
-        return dataclasses.replace(half, shard=self.shard * 2), dataclasses.replace(half, shard=self.shard * 2 + 1)
+    def split(self, rates: Optional[tuple[float, ...]] = None) -> tuple["Workload", ...]:
+        """This workload's demand in parts of ``rates`` req/s (default: two halves).
+
+        Shard i of s becomes shards i*m .. i*m+m-1 of s*m (m = number of parts),
+        so shard numbers stay unique however often parts are split again.
+        """
+        if rates is None:
+            rates = (self.rate / 2, self.rate / 2)
+        m = len(rates)
+        if m < 2 or min(rates) <= 0 or abs(sum(rates) - self.rate) > 1e-9 * max(1.0, self.rate):
+            raise ValueError(f"cannot split {self.rate} req/s into {rates}")
+        return tuple(
+            dataclasses.replace(self, rate=r, shard=self.shard * m + j, shards=self.shards * m,
+                                fraction=self.fraction * r / self.rate)
+            for j, r in enumerate(rates)
+        )
 
 
 @dataclass(frozen=True)

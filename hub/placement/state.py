@@ -3,6 +3,7 @@ GPU layout of every touched pool; turns into a :class:`Placement`."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from typing import Optional
 
@@ -12,6 +13,9 @@ from hub.placement.constraints import Candidates, FleetIndex
 from hub.placement.consolidate import consolidate_pool
 from hub.placement.model import Assignment, Placement, Unplaced, Workload
 from hub.placement.packing import PoolState
+
+#: How a capacity shortfall's reason starts (the rest names the full GPUs).
+_NO_ROOM = "has no room (capacity)"
 
 
 class SolveState:
@@ -45,10 +49,10 @@ class SolveState:
         self.candidates.append(c)
         return len(self.workloads) - 1
 
-    def split(self, wi: int) -> list[int]:
-        """Replace workload ``wi`` by its two halves; returns their numbers."""
+    def split(self, wi: int, rates: Optional[tuple[float, ...]] = None) -> list[int]:
+        """Replace workload ``wi`` by parts of ``rates`` req/s (default: halves); returns their numbers."""
         self.replaced.add(wi)
-        return [self.add(half, self.index.candidates(half)) for half in self.workloads[wi].split()]
+        return [self.add(part, self.index.candidates(part)) for part in self.workloads[wi].split(rates)]
 
     def pool(self, p: int) -> PoolState:
         state = self.pools.get(p)
@@ -131,6 +135,75 @@ class SolveState:
                 self._refresh(p)
         return moves
 
+    def top_up(self) -> float:
+        """Move unplaced demand onto replicas already placed for the same service
+        and region that carry more than their part (nearest first); returns req/s moved.
+
+        Parts round up to whole replicas, so a placed part often has slack while
+        another part of the same demand found no room: without this, more demand
+        could leave more of it unplaced on the same GPUs (issue 12)."""
+        moved = 0.0
+        groups: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+        for wi, w in enumerate(self.workloads):
+            if wi in self.replaced:
+                continue
+            placed, left = groups.setdefault((w.service, w.region), ([], []))
+            (placed if wi in self.chosen else left).append(wi)
+        for placed, left in groups.values():
+            if not left or not placed:
+                continue
+            need = sum(self.workloads[u].rate for u in left)
+            for wi in sorted(placed, key=lambda i: (float(self.candidates[i].rtt[self.chosen[i]]), i)):
+                if need <= 1e-12:
+                    break
+                gained = self._grow(wi, need)
+                need -= gained
+                moved += gained
+            taken = sum(self.workloads[u].rate for u in left) - need  # moved onto placed replicas
+            for u in left:  # take the moved demand off the unplaced parts
+                w = self.workloads[u]
+                give = min(w.rate, max(0.0, taken))
+                taken -= give
+                if give >= w.rate - 1e-12:
+                    self.replaced.add(u)
+                elif give > 0:
+                    self.workloads[u] = dataclasses.replace(w, rate=w.rate - give, fraction=w.fraction * (w.rate - give) / w.rate)
+        return moved
+
+    def _grow(self, wi: int, extra: float) -> float:
+        """Raise placed workload ``wi``'s demand by up to ``extra`` req/s on the same
+        replicas and GPUs while its SLOs and the GPUs' compute still hold."""
+        w = self.workloads[wi]
+        c = self.candidates[wi]
+        ci = self.chosen[wi]
+        p, n, k = int(c.pool[ci]), int(c.replicas[ci]), int(c.gpus_per_replica[ci])
+        gpu_type = self.index.pools[p].gpu_type
+        rtt = float(c.rtt[ci])
+        bigger = dataclasses.replace(w, rate=w.rate + extra)
+        rate = self.index.carried(bigger, gpu_type, rtt, n)
+        state = self.pool(p)
+        gpus = state.layout(wi)
+        while rate > w.rate * (1 + 1e-9):
+            grown = dataclasses.replace(w, rate=rate, fraction=w.fraction * rate / w.rate)
+            share = 1.0 if k > 1 else float(self.index.curve(grown, gpu_type).utilisation(n))
+            on_gpu = Counter(g[0] for g in gpus)  # replicas of wi per GPU: each grows by the same share
+            room = (float(c.share[ci]) + min(state.compute[g] / m for g, m in on_gpu.items())) if k == 1 else 1.0
+            if share <= room + 1e-9:
+                state.remove(wi)
+                state.commit(wi, [tuple(g) for g in gpus], w.memory, share)
+                self.workloads[wi] = grown
+                self.candidates[wi] = Candidates(
+                    c.pool[ci:ci + 1], c.replicas[ci:ci + 1], c.gpus_per_replica[ci:ci + 1], c.rtt[ci:ci + 1],
+                    np.array([share]),
+                    c.fixed_cost[ci:ci + 1] + self.index.problem.weights.latency_usd_per_rps_s * (rate - w.rate) * rtt)
+                self.chosen[wi] = 0
+                self._refresh(p)
+                return rate - w.rate
+            rate = w.rate + (rate - w.rate) / 2  # the GPU is shared: try less
+            if rate - w.rate < 1e-6 * w.rate:
+                break
+        return 0.0
+
     # ------------------------------------------------------------ results
 
     def objective(self) -> float:
@@ -143,7 +216,7 @@ class SolveState:
 
     def unplaced_penalty(self) -> float:
         weight = self.index.problem.weights.unplaced_usd
-        return sum(weight * (1 if w.sheddable else 10) / w.shards for wi, w in enumerate(self.workloads)
+        return sum(weight * (1 if w.sheddable else 10) * w.fraction for wi, w in enumerate(self.workloads)
                    if wi not in self.chosen and wi not in self.replaced)
 
     def gpu_totals(self) -> tuple[int, float, float, float, float]:
@@ -170,7 +243,7 @@ class SolveState:
                 continue
             ci = self.chosen.get(wi)
             if ci is None:
-                unplaced.append((self._unplaced(wi), w.shards))
+                unplaced.append((self._unplaced(wi), w.fraction))
                 continue
             c = self.candidates[wi]
             p = int(c.pool[ci])
@@ -198,27 +271,50 @@ class SolveState:
         all_stats.update(stats or {})
         return Placement(tuple(assignments), tuple(self._merge(unplaced)), solver, self.objective(), all_stats)
 
-    def _merge(self, unplaced: list[tuple[Unplaced, int]]) -> list[Unplaced]:
-        """One entry per (service, region), however many of its shards failed."""
-        merged: dict[tuple[str, str], tuple[Unplaced, int, float]] = {}
-        for u, shards in unplaced:
+    def _merge(self, unplaced: list[tuple[Unplaced, float]]) -> list[Unplaced]:
+        """One entry per (service, region), however many of its parts failed,
+        worded in the user's terms: share and req/s of the demand, not shards."""
+        merged: dict[tuple[str, str], tuple[Unplaced, float]] = {}
+        for u, fraction in unplaced:
             key = (u.service, u.region)
-            first, count, fraction = merged.get(key, (u, 0, 0.0))
-            merged[key] = (first, count + 1, fraction + 1.0 / shards)
+            first, total = merged.get(key, (u, 0.0))
+            merged[key] = (first, total + fraction)
+        rates = {(w.service, w.region): w.rate / w.fraction for w in self.workloads if w.fraction > 0}
         out = []
-        for u, count, fraction in merged.values():
-            if fraction < 1.0 - 1e-9 or count > 1:
-                reason = f"{fraction:.0%} of the demand ({count} shard(s)) unplaced: {u.reason}"
-                u = Unplaced(u.service, u.region, reason, u.shed, min(fraction, 1.0))
+        for (service, region), (u, fraction) in merged.items():
+            fraction = min(fraction, 1.0)
+            total = rates.get((service, region), 0.0)
+            if fraction < 1.0 - 1e-9:
+                reason = (f"{fraction:.0%} of {service}'s demand from {region} "
+                          f"({fraction * total:.3g} of {total:.3g} req/s) {u.reason}")
+                u = Unplaced(u.service, u.region, reason, u.shed, fraction)
+            elif u.reason.startswith(_NO_ROOM):
+                reason = f"all of {service}'s demand from {region} ({total:.3g} req/s) {u.reason}"
+                u = Unplaced(u.service, u.region, reason, u.shed, 1.0)
             out.append(u)
         return out
+
+    def _full_reason(self, w: Workload, c: Candidates) -> str:
+        """Why a workload with candidates found no room: the GPUs it may use are full,
+        naming the ResidencyPolicy when it is what keeps the demand off other GPUs."""
+        pools = sorted({int(p) for p in c.pool})
+        gpus = sum(int(self.index.count[p]) for p in pools)
+        types = "/".join(sorted({self.index.pools[p].gpu_type for p in pools}))
+        rule = self.index.problem.rules.get(w.data_class)
+        runs_on = np.zeros(len(self.index.pools), dtype=bool)
+        for gpu_type in w.profiles:
+            runs_on[self.index.by_type.get(gpu_type, np.zeros(0, dtype=np.int64))] = True
+        elsewhere = runs_on & self.index.available & ~self.index.allowed(w.data_class)
+        if rule is not None and elsewhere.any():
+            return (f"{_NO_ROOM}: the {gpus} {types} GPUs its ResidencyPolicy {rule.policy} allows "
+                    f"(and that meet its SLOs) are full")
+        return f"{_NO_ROOM}: the {gpus} {types} GPUs that meet its SLOs are full"
 
     def _unplaced(self, wi: int) -> Unplaced:
         w = self.workloads[wi]
         c = self.candidates[wi]
         if len(c):
-            part = f" (shard {w.shard + 1}/{w.shards})" if w.shards > 1 else ""
-            return Unplaced(w.service, w.region, f"capacity{part}: all {len(c)} feasible pool(s) are full", w.sheddable)
+            return Unplaced(w.service, w.region, self._full_reason(w, c), w.sheddable)
         counts: Counter[str] = Counter()
         examples: dict[str, str] = {}
         for p in range(len(self.index.pools)):

@@ -45,15 +45,27 @@ KNOWN_GPU_TYPES = frozenset(
 
 
 def did_you_mean(value: object, choices: Iterable[str]) -> str:
-    """`` (did you mean 'X'?)`` or ``""`` using difflib close matches."""
-    if not isinstance(value, str):
+    """`` (did you mean 'X'?)`` or ``""``.
+
+    Names that start with or contain what was typed come first (case-insensitive):
+    ``H100`` is a family, so its variants ``H100-PCIE``/``H100-SXM`` are meant, not
+    ``H200``, which is merely one edit away (issue 12). Otherwise the exact match
+    ignoring case, then difflib's closest match.
+    """
+    if not isinstance(value, str) or not value.strip():
         return ""
     options = sorted(choices)
+    typed = value.strip().upper()
+    upper = {o.upper(): o for o in options}
+    if typed in upper and upper[typed] != value:
+        return f" (did you mean '{upper[typed]}'?)"
+    family = [o for o in options if o.upper().startswith(typed)] or [o for o in options if typed in o.upper()]
+    if family and len(typed) >= 2:
+        family = family[:4]
+        if len(family) == 1:
+            return f" (did you mean '{family[0]}'?)"
+        return f" (did you mean one of {', '.join(repr(o) for o in family)}?)"
     match = difflib.get_close_matches(value, options, n=1, cutoff=0.6)
-    if not match:
-        upper = {o.upper(): o for o in options}
-        if value.upper() in upper:
-            match = [upper[value.upper()]]
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 

@@ -140,3 +140,25 @@ def test_revisions_diff_rollback_and_explain(hub, tmp_path):
     nope = fleet(hub, "explain", "service", "no-such")
     assert_clean_error(nope)
     assert "has no Service 'no-such'" in nope.stderr
+
+
+def test_plan_and_apply_exit_3_when_demand_that_may_not_be_shed_has_no_place(hub, tmp_path):
+    """Issue 12: non-sheddable demand left unplaced is not success. Plan says so and exits 3;
+    apply still stores the revision (partial service beats none) but exits 3 too."""
+    configs = tmp_path / "configs"
+    shutil.copytree(ROOT / "fleet_configs", configs)
+    text = (configs / "services.yaml").read_text()
+    (configs / "services.yaml").write_text(text.replace("{region: eu-central, rate: 12rps, meanPromptTokens: 800",
+                                                        "{region: eu-central, rate: 5000rps, meanPromptTokens: 800", 1))
+    files = ("-f", str(configs), "-f", str(ROOT / "policies"))
+    before = len(revisions(hub))
+    proc = fleet(hub, "plan", *files)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "may not be shed have no place (exit 3)" in proc.stderr
+    assert "assistant-de (eu-central):" in proc.stderr and "req/s" in proc.stderr
+    assert "ResidencyPolicy" in proc.stderr  # Germany-only: the policy is what keeps it off other GPUs
+    assert len(revisions(hub)) == before  # plan stores nothing
+    proc = fleet(hub, "apply", *files, "-m", "too much demand")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "stored (partial service beats none)" in proc.stderr
+    assert len(revisions(hub)) == before + 1
