@@ -128,7 +128,8 @@ class Agent:
         call = self.call = stub.Connect()
         await call.write(agent_pb2.AgentMessage(hello=agent_pb2.Hello(
             identity=types_pb2.AgentIdentity(site=SITE, node=self.node, agent_version="bench"),
-            inventory=types_pb2.Inventory(region="us-east"), held=self.state.held())))
+            inventory=types_pb2.Inventory(region="us-east"), held=self.state.held(),
+            incarnation=f"bench{self.i:08d}")))
         first = await call.read()
         if first is grpc.aio.EOF or first.WhichOneof("msg") != "welcome":
             raise ConnectionError(f"agent {self.i}: no welcome")
