@@ -411,7 +411,8 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
             try:
                 if session is not None and self.broker.detach(session):
                     with contextlib.suppress(Exception):
-                        await asyncio.shield(self.store.mark_disconnected(session.node_id, _now()))
+                        # The store finishes it even though this handler is being cancelled.
+                        await self.store.mark_disconnected(session.node_id, _now())
             finally:
                 self._streams -= 1
                 if self._streams == 0:
@@ -596,12 +597,9 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
             incoming = [convert.report_from_proto(r, now) for r in batch.reports]
         except convert.BadReport as exc:  # the whole batch is refused: nothing half-stored
             raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, f"{exc} (nothing of this batch was stored)") from None
-        # Shielded: a stream cancelled mid-transaction (agent gone, hub stopping)
-        # would otherwise abandon the store's one SQLite connection in the middle
-        # of a write; the transaction finishes, then the cancellation goes on.
-        stored = await asyncio.shield(self.store.store_reports(
-            session.node_id, incoming, now, incarnation=session.incarnation
-        ))
+        # A stream cancelled mid-transaction (agent gone, hub stopping) does not cut the
+        # write short: store operations run to completion (Database.run_to_completion).
+        stored = await self.store.store_reports(session.node_id, incoming, now, incarnation=session.incarnation)
         if stored.duplicate:
             log.info(
                 "agent %s/%s re-sent %d reports already stored (seq %d..%d of incarnation %s); acknowledged again",

@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from hub.store.db import Database
+from hub.store.db import Database, runs_to_completion
 from hub.store.enroll_tables import BootstrapTokenRow, CertRequestRow
 from hub.store.repo import utc
 
@@ -88,6 +88,7 @@ def _request(r: CertRequestRow) -> RequestRecord:
     )
 
 
+@runs_to_completion
 class EnrollStore:
     def __init__(self, db: Database) -> None:
         self.db = db

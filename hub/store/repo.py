@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.store import tables as t
-from hub.store.db import Database
+from hub.store.db import Database, runs_to_completion
 
 VERSION_COUNTER = "desired_version"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -233,6 +233,7 @@ def _audit_row(a: AuditRecord) -> t.Audit:
     return t.Audit(at=a.at, actor=a.actor, action=a.action, subject=a.subject, details=a.details)
 
 
+@runs_to_completion
 class RolloutStore:
     """Rollout rows and the audit trail (mixed into `Store`)."""
 
@@ -360,6 +361,7 @@ class RolloutStore:
                     for r in (await s.execute(q)).scalars()]
 
 
+@runs_to_completion
 class Store(RolloutStore):
     """Fleet state on top of a migrated `Database`."""
 

@@ -290,3 +290,44 @@ async def test_audit_trail_is_append_only_in_the_database(store):
             async with store.db.sessions.begin() as s:
                 await s.execute(stmt)
     assert [(a.actor, a.details) for a in await store.list_audit()] == [("ana", {"n": 1})]
+
+
+
+async def test_close_waits_for_operations_whose_callers_were_cancelled(store):
+    """Stream handlers are cancelled whenever an agent leaves or the hub stops; the write they
+    started goes on. If the store closed under it, that operation handed its connection back to
+    a pool nobody closes, and the garbage collector closed it later with a ResourceWarning (CI
+    failed on it in test_link). `close` waits for such operations, and refuses new ones."""
+    import gc
+    import warnings
+
+    from hub.store.db import StoreError
+
+    await store.register_node("fra", "n1", "0.1.0", {}, T0)
+    node = await store.get_node("fra", "n1")
+    reports = [IncomingReport(seq=i, kind="latency", created_at=T0, payload={"i": i}) for i in range(1, 201)]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        # What the link did: a shielded write, its handler cancelled, the hub closing the store.
+        async def handler():
+            await asyncio.shield(store.store_reports(node.id, reports, T0, incarnation="inc-a"))
+
+        caller = asyncio.create_task(handler())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        caller.cancel()
+        await asyncio.gather(caller, return_exceptions=True)
+        await store.db.close()
+        with pytest.raises(StoreError, match="closed"):
+            await store.list_nodes()
+        await asyncio.sleep(0.5)  # anything still running would finish and hand its connection back now
+        gc.collect()
+    assert [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)] == []
+    assert store.db.busy == 0
+
+    # The write finished before the store closed: all of it is there.
+    again = Database(store.db.url)
+    try:
+        assert (await Store(again).max_report_seq(node.id, "inc-a")) == 200
+    finally:
+        await again.close()
