@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -343,30 +342,3 @@ class Demo:
         if self.hub is not None:
             await self.hub.stop(grace=1.0)
 
-
-def run_demo(args) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="fleet-demo-"))
-    if getattr(args, "scenario", "fleet") == "rollout":
-        from hub.cli.demo_rollout import RolloutDemo
-
-        demo: Demo = RolloutDemo(workdir, args.agents_timeout)
-    else:
-        demo = Demo(workdir, args.agents_timeout, Path(args.html).resolve() if args.html else None, args.requests)
-
-    async def main() -> None:
-        try:
-            await demo.run()
-        finally:
-            await demo.close()
-
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        console().print("\ninterrupted; every process the demo started is stopped")
-        return 130
-    finally:
-        if args.keep:
-            console().print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return 0

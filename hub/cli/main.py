@@ -167,7 +167,7 @@ def dispatch(args) -> int:
     if args.cmd == "certs":
         return certs_cmd.run(args)
     if args.cmd == "demo":
-        from hub.cli.demo import run_demo
+        from hub.cli.demo_cmd import run_demo
 
         return run_demo(args)
     if args.cmd in ("plan", "apply"):
