@@ -23,7 +23,7 @@ from hub.policy import Bundle
 from hub.policy.vocab import did_you_mean
 
 NO_FORECAST = "no forecast yet: the autoscaler has not run on this hub"
-NO_DEMAND = "no demand measured in the window: agents report it every interval while they serve"
+NO_DEMAND = "no demand measured in the window"
 
 
 class UnknownService(LookupError):
