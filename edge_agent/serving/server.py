@@ -1,11 +1,12 @@
-"""The serving runtime: HTTP (uvicorn) and gRPC servers plus the telemetry flush,
+"""The serving runtime: HTTP (uvicorn) and gRPC servers plus the telemetry and demand flushes,
 on one event loop in their own thread, so serving load never delays the hub link.
 
 Start: models restored by the caller (appliers) → servers bound → ports logged
 (``serving http on HOST:PORT``) and written to ``<data_dir>/serve.json``
 (``{"http": port, "grpc": port}``). Stop, in a fixed order: servers stop
 accepting and finish in-flight requests (grace period) → engines shut down →
-the last telemetry window is flushed to the outbox.
+the last telemetry window (and the demand counted since the last demand report)
+is flushed to the outbox.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from typing import Any
 
 from edge_agent.serving.appliers import appliers as make_appliers
 from edge_agent.serving.appliers import restore
+from edge_agent.serving.cost import NvmlEnergy
 from edge_agent.serving.demand import KIND as DEMAND_KIND
 from edge_agent.serving.demand import DemandWindow
-from edge_agent.serving.cost import NvmlEnergy
 from edge_agent.serving.gateway import Gateway, Report
 from edge_agent.serving.metrics import EngineGauges, PrometheusExporter
 from edge_agent.serving.models import ExternalBackend, ModelRegistry, external_factory, local_factory
