@@ -90,6 +90,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--default-priority-class", help="PriorityClass of requests that name none (default: priority 0)")
     r.add_argument("--telemetry-interval", type=float, metavar="SECONDS",
                    help="seconds between telemetry reports to the hub (default 5)")
+    r.add_argument("--demand-interval", type=float, metavar="SECONDS",
+                   help="seconds per demand report (arrivals, tokens per service and region of origin; default 60)")
     r.add_argument("--model-load-timeout", type=float, metavar="SECONDS",
                    help="abandon a Placement whose models do not load within this (default 900); old version keeps serving")
     r.add_argument("--drain-timeout", type=float, metavar="SECONDS",
@@ -133,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             "serve_port": args.serve_port, "serve_host": args.serve_host, "grpc_port": args.grpc_port,
             "models_dir": args.models_dir, "external_url": args.external_url,
             "default_data_class": args.default_data_class, "default_priority_class": args.default_priority_class,
-            "telemetry_interval_s": args.telemetry_interval, "drain_timeout_s": args.drain_timeout,
+            "telemetry_interval_s": args.telemetry_interval, "demand_interval_s": args.demand_interval,
+            "drain_timeout_s": args.drain_timeout,
             "model_load_timeout_s": args.model_load_timeout,
         }
         cfg = load(args.config, overrides)

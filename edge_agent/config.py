@@ -113,6 +113,10 @@ class AgentConfig(BaseModel):
     Policy objects never wait for it: they apply on their own path."""
     telemetry_interval_s: float = Field(5.0, gt=0)
     """Seconds between telemetry reports to the hub (default 5; idle windows send nothing)."""
+    demand_interval_s: float = Field(60.0, ge=1, le=3600)
+    """Seconds per demand report (arrivals and tokens per service and region of origin, for the
+    hub's autoscaler): windows end on multiples of it in wall-clock time, so every agent's
+    windows line up (default 60; `--demand-interval`; 1..3600)."""
     drain_timeout_s: float = Field(5.0, ge=0)
     """Seconds in-flight requests get to finish when the agent stops (SIGTERM); then they
     are cancelled. Idle connections close at once (default 5)."""

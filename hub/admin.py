@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -14,6 +15,8 @@ import grpc
 from google.protobuf.struct_pb2 import Struct
 
 from hub import convert, report, revisions
+from hub.autoscale import demand as autoscale_demand
+from hub.autoscale import status as autoscale_status
 from hub.policy import Bundle, PolicyError
 from hub.publish import MANAGED_KINDS
 from hub.rollout.service import blocking_rollouts_message
@@ -274,7 +277,54 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return admin_pb2.GetReportResponse(**out)
 
 
+    # -- autoscale ----------------------------------------------------------
+
+    async def AutoscaleStatus(self, request, context):  # noqa: N802
+        window_s = request.window_s or DEFAULT_STATUS_WINDOW_S
+        if not (math.isfinite(window_s) and 1 <= window_s <= MAX_STATUS_WINDOW_S):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"window {window_s} s must be between 1 s and {MAX_STATUS_WINDOW_S // 86400:.0f} days")
+        now = datetime.now(UTC)
+        rev = await self.store.get_revision()
+        # A demand report is created when its window ends; fetch a little earlier and let the series cut.
+        rows = await self.store.reports_of_kind(
+            autoscale_demand.KIND, now - timedelta(seconds=window_s) - REPORT_SLACK)
+        try:
+            out, skipped = await asyncio.to_thread(_autoscale_status, rev, rows, now, window_s, request.service)
+        except autoscale_status.UnknownService as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"{exc}\nnext: fleet autoscale status (every service)")
+        return admin_pb2.AutoscaleStatusResponse(regions=[_region_status_proto(r) for r in out],
+                                                 revision=rev.number if rev else 0, skipped=skipped)
+
+
 REPORT_SLACK = timedelta(minutes=10)
+DEFAULT_STATUS_WINDOW_S = 300.0
+MAX_STATUS_WINDOW_S = 7 * 86400.0
+
+
+def _autoscale_status(rev: RevisionRecord | None, rows, now: datetime, window_s: float, service: str):
+    bundle, placement = autoscale_status.from_revision(rev.bundle if rev else None, rev.placement if rev else None)
+    reports, skipped = autoscale_demand.reports_from_rows(rows)
+    for why in skipped:
+        log.warning("demand report skipped: %s", why)
+    return autoscale_status.region_status(bundle, placement, reports, now, window_s=window_s,
+                                          service=service), skipped
+
+
+def _region_status_proto(r: autoscale_status.RegionStatus) -> admin_pb2.AutoscaleRegionStatus:
+    msg = admin_pb2.AutoscaleRegionStatus(
+        service=r.service, region=r.region, autoscale_enabled=r.autoscale_enabled, window_s=r.window_s,
+        arrivals=r.arrivals, shed=r.shed, refused=r.refused, replicas_now=r.replicas_now,
+        planned_rps=r.planned_rps, next_change=r.next_change, reason=r.reason)
+    for name in ("min_replicas", "max_replicas", "target_quantile", "declared_rps", "observed_rps",
+                 "mean_prompt_tokens", "mean_output_tokens", "forecast_rps", "planned_replicas"):
+        value = getattr(r, name)
+        if value is not None:
+            setattr(msg, name, value)
+    if r.observed_until is not None:
+        msg.observed_until.CopyFrom(convert.ts(r.observed_until))
+    return msg
 
 
 def _render_report(payloads, by, since, until, html: bool, slo: float | None) -> dict:

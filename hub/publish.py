@@ -8,7 +8,9 @@ an agent applies what decides admission before what serves traffic):
 - ``SiteLocation``, one per site in the bundle, targeted at that site's nodes:
   the site's country and every jurisdiction that contains it, from the hub's
   Site record. The agent's door decides residency with this, never with its
-  own ``--country``/``--jurisdiction`` flags (those may only narrow).
+  own ``--country``/``--jurisdiction`` flags (those may only narrow). It also
+  names the site's demand region and the regions it serves, for the demand
+  reports (region of origin).
 
 - ``Placement``, one per (site, node) that hosts replicas, targeted at that node
   only, so each agent receives its own assignments and nothing else. Each
@@ -70,8 +72,11 @@ def placement_object_name(site: str, node: str) -> str:
 
 
 def site_location_spec(site: str, spec) -> dict:
-    """What an agent at ``site`` is told about where it is (the hub's Site record)."""
-    return {"site": site, "country": spec.country, "jurisdictions": list(spec.jurisdictions)}
+    """What an agent at ``site`` is told about where it is (the hub's Site record): its country and
+    jurisdictions (residency), its demand region and the regions it serves (the region of origin its
+    demand reports may name: ``X-Fleet-Origin-Region`` is checked against them)."""
+    return {"site": site, "country": spec.country, "jurisdictions": list(spec.jurisdictions),
+            "region": spec.region, "regions": sorted({spec.region, *spec.network_latency})}
 
 
 def desired_objects(bundle: Bundle, placement: Placement) -> list[DesiredPut]:

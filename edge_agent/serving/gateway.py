@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from edge_agent.serving import residency
 from edge_agent.serving.cost import NvmlEnergy, request_cost
+from edge_agent.serving.demand import origin_region
 from edge_agent.serving.errors import BadRequest, Forbidden, Overloaded, ServingError, Unavailable
 from edge_agent.serving.models import Assignment, Backend, Generation, GenRequest, ModelRegistry
 from edge_agent.serving.priority import PriorityClass, UnknownPriorityClass, resolve
@@ -39,10 +40,16 @@ class Admission:
     assignment: Assignment | None
     priority_class: PriorityClass | None
     verdict: Verdict
+    origin: str = ""
+    """The demand region the request counts for (edge_agent.serving.demand)."""
 
     @property
     def priority_name(self) -> str:
         return self.priority_class.name if self.priority_class else ""
+
+    @property
+    def service(self) -> str:
+        return self.assignment.service if self.assignment else self.backend.model
 
 
 class Gateway:
@@ -129,8 +136,11 @@ class Gateway:
         return f"{self._prefix}-{next(self._ids)}"
 
     def admit(self, model: str, data_class: str | None, priority_class: str | None,
-              request_id: str | None = None) -> Admission:
+              request_id: str | None = None, origin: str | None = None) -> Admission:
         """Check and resolve a request; raises Forbidden, ModelNotFound or BadRequest (recorded, audited).
+
+        ``origin``: the X-Fleet-Origin-Region header (checked against the regions this site serves;
+        none: the site's own region), the region the request's demand counts for.
 
         Residency comes first: data that may not be processed here is refused whatever else is
         wrong with the request, also while the model it names is still loading (fail-closed, and a
@@ -139,24 +149,36 @@ class Gateway:
         dc = data_class if data_class else self.default_data_class
         verdict = residency.evaluate(self._rules, dc, self.located)
         if not verdict.allowed:
-            self._refuse(verdict, rid, model, priority_class)
+            self._refuse(verdict, rid, model, priority_class, origin)
         backend, assignment = self.registry.resolve(model)
         if assignment is not None and assignment.data_class and assignment.data_class not in self._rules:
             # Not open to traffic until the policy of the data class it serves is held here.
             raise Unavailable(f"service {assignment.service!r} is not open yet: this node does not hold the "
                               f"ResidencyPolicy of its data class {assignment.data_class!r}")
         group = (backend.model, backend.version)
+        service = assignment.service if assignment else backend.model
+        try:
+            region = origin_region(origin, self._site_location)
+        except BadRequest:
+            self.telemetry.record(RequestRecord(*group, priority_class or "", Outcome.ERROR, service=service,
+                                                origin=self._own_region()))
+            raise
         try:
             pc = resolve(self._by_name, priority_class, assignment.priority_class if assignment else None,
                          self.default_priority_class)
         except UnknownPriorityClass as exc:
-            self.telemetry.record(RequestRecord(*group, priority_class or "", Outcome.ERROR))
+            self.telemetry.record(RequestRecord(*group, priority_class or "", Outcome.ERROR, service=service,
+                                                origin=region))
             raise BadRequest(str(exc), param="priority", code="unknown_priority_class") from None
         if self.audit_allowed:
             self._audit(verdict, rid, f"{backend.model}:{backend.version}")
-        return Admission(rid, backend, assignment, pc, verdict)
+        return Admission(rid, backend, assignment, pc, verdict, region)
 
-    def _refuse(self, verdict: Verdict, request_id: str, model: str, priority_class: str | None) -> None:
+    def _own_region(self) -> str:
+        return self._site_location.region if self._site_location is not None else ""
+
+    def _refuse(self, verdict: Verdict, request_id: str, model: str, priority_class: str | None,
+                origin: str | None = None) -> None:
         """Audit a refused request, count it under its model when that is loaded here, raise Forbidden."""
         try:
             backend, assignment = self.registry.resolve(model)
@@ -170,7 +192,13 @@ class Gateway:
             pc_name = pc.name if pc else ""
         except UnknownPriorityClass:
             pc_name = priority_class or ""
-        self.telemetry.record(RequestRecord(backend.model, backend.version, pc_name, Outcome.FORBIDDEN))
+        try:  # refused demand still counts for where it came from (the site's own region if that is unclear)
+            region = origin_region(origin, self._site_location)
+        except BadRequest:
+            region = self._own_region()
+        self.telemetry.record(RequestRecord(backend.model, backend.version, pc_name, Outcome.FORBIDDEN,
+                                            service=assignment.service if assignment else backend.model,
+                                            origin=region))
         raise Forbidden(verdict.message)
 
     def _audit(self, v: Verdict, request_id: str, model: str) -> None:
@@ -224,4 +252,5 @@ class Gateway:
         if stats is not None:
             energy = self.energy.energy_j(stats.gpu_seconds) if self.energy is not None else None
             cost = request_cost(self.registry.cost_model((b.model, b.version)), stats.gpu_seconds, energy)
-        self.telemetry.record(RequestRecord(b.model, b.version, adm.priority_name, outcome, stats, cost))
+        self.telemetry.record(RequestRecord(b.model, b.version, adm.priority_name, outcome, stats, cost,
+                                            service=adm.service, origin=adm.origin))

@@ -16,7 +16,7 @@ import grpc
 
 from edge_agent.serving.errors import BadRequest, ServingError
 from edge_agent.serving.gateway import Gateway
-from edge_agent.serving.headers import DATA_CLASS_HEADER, PRIORITY_HEADER, agree, from_metadata
+from edge_agent.serving.headers import DATA_CLASS_HEADER, ORIGIN_REGION_HEADER, PRIORITY_HEADER, agree, from_metadata
 from edge_agent.serving.models import GenRequest
 from edge_agent.serving.telemetry import Outcome
 from protos.fleet.v1 import inference_pb2, inference_pb2_grpc
@@ -54,7 +54,8 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                                ("the metadata", from_metadata(DATA_CLASS_HEADER, meta)))
             priority = agree(PRIORITY_HEADER, ("the request's priority_class", request.priority_class),
                              ("the metadata", from_metadata(PRIORITY_HEADER, meta)))
-            adm = self.gateway.admit(request.model, data_class, priority)
+            adm = self.gateway.admit(request.model, data_class, priority,
+                                     origin=from_metadata(ORIGIN_REGION_HEADER, meta))
             gen = await self.gateway.start(adm, from_proto(request))
         except ServingError as exc:
             if exc.retry_after_s is not None:

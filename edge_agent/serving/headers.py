@@ -9,6 +9,12 @@ comma-joined value, or differently by two sources of one request (gRPC's
 ``data_class`` field and its metadata; HTTP's priority header and the body's
 ``priority``) is refused as a bad request. A trusted gateway in front of the
 agent strips what its clients sent and sets exactly one value.
+
+``X-Fleet-Origin-Region`` names the demand region a request came from (set by
+a gateway that knows where its users are), for the demand the agent reports
+to the hub's autoscaler. It is read just as strictly: a request counted in two
+regions, or in a region the fleet does not know, would skew the forecast of
+both; without it a request counts for the serving site's own region.
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ from edge_agent.serving.errors import BadRequest
 
 DATA_CLASS_HEADER = "x-fleet-data-class"
 PRIORITY_HEADER = "x-fleet-priority-class"
-_CODES = {DATA_CLASS_HEADER: "ambiguous_data_class", PRIORITY_HEADER: "ambiguous_priority_class"}
+ORIGIN_REGION_HEADER = "x-fleet-origin-region"
+_CODES = {DATA_CLASS_HEADER: "ambiguous_data_class", PRIORITY_HEADER: "ambiguous_priority_class",
+          ORIGIN_REGION_HEADER: "ambiguous_origin_region"}
+_ONE = {ORIGIN_REGION_HEADER: "region of origin"}
 
 
 def single(name: str, values: Iterable[str]) -> str | None:
@@ -30,7 +39,7 @@ def single(name: str, values: Iterable[str]) -> str | None:
     if len(got) > 1 or "," in got[0]:
         shown = ", ".join(repr(v) for v in got)
         raise BadRequest(f"header {_title(name)} must be sent once with one value, got {shown}; "
-                         "a request has exactly one class", param=_title(name), code=_CODES.get(name))
+                         f"a request has exactly one {_ONE.get(name, 'class')}", param=_title(name), code=_CODES.get(name))
     return got[0].strip() or None
 
 

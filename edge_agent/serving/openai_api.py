@@ -17,7 +17,8 @@ when shed.
 
 Fleet headers: ``X-Fleet-Data-Class`` (else the agent's default; none →
 refused), ``X-Fleet-Priority-Class`` (or the body's ``priority`` as a class
-name). Each is sent once with one value; repeated, comma-joined or
+name), ``X-Fleet-Origin-Region`` (the demand region the request counts for,
+one the site serves; else the site's own). Each is sent once with one value; repeated, comma-joined or
 conflicting values are a 400 (:mod:`~edge_agent.serving.headers`). A client that disconnects, mid-stream or while waiting, cancels its
 request in the engine at once (KV freed at the next step).
 """
@@ -41,7 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edge_agent.runtime.request import Logprob, TokenLogprobs
 from edge_agent.serving.errors import BadRequest, ModelNotFound, ServingError
 from edge_agent.serving.gateway import Admission, Gateway
-from edge_agent.serving.headers import DATA_CLASS_HEADER, PRIORITY_HEADER, agree, single
+from edge_agent.serving.headers import DATA_CLASS_HEADER, ORIGIN_REGION_HEADER, PRIORITY_HEADER, agree, single
 from edge_agent.serving.metrics import PrometheusExporter, openmetrics_latest
 from edge_agent.serving.models import Generation, GenRequest, Piece
 from edge_agent.serving.telemetry import Outcome
@@ -398,7 +399,8 @@ def build_app(gateway: Gateway, exporter: PrometheusExporter | None = None) -> F
             raise BadRequest("priority must be the name of a PriorityClass", param="priority")
         pc = agree(PRIORITY_HEADER, ("the header", single(PRIORITY_HEADER, request.headers.getlist(PRIORITY_HEADER))),
                    ("the body's priority", body_pc))
-        adm = gateway.admit(model, data_class, pc)
+        origin = single(ORIGIN_REGION_HEADER, request.headers.getlist(ORIGIN_REGION_HEADER))
+        adm = gateway.admit(model, data_class, pc, origin=origin)
         try:
             gen = await _until_disconnect(request, gateway.start(adm, req))
         except ClientGone:

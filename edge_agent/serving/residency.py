@@ -57,18 +57,28 @@ class SiteLocation:
     site: str
     country: str
     jurisdictions: tuple[str, ...]
+    region: str = ""
+    """The demand region the site sits in (its Site's ``region``); "" from a hub that did not say."""
+    regions: tuple[str, ...] = ()
+    """The demand regions this site serves (its own and those its Site lists networkLatency for): the
+    values ``X-Fleet-Origin-Region`` may take here; empty from a hub that did not say."""
 
     @classmethod
     def from_spec(cls, name: str, spec: Mapping[str, Any]) -> SiteLocation:
         """Parse a SiteLocation spec; raises ValueError naming the bad field."""
         site, country, js = spec.get("site"), spec.get("country"), spec.get("jurisdictions")
+        region, regions = spec.get("region", ""), spec.get("regions", [])
+        if not isinstance(region, str):
+            raise ValueError(f"SiteLocation {name!r}: spec.region must be a region name")
+        if not isinstance(regions, list) or not all(isinstance(r, str) and r for r in regions):
+            raise ValueError(f"SiteLocation {name!r}: spec.regions must be a list of region names")
         if not isinstance(site, str) or not site:
             raise ValueError(f"SiteLocation {name!r}: spec.site is missing")
         if not isinstance(country, str) or len(country) != 2:
             raise ValueError(f"SiteLocation {name!r}: spec.country {country!r} must be an ISO 3166-1 alpha-2 code")
         if not isinstance(js, list) or not js or not all(isinstance(j, str) and j for j in js):
             raise ValueError(f"SiteLocation {name!r}: spec.jurisdictions must be a non-empty list of names")
-        return cls(site, country, tuple(js))
+        return cls(site, country, tuple(js), region, tuple(sorted({*regions, *([region] if region else [])})))
 
 
 @dataclass(frozen=True)

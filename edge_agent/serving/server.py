@@ -1,11 +1,12 @@
-"""The serving runtime: HTTP (uvicorn) and gRPC servers plus the telemetry flush,
+"""The serving runtime: HTTP (uvicorn) and gRPC servers plus the telemetry and demand flushes,
 on one event loop in their own thread, so serving load never delays the hub link.
 
 Start: models restored by the caller (appliers) → servers bound → ports logged
 (``serving http on HOST:PORT``) and written to ``<data_dir>/serve.json``
 (``{"http": port, "grpc": port}``). Stop, in a fixed order: servers stop
 accepting and finish in-flight requests (grace period) → engines shut down →
-the last telemetry window is flushed to the outbox.
+the last telemetry window (and the demand counted since the last demand report)
+is flushed to the outbox.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Any
 from edge_agent.serving.appliers import appliers as make_appliers
 from edge_agent.serving.appliers import restore
 from edge_agent.serving.cost import NvmlEnergy
+from edge_agent.serving.demand import KIND as DEMAND_KIND
+from edge_agent.serving.demand import DemandWindow
 from edge_agent.serving.gateway import Gateway, Report
 from edge_agent.serving.metrics import EngineGauges, PrometheusExporter
 from edge_agent.serving.models import ExternalBackend, ModelRegistry, external_factory, local_factory
@@ -51,6 +54,8 @@ class ServingConfig:
     """Priority class of requests whose service names none; empty = priority 0."""
     telemetry_interval_s: float = 5.0
     """Seconds between telemetry reports (a window with no request sends none)."""
+    demand_interval_s: float = 60.0
+    """Seconds per demand report (edge_agent.serving.demand; windows end on multiples of it)."""
     data_dir: Path | None = None
     """Where serve.json goes; None = not written."""
     engine_config: Any = None
@@ -73,6 +78,8 @@ class Serving:
         self.telemetry = Telemetry(here.site, node)
         self.exporter = PrometheusExporter(self._gauges)
         self.telemetry.observers.append(self.exporter)
+        self.demand = DemandWindow(here.site, node, cfg.demand_interval_s)
+        self.telemetry.observers.append(self.demand)
         self.report = report
         energy = NvmlEnergy() if not cfg.external_url else None
         self.gateway = Gateway(here, self.registry, self.telemetry, report,
@@ -116,6 +123,7 @@ class Serving:
         self._thread = None
         self.registry.close()
         self.flush()
+        self.flush_demand(final=True)
 
     def flush(self) -> dict | None:
         """Send the current telemetry window to the hub (if anything happened)."""
@@ -126,6 +134,16 @@ class Serving:
             except Exception:  # noqa: BLE001 - never kill the loop over one window
                 log.exception("could not queue the telemetry report")
         return payload
+
+    def flush_demand(self, *, final: bool = False) -> list[dict]:
+        """Queue the demand windows closed by now (at stop also the partial one, if anything arrived)."""
+        payloads = self.demand.flush(serving=bool(self.registry.backends()), final=final)
+        for payload in payloads:
+            try:
+                self.report(DEMAND_KIND, payload)
+            except Exception:  # noqa: BLE001 - never kill the loop over one window
+                log.exception("could not queue the demand report")
+        return payloads
 
     def __enter__(self) -> Serving:
         return self.start()
@@ -185,12 +203,19 @@ class Serving:
                 cfg.data_dir.mkdir(parents=True, exist_ok=True)
                 (cfg.data_dir / "serve.json").write_text(json.dumps({"http": self.http_port, "grpc": self.grpc_port}))
             self._started.set()
+            loop = asyncio.get_running_loop()
+            next_telemetry = loop.time() + cfg.telemetry_interval_s
             while not self._stop.is_set():
+                wait = min(next_telemetry - loop.time(), self.demand.seconds_to_due() + 0.01)
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(cfg.telemetry_interval_s):
+                    async with asyncio.timeout(max(0.0, wait)):
                         await self._stop.wait()
-                if not self._stop.is_set():
+                if self._stop.is_set():
+                    break
+                if loop.time() >= next_telemetry:
                     self.flush()
+                    next_telemetry = loop.time() + cfg.telemetry_interval_s
+                self.flush_demand()
         finally:
             # Both servers drain at once, each for at most grace_s: idle keep-alive
             # connections close at once, in-flight requests are cancelled at the deadline.

@@ -64,6 +64,10 @@ class RequestRecord:
     stats: RequestStats | None = None
     """Engine (or external stream) timings; None when refused before reaching a model."""
     cost: RequestCost | None = None
+    service: str = ""
+    """The Service the request was for (the model name when its placement names none)."""
+    origin: str = ""
+    """Demand region the request came from ("" when not known); see edge_agent.serving.demand."""
 
     @property
     def group(self) -> tuple[str, str, str]:

@@ -14,7 +14,7 @@ import sys
 
 from google.protobuf.struct_pb2 import Struct
 
-from hub.cli import certs_cmd, policy_cmd, report_cmd, rollout_cmd, views
+from hub.cli import autoscale_cmd, certs_cmd, policy_cmd, report_cmd, rollout_cmd, views
 from hub.cli.client import Admin, resolve
 from hub.cli.errors import CliError
 from hub.cli.fleetconfig import DEFAULT_DATA_DIR, FILENAME
@@ -134,6 +134,7 @@ def parser() -> argparse.ArgumentParser:
     _client_flags(rp)
 
     rollout_cmd.add_parsers(sub, _client_flags)
+    autoscale_cmd.add_parsers(sub, _client_flags)
 
     demo = sub.add_parser("demo", help="a hub and four edge sites on this machine, end to end")
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -170,6 +171,8 @@ def dispatch(args) -> int:
         from hub.cli.demo_cmd import run_demo
 
         return run_demo(args)
+    if args.cmd == "autoscale":
+        autoscale_cmd.window_s(args.window)  # a bad --window: exit 2 before any connection
     if args.cmd in ("plan", "apply"):
         args.bundle = policy_cmd.load(args.filename)  # bad files: exit 2 before any connection
     if args.cmd == "rollout" and args.rollout_cmd == "start":
@@ -192,6 +195,8 @@ def dispatch(args) -> int:
             return run(admin, args)
         if args.cmd == "report":
             return report_cmd.run(admin, args)
+        if args.cmd == "autoscale":
+            return autoscale_cmd.run(admin, args)
         if args.cmd == "get":
             return views.get(admin, args.what, args.output, site=args.site, kind=args.kind, wide=args.wide)
         if args.cmd == "describe":

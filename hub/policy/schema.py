@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_serializer, model_validator
 from pydantic.alias_generators import to_camel
 
 from hub.policy.units import (
@@ -287,6 +287,38 @@ class Demand(Spec):
     """Mean output length in tokens. Required."""
 
 
+class Autoscale(Spec):
+    """How the hub's autoscaler may change a service's replicas from measured demand (issue 12).
+
+    Bounds, not targets: the autoscaler plans from the demand the agents measure (per region of
+    origin) and its forecast at the provisioning lead time, within ``minReplicas``..``maxReplicas``."""
+
+    enabled: bool = False
+    """Whether the autoscaler re-plans this service from measured demand. Default: false (the YAML's
+    demand alone is planned, as without this block)."""
+    min_replicas: int = Field(default=1, ge=0, le=10_000)
+    """Fewest replicas the service keeps fleet-wide, whatever the forecast (0 lets it scale to zero).
+    Integer 0..10000. Default: 1."""
+    max_replicas: Optional[int] = Field(default=None, ge=1, le=10_000)
+    """Most replicas the service may get fleet-wide; at least minReplicas. Integer 1..10000.
+    Default: no cap but the fleet's capacity."""
+    target_quantile: float = Field(default=0.9, ge=0.5, le=0.999)
+    """Upper quantile of the demand forecast that is provisioned for (0.5 = the median forecast;
+    higher for SLO-critical services). Number 0.5..0.999. Default: 0.9."""
+    scale_down_delay: Duration = 600.0
+    """How long demand must stay low before replicas are removed (hysteresis), e.g. 10min. Default: 10min."""
+    lead_time: Optional[Duration] = None
+    """Provisioning lead time (model load + warm-up) the forecast looks ahead by, e.g. 2min.
+    Default: measured per model and site from the agents' own loads, else 120s."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "Autoscale":
+        if self.max_replicas is not None and self.min_replicas > self.max_replicas:
+            raise ValueError(f"minReplicas ({self.min_replicas}) is more than maxReplicas ({self.max_replicas}): "
+                             "lower minReplicas or raise maxReplicas")
+        return self
+
+
 class ServiceSpec(Spec):
     model: Name
     """Name of the Model resource. Required."""
@@ -300,6 +332,18 @@ class ServiceSpec(Spec):
     """Name of a PriorityClass. Required."""
     data_class: Name
     """Data class of the requests (e.g. personal-eu); a ResidencyPolicy must exist for it. Required."""
+    autoscale: Optional[Autoscale] = None
+    """Autoscaler bounds and settings (enabled, minReplicas, maxReplicas, targetQuantile, scaleDownDelay,
+    leadTime). Default: none (autoscaling off; the YAML's demand alone is planned)."""
+
+    @model_serializer(mode="wrap")
+    def _without_unset_autoscale(self, handler):  # type: ignore[no-untyped-def]
+        # A service without the block serialises as before it existed: bundles (and their digests)
+        # applied by earlier versions stay unchanged, so re-applying the same files is still a no-op.
+        out = handler(self)
+        if self.autoscale is None and isinstance(out, dict):
+            out.pop("autoscale", None)
+        return out
 
     @model_validator(mode="after")
     def _unique(self) -> "ServiceSpec":

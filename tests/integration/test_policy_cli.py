@@ -92,7 +92,8 @@ def test_plan_then_apply_then_agent_receives_its_own_placement(hub):
     assert {o.kind for o in held} == {"SiteLocation", "Placement", "ResidencyPolicy", "PriorityClass"}
     # where the site is comes from the hub's Site record, only this site's (the door decides with it)
     assert [o.spec for o in held if o.kind == "SiteLocation"] == [
-        {"site": site, "country": "DE", "jurisdictions": ["EU", "EEA"]}]
+        {"site": site, "country": "DE", "jurisdictions": ["EU", "EEA"], "region": "eu-central",
+         "regions": ["eu-central", "eu-east", "eu-north", "eu-south", "eu-west", "uk", "us-east"]}]
 
     again = fleet(hub, "apply", *FILES)
     assert again.returncode == 0 and again.stdout.startswith("unchanged: revision 1"), again.stdout + again.stderr

@@ -306,3 +306,67 @@ class GetReportResponse(_message.Message):
     table_json: str
     html: str
     def __init__(self, report_json: _Optional[str] = ..., table_json: _Optional[str] = ..., html: _Optional[str] = ...) -> None: ...
+
+class AutoscaleStatusRequest(_message.Message):
+    __slots__ = ("service", "window_s")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    window_s: float
+    def __init__(self, service: _Optional[str] = ..., window_s: _Optional[float] = ...) -> None: ...
+
+class AutoscaleRegionStatus(_message.Message):
+    __slots__ = ("service", "region", "autoscale_enabled", "min_replicas", "max_replicas", "target_quantile", "declared_rps", "observed_rps", "observed_until", "window_s", "arrivals", "shed", "refused", "mean_prompt_tokens", "mean_output_tokens", "replicas_now", "planned_rps", "forecast_rps", "planned_replicas", "next_change", "reason")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALE_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    MIN_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    MAX_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_QUANTILE_FIELD_NUMBER: _ClassVar[int]
+    DECLARED_RPS_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_RPS_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    ARRIVALS_FIELD_NUMBER: _ClassVar[int]
+    SHED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    MEAN_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_NOW_FIELD_NUMBER: _ClassVar[int]
+    PLANNED_RPS_FIELD_NUMBER: _ClassVar[int]
+    FORECAST_RPS_FIELD_NUMBER: _ClassVar[int]
+    PLANNED_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    region: str
+    autoscale_enabled: bool
+    min_replicas: int
+    max_replicas: int
+    target_quantile: float
+    declared_rps: float
+    observed_rps: float
+    observed_until: _timestamp_pb2.Timestamp
+    window_s: float
+    arrivals: float
+    shed: float
+    refused: float
+    mean_prompt_tokens: float
+    mean_output_tokens: float
+    replicas_now: int
+    planned_rps: float
+    forecast_rps: float
+    planned_replicas: int
+    next_change: str
+    reason: str
+    def __init__(self, service: _Optional[str] = ..., region: _Optional[str] = ..., autoscale_enabled: _Optional[bool] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., target_quantile: _Optional[float] = ..., declared_rps: _Optional[float] = ..., observed_rps: _Optional[float] = ..., observed_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_s: _Optional[float] = ..., arrivals: _Optional[float] = ..., shed: _Optional[float] = ..., refused: _Optional[float] = ..., mean_prompt_tokens: _Optional[float] = ..., mean_output_tokens: _Optional[float] = ..., replicas_now: _Optional[int] = ..., planned_rps: _Optional[float] = ..., forecast_rps: _Optional[float] = ..., planned_replicas: _Optional[int] = ..., next_change: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AutoscaleStatusResponse(_message.Message):
+    __slots__ = ("regions", "revision", "skipped")
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    regions: _containers.RepeatedCompositeFieldContainer[AutoscaleRegionStatus]
+    revision: int
+    skipped: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, regions: _Optional[_Iterable[_Union[AutoscaleRegionStatus, _Mapping]]] = ..., revision: _Optional[int] = ..., skipped: _Optional[_Iterable[str]] = ...) -> None: ...

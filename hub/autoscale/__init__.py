@@ -1,0 +1,1 @@
+"""Autoscaling: measured demand -> forecast -> target capacity -> a plan from the placement engine."""
