@@ -203,7 +203,7 @@ class Block(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    """Llama decoder with an lm head, operating on a :class:`KVCache`."""
+    """Llama decoder with an lm head, operating on a :class:`KVCache` or :class:`PagedKVCache`."""
 
     def __init__(self, shape: LlamaShape) -> None:
         super().__init__()
