@@ -94,6 +94,11 @@ class EngineConfig:
     kv_watermark: float = 0.01
     """Share of KV blocks admission leaves free while requests run (paged), so
     running requests can grow a while before anyone is preempted."""
+    kv_prefix_sharing: bool = False
+    """Paged: requests whose prompts start with the same tokens share the KV
+    blocks of that prefix instead of recomputing it (off by default: a shared
+    prefix's K/V were computed in another batch, so sampled tokens may differ
+    from an unshared run in the last bits, as with any batch change)."""
 
     def __post_init__(self) -> None:
         if self.kv_layout not in ("paged", "slots"):
@@ -169,6 +174,8 @@ class EngineStats:
     """The most requests that ran at once since start."""
     kv_preemptions: int = 0
     """Requests preempted (by recompute) because decode ran out of KV blocks."""
+    prefix_hit_tokens: int = 0
+    """Prompt tokens whose K/V came from shared blocks instead of being computed."""
 
 
 class Engine:
@@ -212,6 +219,7 @@ class Engine:
             self.cache = PagedKVCache(
                 shape.num_layers, cfg.max_batch, self.max_len, shape.num_kv_heads, shape.head_dim,
                 model.device, model.dtype, num_blocks=blocks, block_size=cfg.kv_block_size,
+                prefix_sharing=cfg.kv_prefix_sharing,
             )
             self._watermark_blocks = int(blocks * cfg.kv_watermark)
         mode = self.config.decode_mode or ("graphs" if model.device.type == "cuda" else "eager")
@@ -249,6 +257,7 @@ class Engine:
         self._errors: collections.deque[str] = collections.deque(maxlen=10)
         self._running_peak = 0
         self._kv_preemptions = 0
+        self._prefix_hits = 0
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------
@@ -368,6 +377,7 @@ class Engine:
             prompt_tokens_total=self._prompt_total, generation_tokens_total=self._gen_total,
             step_times=self.step_times.snapshot(), errors=list(self._errors),
             running_peak=self._running_peak, kv_preemptions=self._kv_preemptions,
+            prefix_hit_tokens=self._prefix_hits,
         )
 
     # -- the loop --------------------------------------------------------------
@@ -430,6 +440,9 @@ class Engine:
             s = self._waiting.pop(rid)
             s.slot = cache.allocate()
             assert s.slot is not None, "scheduler admitted beyond free slots"
+            # A shared prefix is not recomputed; a new request still computes its last prompt token (for logits).
+            s.computed = cache.share_prefix(s.slot, s.tokens, s.prefill_target if s.output else s.prefill_target - 1)
+            self._prefix_hits += s.computed
             # Blocks for the prompt (or the prefix to recompute) and the first decoded token.
             assert cache.ensure(s.slot, s.prefill_target + 1), "scheduler admitted beyond free KV blocks"
             if s.handle.stats.admitted_ns is None:
@@ -533,6 +546,7 @@ class Engine:
             s.computed += n
             s.handle.stats.gpu_seconds += share
             self.cache.set_length(s.slot, s.computed)  # type: ignore[arg-type]
+            self.cache.register(s.slot, s.tokens, s.computed)  # type: ignore[arg-type]
             if not s.output and s.computed == s.prefill_target:
                 self._prompt_total += len(s.prompt)
         for i, tok, lp in zip(sampled_rows, picked, lps):

@@ -19,9 +19,11 @@ calls on the hot path) and is simply handed to the next request.
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -114,6 +116,13 @@ class KVCache:
     def blocks_held(self, slot: int) -> int:
         return 0
 
+    def share_prefix(self, slot: int, tokens: Sequence[int], limit: int) -> int:
+        """Slots share nothing."""
+        return 0
+
+    def register(self, slot: int, tokens: Sequence[int], computed: int) -> None:
+        """Slots share nothing."""
+
     def allocate(self) -> int | None:
         """Take a free slot, or None when all are in use."""
         with self._lock:
@@ -168,7 +177,18 @@ class PagedKVCache:
     freed sequence go back to the pool at once (the memory stays allocated).
     Stale K/V in a reused block is never read: attention masks every key
     position above the query's own, and all positions up to it were written
-    by the sequence itself.
+    by the sequence itself (or, with prefix sharing, by one with the same
+    tokens at the same positions).
+
+    Prefix sharing (``prefix_sharing=True``): every full block whose K/V are
+    computed is registered under a hash of all tokens up to its end; a new
+    sequence whose prompt starts with the same tokens takes those blocks
+    (reference-counted) instead of recomputing them. Only full blocks are
+    shared, and a sequence writes only beyond its shared prefix, so no block
+    is ever written while shared (no copy-on-write needed). A block whose
+    last holder leaves keeps its registration while it sits in the free pool
+    and is reused least recently freed first, so a later request with the
+    same prefix still finds it.
     """
 
     layout = "paged"
@@ -185,6 +205,7 @@ class PagedKVCache:
         *,
         num_blocks: int,
         block_size: int = 16,
+        prefix_sharing: bool = False,
     ) -> None:
         if num_seqs < 1 or max_len < 2 or block_size < 1:
             raise ValueError(f"need num_seqs >= 1, max_len >= 2 and block_size >= 1, got {num_seqs}, {max_len}, {block_size}")
@@ -207,9 +228,16 @@ class PagedKVCache:
         self.tables = torch.full((num_seqs, self.width), num_blocks, dtype=torch.long, device=device)
         self._lock = threading.Lock()
         self._free_seqs = list(range(num_seqs - 1, -1, -1))
-        self._free = list(range(num_blocks - 1, -1, -1))
+        self._free: collections.OrderedDict[int, None] = collections.OrderedDict.fromkeys(range(num_blocks))
+        """Blocks nobody holds, least recently freed first (registered ones may still be shared again)."""
+        self._refs = [0] * num_blocks
         self._blocks: dict[int, list[int]] = {}
         self._lengths: dict[int, int] = {}
+        self.prefix_sharing = prefix_sharing
+        self._by_hash: dict[bytes, int] = {}
+        self._hash_of: dict[int, bytes] = {}
+        self._registered: dict[int, int] = {}
+        """Per sequence: how many of its leading blocks are registered (or were shared)."""
 
     @property
     def scratch_position(self) -> int:
@@ -248,7 +276,66 @@ class PagedKVCache:
             seq = self._free_seqs.pop()
             self._blocks[seq] = []
             self._lengths[seq] = 0
+            self._registered[seq] = 0
             return seq
+
+    def _take_free(self) -> int:
+        block, _ = self._free.popitem(last=False)
+        h = self._hash_of.pop(block, None)
+        if h is not None:
+            del self._by_hash[h]
+        self._refs[block] = 1
+        return block
+
+    def _chain(self, tokens: Sequence[int], n_blocks: int) -> list[bytes]:
+        """Hash of tokens ``[0, (i + 1) * block_size)`` for each of the first ``n_blocks`` blocks."""
+        out, h, bs = [], b"", self.block_size
+        for i in range(n_blocks):
+            h = hashlib.sha256(h + b"|" + ",".join(map(str, tokens[i * bs : (i + 1) * bs])).encode()).digest()
+            out.append(h)
+        return out
+
+    def share_prefix(self, slot: int, tokens: Sequence[int], limit: int) -> int:
+        """Give a fresh ``slot`` the registered blocks that hold the K/V of a prefix of
+        ``tokens[:limit]``; returns how many tokens they cover (0 when sharing is off)."""
+        if not self.prefix_sharing:
+            return 0
+        hashes = self._chain(tokens, min(limit, len(tokens)) // self.block_size)
+        with self._lock:
+            held = self._blocks[slot]
+            if held:
+                raise ValueError(f"sequence {slot} already holds blocks; share a prefix before it grows")
+            for h in hashes:
+                block = self._by_hash.get(h)
+                if block is None:
+                    break
+                if self._refs[block] == 0:
+                    del self._free[block]
+                self._refs[block] += 1
+                held.append(block)
+            self._registered[slot] = len(held)
+            shared = list(held)
+        if shared:
+            self.tables[slot, : len(shared)] = torch.tensor(shared, dtype=torch.long).to(self.tables.device)
+        return len(shared) * self.block_size
+
+    def register(self, slot: int, tokens: Sequence[int], computed: int) -> None:
+        """Record that positions ``[0, computed)`` of ``slot`` hold the K/V of ``tokens``, so
+        its full blocks can be shared with later sequences."""
+        if not self.prefix_sharing:
+            return
+        full = min(computed, len(tokens)) // self.block_size
+        with self._lock:
+            start = self._registered.get(slot, 0)
+            if full <= start:
+                return
+            held = self._blocks[slot]
+            for i, h in enumerate(self._chain(tokens, full)):
+                if i < start or h in self._by_hash or held[i] in self._hash_of:
+                    continue
+                self._by_hash[h] = held[i]
+                self._hash_of[held[i]] = h
+            self._registered[slot] = full
 
     def ensure(self, slot: int, tokens: int) -> bool:
         """Back positions ``[0, tokens)`` of ``slot`` with blocks; False (nothing taken) when the pool is short."""
@@ -261,15 +348,16 @@ class PagedKVCache:
                 return True
             if need > len(self._free):
                 return False
-            new = [self._free.pop() for _ in range(need)]
+            new = [self._take_free() for _ in range(need)]
             start = len(held)
             held.extend(new)
         self.tables[slot, start : start + need] = torch.tensor(new, dtype=torch.long).to(self.tables.device)
         return True
 
     def blocks_held(self, slot: int) -> int:
+        """Blocks that freeing ``slot`` would return to the pool (shared ones stay with their other holders)."""
         with self._lock:
-            return len(self._blocks.get(slot, ()))
+            return sum(1 for b in self._blocks.get(slot, ()) if self._refs[b] == 1)
 
     def set_length(self, slot: int, length: int) -> None:
         """Record how many positions of ``slot`` hold valid K/V (for usage figures)."""
@@ -284,7 +372,11 @@ class PagedKVCache:
                 raise ValueError(f"sequence {slot} is not allocated")
             blocks = self._blocks.pop(slot)
             del self._lengths[slot]
-            self._free.extend(reversed(blocks))
+            del self._registered[slot]
+            for b in reversed(blocks):  # the prefix's first block is reused last
+                self._refs[b] -= 1
+                if self._refs[b] == 0:
+                    self._free[b] = None
             self._free_seqs.append(slot)
         if blocks:
             self.tables[slot, : len(blocks)] = self.scratch_block

@@ -192,3 +192,56 @@ def test_reclaim_for_decode_evicts_lowest_class_newest_first() -> None:
     assert reclaim_for_decode(running, free_blocks=1) == ["new"]  # 1 + 3 freed >= 2 needed
     assert reclaim_for_decode(running, free_blocks=0) == ["new"]
     assert reclaim_for_decode([v("a", need=1, held=5)], free_blocks=0) == ["a"]  # even the one that asked
+
+
+# -- prefix sharing -------------------------------------------------------------------------------
+def test_cache_shares_registered_full_blocks_by_reference(tiny_model: LlamaModel) -> None:
+    s = tiny_model.shape
+    cache = PagedKVCache(s.num_layers, 3, 64, s.num_kv_heads, s.head_dim, "cpu", tiny_model.dtype,
+                         num_blocks=20, block_size=4, prefix_sharing=True)
+    toks = list(range(1, 12))  # 11 tokens: two full blocks, and a partial one that is never shared
+    a = cache.allocate()
+    assert a is not None and cache.share_prefix(a, toks, 10) == 0  # nothing registered yet
+    assert cache.ensure(a, 12)
+    cache.register(a, toks, 11)
+    b = cache.allocate()
+    assert b is not None and cache.share_prefix(b, toks + [99], 11) == 8
+    assert cache.tables[b, :2].tolist() == cache.tables[a, :2].tolist()
+    assert cache.blocks_held(b) == 0 and cache.blocks_held(a) == 1  # freeing either returns only what it alone holds
+    assert cache.ensure(b, 13) and cache.usage().blocks_used == 5
+    c = cache.allocate()
+    assert c is not None and cache.share_prefix(c, [1, 2, 3, 4, 7, 7, 7, 7], 8) == 4  # diverges in block 2
+    cache.free(c)
+    cache.free(a)
+    assert cache.usage().blocks_used == 4 and cache.blocks_held(b) == 4  # b now holds the prefix alone
+    cache.free(b)
+    assert cache.usage().blocks_used == 0
+    d = cache.allocate()  # the freed prefix blocks are still registered: shared again from the free pool
+    assert d is not None and cache.share_prefix(d, toks, 10) == 8 and cache.usage().blocks_used == 2
+    off = paged(tiny_model, 1, 64, blocks=16, block_size=4)
+    x = off.allocate()
+    assert x is not None and off.ensure(x, 12)
+    off.register(x, toks, 11)
+    off.free(x)
+    y = off.allocate()
+    assert y is not None and off.share_prefix(y, toks, 10) == 0  # sharing is opt-in
+
+
+def test_engine_prefix_sharing_skips_the_shared_prompt_and_keeps_the_tokens(engine_of, tiny_model) -> None:  # noqa: ANN001
+    system = [1] + list(range(100, 116))  # a 17-token "system prompt": four full blocks of 4
+    prompts = [system + [7, 8], system + [9], system + [300, 301, 302]]
+    want = [greedy(tiny_model, p, 12) for p in prompts]
+    eng = engine_of(max_batch=4, max_len=64, kv_layout="paged", kv_block_size=4, kv_prefix_sharing=True)
+    params = SamplingParams(max_tokens=12, ignore_eos=True)
+    first = eng.submit(prompts[0], params)
+    while not first.done:
+        eng.step()
+    rest = [eng.submit(p, params) for p in prompts[1:]]
+    eng.step()
+    assert eng.stats().prefix_hit_tokens == 32  # 16 tokens each, not recomputed
+    held = eng.kv_usage().blocks_used
+    assert held == 4 + 1 + 2  # the shared prefix once, plus each one's own (prompt rest + first token) blocks
+    while not all(h.done for h in rest):
+        eng.step()
+    assert [first.result(0).token_ids] + [h.result(0).token_ids for h in rest] == want
+    assert eng.kv_usage().blocks_used == 0
