@@ -444,7 +444,11 @@ class Engine:
             s.computed = cache.share_prefix(s.slot, s.tokens, s.prefill_target if s.output else s.prefill_target - 1)
             self._prefix_hits += s.computed
             # Blocks for the prompt (or the prefix to recompute) and the first decoded token.
-            assert cache.ensure(s.slot, s.prefill_target + 1), "scheduler admitted beyond free KV blocks"
+            if not cache.ensure(s.slot, s.prefill_target + 1):  # a policy bug: keep the request, free what it took
+                self._release(s)
+                s.computed = 0
+                self._waiting[rid] = s
+                raise RuntimeError("scheduler admitted beyond free KV blocks")
             if s.handle.stats.admitted_ns is None:
                 s.handle.stats.admitted_ns = now
             self._running[rid] = s
@@ -564,8 +568,8 @@ class Engine:
             self._preempt(self._running.pop(rid))
             self._kv_preemptions += 1
         for s in self._running.values():
-            if s.output and s.computed == s.num_tokens - 1:
-                assert self.cache.ensure(s.slot, s.computed + 1), "decode reclaimed too few KV blocks"  # type: ignore[arg-type]
+            if s.output and s.computed == s.num_tokens - 1 and not self.cache.ensure(s.slot, s.computed + 1):  # type: ignore[arg-type]
+                raise RuntimeError("decode reclaimed too few KV blocks")
 
     def _decode(self) -> None:
         self._reserve_decode_blocks()
