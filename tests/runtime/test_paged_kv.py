@@ -29,13 +29,18 @@ def test_paged_forward_gives_the_slot_cache_logits(tiny_model: LlamaModel) -> No
     rng = random.Random(3)
     prompts = [[1] + [rng.randrange(10, 4000) for _ in range(n - 1)] for n in (13, 5, 22)]
     slot_cache = KVCache(s.num_layers, 3, 64, s.num_kv_heads, s.head_dim, "cpu", tiny_model.dtype)
-    cache = paged(tiny_model, 3, 64, blocks=48, block_size=4)
+    cache = paged(tiny_model, 4, 64, blocks=28, block_size=4)
     ids = [cache.allocate() for _ in prompts]
     assert ids == [0, 1, 2]
+    other = cache.allocate()
+    assert other is not None and cache.ensure(other, 64)  # blocks 0..15
     for upto in range(4, 33, 4):  # grow all three in turn, so their blocks interleave in the pool
+        if upto == 20:
+            cache.free(other)  # its blocks come back last first: the later ones run backwards
         for i in ids:
             assert cache.ensure(i, upto)  # type: ignore[arg-type]
-    assert cache.tables[0, :3].tolist() != [0, 1, 2]  # really scattered
+    table = cache.tables[0, :8].tolist()
+    assert table != sorted(table) and table[0] > table[-1]  # really scattered, not even ascending
     width = max(map(len, prompts))
     tokens = torch.zeros((3, width), dtype=torch.long)
     positions = torch.full((3, width), 64)  # padding goes to the scratch position
