@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent.runtime.engine import Engine, EngineConfig
 from edge_agent.runtime.kv_cache import KVCache, PagedKVCache
@@ -250,3 +252,40 @@ def test_engine_prefix_sharing_skips_the_shared_prompt_and_keeps_the_tokens(engi
         eng.step()
     assert [first.result(0).token_ids] + [h.result(0).token_ids for h in rest] == want
     assert eng.kv_usage().blocks_used == 0
+
+
+block_views = st.builds(
+    SeqView,
+    id=st.uuids().map(str),
+    priority=st.integers(-3, 3),
+    arrival_ns=st.integers(0, 10**9),
+    deadline_ns=st.one_of(st.none(), st.integers(0, 2 * 10**9)),
+    tpot_slo_s=st.one_of(st.none(), st.floats(0.001, 1.0)),
+    remaining_tokens=st.integers(1, 200),
+    started=st.booleans(),
+    blocks_needed=st.integers(0, 12),
+    blocks_held=st.integers(0, 12),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(block_views, max_size=8, unique_by=lambda v: v.id),
+       st.lists(block_views, max_size=12, unique_by=lambda v: v.id),
+       st.integers(1, 8), st.integers(0, 40), st.integers(0, 4), st.integers(0, 10**9))
+def test_block_admission_invariants(running: list[SeqView], waiting: list[SeqView], max_batch: int,
+                                    free_blocks: int, watermark: int, now: int) -> None:
+    running = running[:max_batch]
+    ids = {v.id for v in running}
+    waiting = [w for w in waiting if w.id not in ids]
+    cfg = SchedulerConfig(max_batch=max_batch, shed_queue_depth=4)
+    d = schedule(now, running, waiting, max_batch - len(running), cfg, StepTimeModel(),
+                 free_blocks=free_blocks, watermark_blocks=watermark)
+    held = {v.id: v.blocks_held for v in running}
+    need = {w.id: w.blocks_needed for w in waiting}
+    # Never more blocks handed out than are free plus what the preempted give back.
+    assert sum(need[i] for i in d.admit) <= free_blocks + sum(held[i] for i in d.preempt)
+    assert len(running) - len(d.preempt) + len(d.admit) <= max_batch
+    # reclaim_for_decode leaves enough blocks for every remaining request's next token.
+    out = set(reclaim_for_decode(running, free_blocks))
+    left = [v for v in running if v.id not in out]
+    assert sum(v.blocks_needed for v in left) <= free_blocks + sum(held[i] for i in out)
