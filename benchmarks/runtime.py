@@ -4,6 +4,10 @@
     python -m benchmarks.runtime --scenario priority     # interactive TTFT under a batch burst
     python -m benchmarks.runtime --scenario overhead     # OpenAI HTTP path vs the engine directly
     python -m benchmarks.runtime --scenario gpu --size 1b   # see benchmarks/gpu_check.sh
+    python -m benchmarks.runtime --scenario kv           # paged vs slot KV cache, Azure conversation token mix
+
+``--kv slots|paged`` picks the engine's KV cache layout for the other
+scenarios (default paged); the kv scenario runs both.
 
 Models are made locally (:func:`edge_agent.runtime.make_model.make_model`)
 into ``~/.cache/edge-fleet/models/<size>-seed<seed>`` when absent. Baselines
@@ -23,6 +27,20 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+_REPO = Path(__file__).resolve().parents[1]
+_TRACE = Path("data") / "azure-llm-2023" / "AzureLLMInferenceTrace_conv.csv"
+
+
+def default_trace() -> Path:
+    """The public Azure LLM inference trace (conversation), 2023 (see its README for the attribution):
+    ``$EDGE_FLEET_AZURE_TRACE``, else ``shared/`` in, beside or above this checkout."""
+    env = os.environ.get("EDGE_FLEET_AZURE_TRACE")
+    if env:
+        return Path(env)
+    candidates = [_REPO / "shared" / _TRACE, _REPO.parent / "shared" / _TRACE, _REPO.parent.parent / "shared" / _TRACE]
+    return next((c for c in candidates if c.exists()), candidates[1])
+
 
 MODEL_CACHE = Path(os.environ.get("EDGE_FLEET_MODEL_CACHE", Path.home() / ".cache" / "edge-fleet" / "models"))
 HBM_BYTES_PER_S = {"H100 SXM": 3.35e12, "H100 PCIe": 2.0e12, "H100 NVL": 3.9e12, "H200": 4.8e12}
@@ -116,7 +134,7 @@ def scenario_throughput(args: argparse.Namespace) -> dict[str, Any]:
 
     d = model_dir(args.size)
     engine = Engine(d, EngineConfig(max_batch=args.requests, max_len=args.prompt_tokens + args.max_tokens + 8,
-                                    device=args.device)).start()
+                                    device=args.device, kv_layout=args.kv)).start()
     try:
         vocab = engine.model.shape.vocab_size
         prompts = make_prompts(args.requests, args.prompt_tokens, vocab, seed=1)
@@ -175,7 +193,7 @@ def _priority_run(d: Path, args: argparse.Namespace, fifo: bool, loaded: bool, n
 
     sched = SchedulerConfig(priority_order=not fifo, preemption=not fifo)
     cfg = EngineConfig(max_batch=args.max_batch, max_len=512, max_prefill_tokens=args.prefill_chunk,
-                       scheduler=sched, device=args.device)
+                       scheduler=sched, device=args.device, kv_layout=args.kv)
     engine = Engine(d, cfg).start()
     try:
         vocab = engine.model.shape.vocab_size
@@ -373,7 +391,7 @@ def scenario_overhead(args: argparse.Namespace) -> dict[str, Any]:
         cfg = ServingConfig(http_port=0, models_dir=root, telemetry_interval_s=3600,
                             engine_config=EngineConfig(max_batch=args.requests,
                                                        max_len=args.prompt_tokens + args.max_tokens + 8,
-                                                       device=args.device))
+                                                       device=args.device, kv_layout=args.kv))
         serving = Serving(cfg, Location("bench", "DE", "EU"), "node", lambda kind, payload: None)
         serving.appliers["ResidencyPolicy"].apply(  # type: ignore[attr-defined]
             LocalObject("r", "ResidencyPolicy", "public", 1, {"dataClass": "public", "allow": {"anywhere": True}}), None)
@@ -452,7 +470,7 @@ def scenario_gpu(args: argparse.Namespace) -> dict[str, Any]:
     max_len = args.prompt_tokens + args.max_tokens + 8
     t_load = time.perf_counter()
     engine = Engine(d, EngineConfig(max_batch=args.requests, max_len=max_len, dtype=dtype,
-                                    device="cuda" if cuda else "cpu"))
+                                    device="cuda" if cuda else "cpu", kv_layout=args.kv))
     load_s = time.perf_counter() - t_load
     t_cap = time.perf_counter()
     engine.start()  # captures the decode CUDA graphs
@@ -500,13 +518,123 @@ def scenario_gpu(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# -- kv ---------------------------------------------------------------------------------------
+def azure_token_mix(path: Path, n: int, scale: float, max_len: int, seed: int) -> tuple[list[tuple[int, int]], int]:
+    """``n`` (prompt tokens, output tokens) pairs sampled from the trace, divided by ``scale``.
+
+    Dividing both columns keeps the shape of the mix (the ratio of prompt to
+    output and of short to long requests) while a CPU can run it in minutes.
+    Requests that would still not fit ``max_len`` are left out (as a server
+    with that context would refuse them); returns the pairs and how many were left out.
+    """
+    import csv
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the Azure conversation trace is missing; give --trace PATH")
+    with path.open(newline="") as f:
+        rows = [(int(r["ContextTokens"]), int(r["GeneratedTokens"])) for r in csv.DictReader(f)]
+    if not rows:
+        raise ValueError(f"{path}: no requests in the trace")
+    rng = random.Random(seed)
+    out: list[tuple[int, int]] = []
+    dropped = 0
+    while len(out) < n:
+        ctx, gen = rows[rng.randrange(len(rows))]
+        p, g = max(2, round(ctx / scale)), max(1, round(gen / scale))
+        if p + g > max_len:
+            dropped += 1
+            continue
+        out.append((p, g))
+    return out, dropped
+
+
+def _kv_run(d: Path, args: argparse.Namespace, layout: str, prompts: Sequence[Sequence[int]],
+            outs: Sequence[int]) -> dict[str, Any]:
+    from edge_agent.runtime.engine import Engine, EngineConfig
+    from edge_agent.runtime.request import SamplingParams
+
+    budget = args.kv_slots * args.max_len
+    cfg = EngineConfig(max_batch=args.kv_slots if layout == "slots" else args.kv_max_seqs, max_len=args.max_len,
+                       device=args.device, kv_layout=layout, kv_tokens=budget, kv_block_size=args.kv_block_size)
+    engine = Engine(d, cfg).start()
+    try:
+        engine.generate(prompts[:2], SamplingParams(max_tokens=2, ignore_eos=True))  # warm-up
+        t0 = time.perf_counter()
+        handles = [engine.submit(p, SamplingParams(max_tokens=g, ignore_eos=True)) for p, g in zip(prompts, outs)]
+        res = [h.result() for h in handles]
+        wall = time.perf_counter() - t0
+        st = engine.stats()
+    finally:
+        engine.shutdown()
+    gen = sum(r.stats.output_tokens for r in res)
+    return {
+        "peak_concurrent": st.running_peak, "tokens_per_s": round(gen / wall, 1),
+        "total_tokens_per_s": round((gen + sum(len(p) for p in prompts)) / wall, 1), "wall_s": round(wall, 2),
+        "kv_bytes": st.kv.bytes_total, "preemptions": sum(r.stats.preemptions for r in res),
+        "ttft_p50_s": round(pct([r.stats.ttft_s for r in res], 0.5), 3),
+        "outputs": [r.token_ids for r in res],
+    }
+
+
+def scenario_kv(args: argparse.Namespace) -> dict[str, Any]:
+    """Paged vs slot KV cache at one KV memory budget, on the Azure conversation trace's token mix.
+
+    ``requests`` requests sampled from the trace (token counts divided by
+    ``kv_scale``) are submitted at once, so the engine runs as many as its KV
+    memory admits. The budget is ``kv_slots * max_len`` tokens: the slot
+    cache holds ``kv_slots`` requests whatever their length; the paged cache
+    spends the same memory in blocks and may run up to ``kv_max_seqs``. Both
+    layouts run in this process on the same weights and prompts, alternating
+    over ``rounds``; greedy outputs must agree token for token.
+    """
+    import torch
+
+    d = model_dir(args.size)
+    vocab = int(json.loads((d / "config.json").read_text())["vocab_size"])
+    trace = Path(args.trace) if args.trace else default_trace()
+    mix, dropped = azure_token_mix(trace, args.requests, args.kv_scale, args.max_len, seed=1)
+    rng = random.Random(2)
+    prompts = [[1] + [rng.randrange(10, vocab) for _ in range(p - 1)] for p, _ in mix]
+    outs = [g for _, g in mix]
+    runs: dict[str, list[dict[str, Any]]] = {"slots": [], "paged": []}
+    for _ in range(args.rounds):
+        for layout in ("slots", "paged"):
+            runs[layout].append(_kv_run(d, args, layout, prompts, outs))
+    same = sum(a == b for a, b in zip(runs["slots"][0]["outputs"], runs["paged"][0]["outputs"]))
+    summary: dict[str, dict[str, Any]] = {}
+    for layout, rs in runs.items():
+        summary[layout] = {
+            "peak_concurrent": max(r["peak_concurrent"] for r in rs),
+            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
+            "tokens_per_s_rounds": [r["tokens_per_s"] for r in rs],
+            "total_tokens_per_s": statistics.median(r["total_tokens_per_s"] for r in rs),
+            "wall_s": statistics.median(r["wall_s"] for r in rs), "kv_bytes": rs[0]["kv_bytes"],
+            "preemptions": rs[0]["preemptions"], "ttft_p50_s": statistics.median(r["ttft_p50_s"] for r in rs),
+        }
+    sl, pg = summary["slots"], summary["paged"]
+    return {
+        "scenario": "kv", "model": args.size, "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        "trace": trace.name, "requests": args.requests, "rounds": args.rounds,
+        "kv_scale": args.kv_scale, "left_out_too_long": dropped,
+        "prompt_tokens_mean": round(statistics.mean(len(p) for p in prompts), 1),
+        "output_tokens_mean": round(statistics.mean(outs), 1), "max_len": args.max_len,
+        "kv_budget_tokens": args.kv_slots * args.max_len, "block_size": args.kv_block_size,
+        "slots": sl, "paged": pg,
+        "concurrency_ratio": round(pg["peak_concurrent"] / sl["peak_concurrent"], 2), "goal_concurrency_ratio": 2.0,
+        "tokens_per_s_ratio": round(pg["tokens_per_s"] / sl["tokens_per_s"], 2), "goal_tokens_per_s_ratio": 1.0,
+        "greedy_outputs_identical": f"{same}/{len(prompts)}", "torch_threads": torch.get_num_threads(),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.runtime", description=__doc__.splitlines()[0])
-    p.add_argument("--scenario", choices=["throughput", "priority", "overhead", "gpu"], required=True)
+    p.add_argument("--scenario", choices=["throughput", "priority", "overhead", "gpu", "kv"], required=True)
+    p.add_argument("--kv", choices=["paged", "slots"], default="paged",
+                   help="KV cache layout of the engine (the kv scenario runs both)")
     p.add_argument("--size", default=None, help="model size (default: small; 1b for --scenario gpu)")
     p.add_argument("--device", default=None, help="cpu/cuda (default: CUDA when present)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    p.add_argument("--requests", type=int, default=32)
+    p.add_argument("--requests", type=int, default=None, help="requests (default 32; kv 256)")
     p.add_argument("--prompt-tokens", type=int, default=24)
     p.add_argument("--max-tokens", type=int, default=None, dest="max_tokens_set",
                    help="output tokens per request (default 48; overhead 32)")
@@ -528,14 +656,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start-delay-s", type=float, default=0.5)
     p.add_argument("--ttft-slo-s", type=float, default=1.0)
     p.add_argument("--tpot-slo-s", type=float, default=0.1)
+    # kv
+    p.add_argument("--trace", default=None, help="Azure conversation trace CSV (kv; default: see default_trace)")
+    p.add_argument("--kv-scale", type=float, default=16.0, help="divide the trace's token counts by this (kv)")
+    p.add_argument("--max-len", type=int, default=512, help="context per request (kv)")
+    p.add_argument("--kv-slots", type=int, default=8,
+                   help="KV memory budget in slots of max-len tokens: the slot cache's request limit (kv)")
+    p.add_argument("--kv-max-seqs", type=int, default=64, help="most requests the paged cache may run (kv)")
+    p.add_argument("--kv-block-size", type=int, default=16)
     args = p.parse_args(argv)
+    if args.requests is None:
+        args.requests = 256 if args.scenario == "kv" else 32
     args.max_tokens = args.max_tokens_set if args.max_tokens_set is not None else 48
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     if args.size is None:
-        args.size = {"gpu": "1b", "overhead": "tiny"}.get(args.scenario, "small")
+        args.size = {"gpu": "1b", "overhead": "tiny", "kv": "tiny"}.get(args.scenario, "small")
     if args.scenario == "overhead" and args.max_tokens_set is None:
         args.max_tokens = 32
     if args.hf_requests is None:
@@ -546,6 +684,10 @@ def main(argv: list[str] | None = None) -> int:
         out = scenario_throughput(args)
     elif args.scenario == "priority":
         out = scenario_priority(args)
+    elif args.scenario == "kv":
+        if args.rounds < 1:
+            p.error("--rounds must be >= 1")
+        out = scenario_kv(args)
     else:
         out = scenario_gpu(args)
     out["loadavg_1m"] = round(os.getloadavg()[0], 2)  # this CPU is shared: say how busy it was

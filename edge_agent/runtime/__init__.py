@@ -44,7 +44,7 @@ def _absent(name: str) -> bool:
 
 _EXPORTS = {
     "Engine": "engine", "EngineConfig": "engine", "EngineStats": "engine",
-    "KVCache": "kv_cache", "KVUsage": "kv_cache",
+    "KVCache": "kv_cache", "KVUsage": "kv_cache", "PagedKVCache": "kv_cache",
     "Completion": "request", "FinishReason": "request", "Rejection": "request", "RequestHandle": "request",
     "RequestStats": "request", "SamplingParams": "request", "TokenEvent": "request",
     "SchedulerConfig": "scheduler",

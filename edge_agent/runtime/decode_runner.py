@@ -8,7 +8,9 @@ attention length (the cache's ``max_len``: a static KV cache), then each
 step only copies the inputs and replays the graph.
 
 Rows beyond the real batch are padding: they write into the scratch
-position of slot 0 and their logits are dropped. The same bucketing runs
+position of slot 0 (with the paged cache, the scratch block) and their
+logits are dropped. The paged cache's block tables are a persistent device
+tensor updated in place, so a captured graph follows sequences as they grow. The same bucketing runs
 eagerly on a CPU (``use_graphs=False``) so it is tested without a GPU.
 """
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from edge_agent.runtime.kv_cache import KVCache
+from edge_agent.runtime.kv_cache import KVCache, PagedKVCache
 from edge_agent.runtime.model import LlamaModel
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ class DecodeRunner:
     ``graphs`` (bucketed and replayed from CUDA graphs; CUDA only).
     """
 
-    def __init__(self, model: LlamaModel, cache: KVCache, mode: str = "eager") -> None:
+    def __init__(self, model: LlamaModel, cache: KVCache | PagedKVCache, mode: str = "eager") -> None:
         if mode not in ("eager", "bucketed", "graphs"):
             raise ValueError(f"unknown decode mode {mode!r}")
         if mode == "graphs" and model.device.type != "cuda":

@@ -1,4 +1,4 @@
-"""The in-process inference engine: continuous batching on a slot KV cache.
+"""The in-process inference engine: continuous batching on a paged (or slot) KV cache.
 
 One engine thread owns the model and the cache. Each iteration it
 
@@ -11,7 +11,11 @@ One engine thread owns the model and the cache. Each iteration it
    recomputing its prompt and the tokens it had produced),
 4. takes in requests that arrived meanwhile: one with a TTFT objective is
    scheduled and prefilled now rather than after the decode step,
-5. runs one batched decode step for every running request, each at its own
+5. gives every running request the KV block its next token needs; when the
+   pool is short it preempts (by recompute: blocks freed, the request goes
+   back to waiting and later recomputes its prefix) the lowest class, newest
+   requests first, as vLLM does,
+6. runs one batched decode step for every running request, each at its own
    position with its own mask (via :class:`DecodeRunner`: CUDA graphs on a
    GPU), and streams the tokens out.
 
@@ -37,7 +41,7 @@ from pathlib import Path
 import torch
 
 from edge_agent.runtime.decode_runner import DecodeRunner
-from edge_agent.runtime.kv_cache import KVCache, KVUsage
+from edge_agent.runtime.kv_cache import KVCache, KVUsage, PagedKVCache
 from edge_agent.runtime.model import LlamaModel, load_model
 from edge_agent.runtime.request import (
     Completion,
@@ -53,7 +57,7 @@ from edge_agent.runtime.request import (
     coalesced_wakes,
 )
 from edge_agent.runtime.sampling import logprobs, sample
-from edge_agent.runtime.scheduler import SchedulerConfig, SeqView, StepTimeModel, schedule
+from edge_agent.runtime.scheduler import SchedulerConfig, SeqView, StepTimeModel, reclaim_for_decode, schedule
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +67,7 @@ class EngineConfig:
     """Engine sizing and policy."""
 
     max_batch: int = 32
-    """KV slots = the most requests running at once."""
+    """The most requests running at once (slot layout: the number of KV slots)."""
     max_len: int = 1024
     """Most tokens (prompt + output) one request may hold; capped by the model's context."""
     max_prefill_tokens: int = 512
@@ -79,6 +83,30 @@ class EngineConfig:
     decode_mode: str | None = None
     """``eager``, ``bucketed`` or ``graphs`` (see :class:`DecodeRunner`); default
     ``graphs`` on CUDA, ``eager`` on a CPU."""
+    kv_layout: str = "paged"
+    """``paged``: KV memory in blocks from a shared pool, a block table per request
+    (:class:`PagedKVCache`); ``slots``: one ``max_len`` slot per request (:class:`KVCache`)."""
+    kv_block_size: int = 16
+    """Tokens per KV block (paged)."""
+    kv_tokens: int | None = None
+    """KV memory budget in tokens (paged); default ``max_batch * max_len``, the
+    memory the slot layout takes for the same ``max_batch``."""
+    kv_watermark: float = 0.01
+    """Share of KV blocks admission leaves free while requests run (paged), so
+    running requests can grow a while before anyone is preempted."""
+    kv_prefix_sharing: bool = False
+    """Paged: requests whose prompts start with the same tokens share the KV
+    blocks of that prefix instead of recomputing it (off by default: a shared
+    prefix's K/V were computed in another batch, so sampled tokens may differ
+    from an unshared run in the last bits, as with any batch change)."""
+
+    def __post_init__(self) -> None:
+        if self.kv_layout not in ("paged", "slots"):
+            raise ValueError(f"kv_layout must be 'paged' or 'slots', got {self.kv_layout!r}")
+        if self.kv_block_size < 1:
+            raise ValueError(f"kv_block_size must be >= 1, got {self.kv_block_size}")
+        if not 0.0 <= self.kv_watermark < 1.0:
+            raise ValueError(f"kv_watermark must be in [0, 1), got {self.kv_watermark}")
 
 
 @dataclass
@@ -114,7 +142,7 @@ class _Seq:
         """Tokens to have in cache before decoding: all but the last produced one."""
         return len(self.prompt) if not self.output else len(self.prompt) + len(self.output) - 1
 
-    def view(self) -> SeqView:
+    def view(self, blocks_needed: int = 0, blocks_held: int = 0) -> SeqView:
         return SeqView(
             id=self.handle.request_id,
             priority=self.priority,
@@ -123,6 +151,8 @@ class _Seq:
             tpot_slo_s=self.tpot_slo_s,
             remaining_tokens=self.params.max_tokens - len(self.output),
             started=bool(self.output),
+            blocks_needed=blocks_needed,
+            blocks_held=blocks_held,
         )
 
 
@@ -140,6 +170,12 @@ class EngineStats:
     """Measured decode step seconds by batch size (EWMA)."""
     errors: list[str]
     """Recent engine-loop errors (the loop keeps running)."""
+    running_peak: int = 0
+    """The most requests that ran at once since start."""
+    kv_preemptions: int = 0
+    """Requests preempted (by recompute) because decode ran out of KV blocks."""
+    prefix_hit_tokens: int = 0
+    """Prompt tokens whose K/V came from shared blocks instead of being computed."""
 
 
 class Engine:
@@ -169,10 +205,23 @@ class Engine:
         self.model = model
         shape = model.shape
         self.max_len = min(self.config.max_len, shape.max_position_embeddings)
-        self.cache = KVCache(
-            shape.num_layers, self.config.max_batch, self.max_len, shape.num_kv_heads, shape.head_dim,
-            model.device, model.dtype,
-        )
+        self.cache: KVCache | PagedKVCache
+        cfg = self.config
+        if cfg.kv_layout == "slots":
+            self.cache = KVCache(
+                shape.num_layers, cfg.max_batch, self.max_len, shape.num_kv_heads, shape.head_dim,
+                model.device, model.dtype,
+            )
+            self._watermark_blocks = 0
+        else:
+            kv_tokens = cfg.kv_tokens if cfg.kv_tokens is not None else cfg.max_batch * self.max_len
+            blocks = kv_tokens // cfg.kv_block_size
+            self.cache = PagedKVCache(
+                shape.num_layers, cfg.max_batch, self.max_len, shape.num_kv_heads, shape.head_dim,
+                model.device, model.dtype, num_blocks=blocks, block_size=cfg.kv_block_size,
+                prefix_sharing=cfg.kv_prefix_sharing,
+            )
+            self._watermark_blocks = int(blocks * cfg.kv_watermark)
         mode = self.config.decode_mode or ("graphs" if model.device.type == "cuda" else "eager")
         self.decoder = DecodeRunner(model, self.cache, mode)
         self.tokenizer = tokenizer
@@ -206,6 +255,9 @@ class Engine:
         self._prompt_total = 0
         self._gen_total = 0
         self._errors: collections.deque[str] = collections.deque(maxlen=10)
+        self._running_peak = 0
+        self._kv_preemptions = 0
+        self._prefix_hits = 0
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------
@@ -296,7 +348,7 @@ class Engine:
         return handle
 
     def cancel(self, request_id: str) -> bool:
-        """Abort a request; its KV slot is freed at the next iteration. Thread-safe.
+        """Abort a request; its KV memory is freed at the next iteration. Thread-safe.
 
         Returns False when no request with this id is in flight.
         """
@@ -324,6 +376,8 @@ class Engine:
             running=len(self._running), waiting=waiting, kv=self.cache.usage(), steps=self._steps,
             prompt_tokens_total=self._prompt_total, generation_tokens_total=self._gen_total,
             step_times=self.step_times.snapshot(), errors=list(self._errors),
+            running_peak=self._running_peak, kv_preemptions=self._kv_preemptions,
+            prefix_hit_tokens=self._prefix_hits,
         )
 
     # -- the loop --------------------------------------------------------------
@@ -371,25 +425,50 @@ class Engine:
         memory_ns = int(self.sched_config.slo_memory_s * 1e9)
         while self._recent and self._recent[0][0] < now - memory_ns:
             self._recent.popleft()
+        cache = self.cache
         decision = schedule(
-            now, [s.view() for s in self._running.values()], [s.view() for s in self._waiting.values()],
-            self.cache.free_slots, self.sched_config, self.step_times, [v for _, v in self._recent],
+            now, [self._view(s) for s in self._running.values()],
+            [s.view(cache.blocks_for(s.prefill_target + 1)) for s in self._waiting.values()],
+            cache.free_slots, self.sched_config, self.step_times, [v for _, v in self._recent],
+            free_blocks=cache.free_blocks, watermark_blocks=self._watermark_blocks,
         )
         for rid, rej in decision.reject:
             self._finish(self._waiting.pop(rid), FinishReason.REJECTED, rej)
         for rid in decision.preempt:
-            s = self._running.pop(rid)
-            self._release(s)
-            s.computed = 0
-            s.handle.stats.preemptions += 1
-            self._waiting[rid] = s
+            self._preempt(self._running.pop(rid))
         for rid in decision.admit:
             s = self._waiting.pop(rid)
-            s.slot = self.cache.allocate()
+            s.slot = cache.allocate()
             assert s.slot is not None, "scheduler admitted beyond free slots"
+            # A shared prefix is not recomputed; a new request still computes its last prompt token (for logits).
+            s.computed = cache.share_prefix(s.slot, s.tokens, s.prefill_target if s.output else s.prefill_target - 1)
+            self._prefix_hits += s.computed
+            # Blocks for the prompt (or the prefix to recompute) and the first decoded token.
+            if not cache.ensure(s.slot, s.prefill_target + 1):  # a policy bug: keep the request, free what it took
+                self._release(s)
+                s.computed = 0
+                self._waiting[rid] = s
+                raise RuntimeError("scheduler admitted beyond free KV blocks")
             if s.handle.stats.admitted_ns is None:
                 s.handle.stats.admitted_ns = now
             self._running[rid] = s
+        self._running_peak = max(self._running_peak, len(self._running))
+
+    def _view(self, s: _Seq) -> SeqView:
+        """A running request's view: the blocks it holds and those its next decode token needs."""
+        if s.slot is None or self.cache.free_blocks is None:
+            return s.view()
+        held = self.cache.blocks_held(s.slot)  # type: ignore[union-attr]
+        ready = bool(s.output) and s.computed == s.num_tokens - 1
+        need = max(0, self.cache.blocks_for(s.computed + 1) - held) if ready else 0
+        return s.view(need, held)
+
+    def _preempt(self, s: _Seq) -> None:
+        """Evict a running request: KV freed now, back to waiting, resumed later by recompute."""
+        self._release(s)
+        s.computed = 0
+        s.handle.stats.preemptions += 1
+        self._waiting[s.handle.request_id] = s
 
     def _intake(self) -> bool:
         """Move submitted requests to waiting and apply cancels; True if anything arrived."""
@@ -471,13 +550,29 @@ class Engine:
             s.computed += n
             s.handle.stats.gpu_seconds += share
             self.cache.set_length(s.slot, s.computed)  # type: ignore[arg-type]
+            self.cache.register(s.slot, s.tokens, s.computed)  # type: ignore[arg-type]
             if not s.output and s.computed == s.prefill_target:
                 self._prompt_total += len(s.prompt)
         for i, tok, lp in zip(sampled_rows, picked, lps):
             self._emit(rows[i][0], tok, t1, lp)
 
     # -- decode -----------------------------------------------------------------
+    def _reserve_decode_blocks(self) -> None:
+        """Give every decoding request the block its next token needs, preempting when the pool is short."""
+        if self.cache.free_blocks is None:
+            return
+        views = [self._view(s) for s in self._running.values()]
+        if sum(v.blocks_needed for v in views) == 0:
+            return
+        for rid in reclaim_for_decode(views, self.cache.free_blocks):
+            self._preempt(self._running.pop(rid))
+            self._kv_preemptions += 1
+        for s in self._running.values():
+            if s.output and s.computed == s.num_tokens - 1 and not self.cache.ensure(s.slot, s.computed + 1):  # type: ignore[arg-type]
+                raise RuntimeError("decode reclaimed too few KV blocks")
+
     def _decode(self) -> None:
+        self._reserve_decode_blocks()
         batch = [s for s in self._running.values() if s.output and s.computed == s.num_tokens - 1]
         if not batch:
             return

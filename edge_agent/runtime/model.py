@@ -7,9 +7,11 @@ weights load through the same code. Supports RMSNorm, rotary embeddings
 (default, ``linear`` and ``llama3`` scaling), grouped-query attention,
 SwiGLU MLP and tied or untied output embeddings.
 
-The forward pass works directly on a slot-based KV cache
-(:class:`edge_agent.runtime.kv_cache.KVCache`): every row of a batch names
-its cache slot and the absolute position of each of its tokens, so prefill,
+The forward pass works directly on a KV cache (slot-based
+:class:`edge_agent.runtime.kv_cache.KVCache` or block-based
+:class:`~edge_agent.runtime.kv_cache.PagedKVCache`): every row of a batch
+names its sequence's slot (or block table) and the absolute position of each
+of its tokens, so prefill,
 chunked prefill, resume-by-recompute and batched decode are one code path.
 q/k/v and gate/up projections are fused into one matmul each.
 """
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
-    from edge_agent.runtime.kv_cache import KVCache
+    from edge_agent.runtime.kv_cache import Addressing, KVCache, PagedKVCache
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    """Grouped-query attention reading and writing a slot KV cache."""
+    """Grouped-query attention reading and writing a KV cache through an :class:`Addressing`."""
 
     def __init__(self, s: LlamaShape) -> None:
         super().__init__()
@@ -157,9 +159,7 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         cache_k: torch.Tensor,
         cache_v: torch.Tensor,
-        slots: torch.Tensor,
-        positions: torch.Tensor,
-        kv_len: int,
+        addr: Addressing,
         mask: torch.Tensor,
     ) -> torch.Tensor:
         b, t, _ = x.shape
@@ -169,11 +169,10 @@ class Attention(nn.Module):
         v = v.view(b, t, self.kv, self.d)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
-        rows = slots[:, None].expand(b, t)
-        cache_k.index_put_((rows, positions), k)
-        cache_v.index_put_((rows, positions), v)
-        keys = cache_k[slots, :kv_len].transpose(1, 2)  # [b, kv, L, d]
-        values = cache_v[slots, :kv_len].transpose(1, 2)
+        cache_k.index_put_(addr.write, k)
+        cache_v.index_put_(addr.write, v)
+        keys = addr.read(cache_k).transpose(1, 2)  # [b, kv, L, d]
+        values = addr.read(cache_v).transpose(1, 2)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask, enable_gqa=True)
         return self.o(out.transpose(1, 2).reshape(b, t, self.h * self.d))
 
@@ -204,7 +203,7 @@ class Block(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    """Llama decoder with an lm head, operating on a :class:`KVCache`."""
+    """Llama decoder with an lm head, operating on a :class:`KVCache` or :class:`PagedKVCache`."""
 
     def __init__(self, shape: LlamaShape) -> None:
         super().__init__()
@@ -237,13 +236,14 @@ class LlamaModel(nn.Module):
         tokens: torch.Tensor,
         positions: torch.Tensor,
         slots: torch.Tensor,
-        cache: KVCache,
+        cache: KVCache | PagedKVCache,
         kv_len: int,
         logit_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run ``tokens`` [B, T] at ``positions`` [B, T] for cache ``slots`` [B].
 
-        K/V of every token are written to its slot at its position (padding
+        K/V of every token are written to its slot (paged: the block its
+        sequence's table maps that position to) at its position (padding
         tokens should use position ``cache.max_len``, the scratch row); each
         query attends to cache positions ``<=`` its own within ``[0, kv_len)``.
         Returns float32 logits [B, V] at ``logit_index`` [B] (an index into T),
@@ -258,8 +258,9 @@ class LlamaModel(nn.Module):
         sin = self._sin[positions].unsqueeze(2)
         key_pos = torch.arange(kv_len, device=tokens.device)
         mask = (key_pos[None, None, None, :] <= positions[:, None, :, None])
+        addr = cache.addressing(slots, positions, kv_len)
         for i, blk in enumerate(self.blocks):
-            x = x + blk.attn(blk.attn_norm(x), cos, sin, cache.k[i], cache.v[i], slots, positions, kv_len, mask)
+            x = x + blk.attn(blk.attn_norm(x), cos, sin, cache.k[i], cache.v[i], addr, mask)
             x = x + blk.mlp(blk.mlp_norm(x))
         if logit_index is None:
             h = x[:, -1]

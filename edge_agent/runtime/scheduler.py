@@ -16,6 +16,13 @@ running and waiting requests and gets back a :class:`Decision`:
   lowest-priority running request of a strictly lower class, unless a slot
   frees naturally within ``preempt_after_steps`` steps without missing its
   deadline (KV freed, the victim is resumed later by recomputing its prefix);
+* **KV blocks** (paged cache, ``free_blocks`` given): a request is admitted
+  only while the free blocks cover its prompt plus one token and leave
+  ``watermark_blocks`` for running requests to grow into; the first request
+  that does not fit holds back those behind it (no starvation of long
+  prompts), though a higher class may still preempt lower ones for blocks.
+  When decode itself runs short, :func:`reclaim_for_decode` picks whom to
+  preempt (recompute), lowest class and newest first;
 * **shedding**: sheddable requests beyond ``shed_queue_depth`` waiting ahead
   of them (or past their deadline) are rejected with a reason and a
   retry-after estimate; everyone beyond ``max_waiting`` is rejected.
@@ -45,6 +52,12 @@ class SeqView:
     """Output tokens still to generate at most."""
     started: bool = False
     """Has produced tokens already (a preempted request waiting to resume)."""
+    blocks_needed: int = 0
+    """KV blocks this request must take for its next step: to be admitted (its
+    prompt or prefix to recompute, plus one token) or, running, for its next
+    decode token. 0 with the slot cache."""
+    blocks_held: int = 0
+    """KV blocks a running request holds (freed if it is preempted)."""
 
     @property
     def sheddable(self) -> bool:
@@ -166,11 +179,16 @@ def schedule(
     cfg: SchedulerConfig,
     steps: StepTimeModel,
     recent: Sequence[SeqView] = (),
+    *,
+    free_blocks: int | None = None,
+    watermark_blocks: int = 0,
 ) -> Decision:
     """Decide admissions, preemptions and rejections for one iteration (pure).
 
     ``recent``: requests with a TPOT objective that ended within
     ``cfg.slo_memory_s``; their objectives still bound the batch.
+    ``free_blocks``: free KV blocks of a paged cache (None: slots only);
+    ``watermark_blocks`` of them stay free while anything runs.
     """
     ordered = sorted(waiting, key=lambda s: order_key(s, cfg.priority_order))
     if not cfg.priority_order:
@@ -204,6 +222,11 @@ def schedule(
             live.remove(v)
             preempt.append(v.id)
     free = free_slots + len(preempt)
+    blocks = None if free_blocks is None else free_blocks + sum(v.blocks_held for v in running if v.id in preempt)
+
+    def fits(s: SeqView, budget: int | None, others: Sequence[SeqView]) -> bool:
+        return budget is None or budget - s.blocks_needed >= (watermark_blocks if others else 0)
+
     natural_wait_s = (min(s.remaining_tokens for s in live) * step_s) if live else 0.0
 
     # The limit protects the tightest TPOT objective from lower classes; its peers
@@ -212,12 +235,18 @@ def schedule(
     protected = max((s.priority for s in with_slo if s.tpot_slo_s == min(r.tpot_slo_s for r in with_slo)),
                     default=None)  # type: ignore[type-var]
     admit: list[str] = []
+    held_back = False
+    """A request that had a slot but not the KV blocks: those behind it wait too."""
     for s in candidates:
-        if free > 0 and (len(live) < limit or (protected is not None and s.priority >= protected)):
+        limit_ok = len(live) < limit or (protected is not None and s.priority >= protected)
+        if free > 0 and limit_ok and not held_back and fits(s, blocks, live):
             admit.append(s.id)
             live.append(s)
             free -= 1
+            blocks = None if blocks is None else blocks - s.blocks_needed
             continue
+        if free > 0 and not fits(s, blocks, live):
+            held_back = True
         if not (cfg.preemption and cfg.priority_order):
             continue
         victims = sorted((r for r in live if r.priority < s.priority and r.id not in admit), key=_victim_key)
@@ -230,11 +259,26 @@ def schedule(
         )
         if not urgent:
             continue
-        v = victims[0]
-        live.remove(v)
-        preempt.append(v.id)
+        # Evict lower classes, fewest first, until there is a slot, the blocks, and room under the limit.
+        chosen: list[SeqView] = []
+        f, b = free, blocks
+        for v in victims:
+            rest = [r for r in live if r not in chosen]
+            if f > 0 and fits(s, b, rest) and (chosen or limit_ok):
+                break
+            chosen.append(v)
+            f += 1
+            b = None if b is None else b + v.blocks_held
+        rest = [r for r in live if r not in chosen]
+        if not (chosen and f > 0 and fits(s, b, rest)):
+            continue
+        for v in chosen:
+            live.remove(v)
+            preempt.append(v.id)
         admit.append(s.id)
         live.append(s)
+        free = f - 1
+        blocks = None if b is None else b - s.blocks_needed
     return Decision(admit=admit, preempt=preempt, reject=reject, batch_limit=limit)
 
 
@@ -242,3 +286,22 @@ def _retry_after(excess: int, limit: int, remaining_avg: float, step_s: float) -
     """Seconds until ``excess + 1`` queued requests have drained, at least 1 s."""
     waves = max(1, math.ceil((excess + 1) / max(1, limit)))
     return max(1.0, round(waves * remaining_avg * step_s, 1))
+
+
+def reclaim_for_decode(running: Sequence[SeqView], free_blocks: int) -> list[str]:
+    """Running requests to preempt (by recompute) so every other one gets the KV
+    blocks its next decode token needs (``blocks_needed``) from ``free_blocks`` (pure).
+
+    Victims go lowest class first, then latest deadline, then newest, as vLLM
+    preempts the latest arrivals; a victim may be a request that itself needed a
+    block. Empty when the pool suffices.
+    """
+    need = sum(s.blocks_needed for s in running)
+    out: list[str] = []
+    for v in sorted(running, key=_victim_key):
+        if need <= free_blocks:
+            break
+        out.append(v.id)
+        need -= v.blocks_needed
+        free_blocks += v.blocks_held
+    return out

@@ -69,3 +69,29 @@ def test_priority_scenario_small_run(tiny_cache: None, capsys: pytest.CaptureFix
     assert out["ttft_samples"] == {"unloaded": 2, "loaded": 2, "fifo_unloaded": 2, "fifo_loaded": 2}
     assert out["p95_is_sample_max"] is True  # two samples: said, not hidden
     assert out["fifo_batch_burst"] == 6
+
+
+def test_kv_scenario_small_run(tiny_cache: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "conv.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                     "2023-11-16 18:15:46.68,40,8\n2023-11-16 18:15:50.99,12,4\n2023-11-16 18:15:51.22,9000,10\n")
+    out = run(capsys, "--scenario", "kv", "--trace", str(trace), "--requests", "12", "--rounds", "1",
+              "--kv-scale", "2", "--max-len", "64", "--kv-slots", "2", "--kv-max-seqs", "16", "--kv-block-size", "4",
+              "--device", "cpu")
+    assert out["scenario"] == "kv" and out["requests"] == 12 and out["kv_budget_tokens"] == 128
+    assert out["left_out_too_long"] > 0  # the 9000-token row never fits 64 tokens
+    assert out["greedy_outputs_identical"] == "12/12"
+    assert out["slots"]["peak_concurrent"] == 2  # the slot cache holds kv_slots requests, whatever their length
+    # 32 blocks of 4: a 20-token prompt takes 6 to start, a 6-token one 2; more than two run at once.
+    assert 2 < out["paged"]["peak_concurrent"] <= 16
+    assert out["concurrency_ratio"] == pytest.approx(out["paged"]["peak_concurrent"] / 2, abs=0.01)
+    assert abs(out["paged"]["kv_bytes"] - out["slots"]["kv_bytes"]) <= 0.05 * out["slots"]["kv_bytes"]  # same memory
+
+
+def test_azure_token_mix_scales_and_leaves_out_what_cannot_fit(tmp_path: Path) -> None:
+    trace = tmp_path / "conv.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\nt,100,20\nt,3,1\nt,5000,5\n")
+    mix, dropped = bench.azure_token_mix(trace, 50, 10.0, 64, seed=0)
+    assert len(mix) == 50 and set(mix) == {(10, 2), (2, 1)} and dropped > 0
+    with pytest.raises(FileNotFoundError, match="--trace"):
+        bench.azure_token_mix(tmp_path / "absent.csv", 1, 1.0, 64, seed=0)
