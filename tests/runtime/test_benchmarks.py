@@ -46,8 +46,11 @@ def test_overhead_scenario_small_run(tiny_cache: None, capsys: pytest.CaptureFix
               "--rounds", "1", "--device", "cpu")
     assert out["scenario"] == "overhead" and out["model"] == "tiny" and out["requests"] == 4
     assert out["direct_tokens_per_s"] > 0 and out["http_tokens_per_s"] > 0
+    # overhead_pct is computed before rounding; the tokens/s it is checked against are rounded to 0.1, which at
+    # ~10 tokens/s on a loaded machine moves the percentage by up to 100 * 0.1 / direct points.
     assert out["overhead_pct"] == pytest.approx(
-        (out["direct_tokens_per_s"] - out["http_tokens_per_s"]) / out["direct_tokens_per_s"] * 100, abs=0.1)
+        (out["direct_tokens_per_s"] - out["http_tokens_per_s"]) / out["direct_tokens_per_s"] * 100,
+        abs=0.1 + 10.0 / out["direct_tokens_per_s"])
 
 
 def test_percentile() -> None:
