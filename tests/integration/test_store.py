@@ -157,6 +157,49 @@ async def test_concurrent_replays_store_once(store):
     assert (await store.report_counts())[n.id] == (50, 50)
 
 
+async def test_report_batches_of_several_streams_commit_together_each_exactly_once(store):
+    """Group commit (the link stores the batches of many streams in one transaction): each batch learns
+    what of it was new, a resend among fresh rows is told apart, and the counters match the rows."""
+    from hub.store.repo import ReportBatch
+
+    a = await store.register_node("fra", "a", "0.1.0", {}, T0)
+    b = await store.register_node("fra", "b", "0.1.0", {}, T0)
+    await store.store_reports(a.id, reports(1, 2), T0, incarnation="ia")
+    got = await store.store_report_batches([
+        ReportBatch(a.id, "ia", reports(1, 2, 3), T0),       # a resend and one new row
+        ReportBatch(b.id, "ib", reports(1, 2), T0),          # all new
+        ReportBatch(a.id, "other", reports(1), T0),          # another stream of the same node
+        ReportBatch(b.id, "empty", [], T0),
+    ])
+    assert [(r.new, r.duplicate) for r in got] == [((3,), (1, 2)), ((1, 2), ()), ((1,), ()), ((), ())]
+    again = await store.store_report_batches([ReportBatch(b.id, "ib", reports(1, 2, 3), T0)])
+    assert [(r.new, r.duplicate) for r in again] == [((3,), (1, 2))]
+    na, nb = await store.get_node("fra", "a"), await store.get_node("fra", "b")
+    assert (na.reports_received, na.reports_duplicate) == (4, 2)
+    assert (nb.reports_received, nb.reports_duplicate) == (3, 2)
+    assert await store.report_counts() == {a.id: (4, 3), b.id: (3, 3)}
+    assert [(r.incarnation, r.seq, r.payload) for r in await store.reports(b.id)] == [
+        ("ib", 1, {"seq": 1}), ("ib", 2, {"seq": 2}), ("ib", 3, {"seq": 3})]
+
+
+async def test_report_batches_refuse_one_stream_twice_and_store_nothing_of_a_failed_group(store):
+    from hub.store.repo import ReportBatch
+
+    a = await store.register_node("fra", "a", "0.1.0", {}, T0)
+    b = await store.register_node("fra", "b", "0.1.0", {}, T0)
+    with pytest.raises(ValueError, match="listed twice"):
+        await store.store_report_batches([ReportBatch(a.id, "i", reports(1), T0),
+                                          ReportBatch(a.id, "i", reports(2), T0)])
+    from sqlalchemy.exc import DBAPIError
+
+    with pytest.raises(DBAPIError):
+        await store.store_report_batches([ReportBatch(a.id, "i", reports(1, 2), T0),
+                                          ReportBatch(b.id, "i", [IncomingReport(1, "k" * 65, T0, {})], T0)])
+    assert await store.report_counts() == {}
+    na = await store.get_node("fra", "a")
+    assert (na.reports_received, na.reports_duplicate) == (0, 0)
+
+
 async def test_applied_rows_upsert_and_delete(store):
     from hub.store.repo import AppliedRecord
 
