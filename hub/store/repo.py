@@ -724,6 +724,12 @@ class Store(RolloutStore):
             row = (await s.execute(q)).scalar_one_or_none()
             return _revision(row) if row else None
 
+    async def latest_revision_number(self) -> int:
+        """The latest revision's number (0 if none): a check that reads no bundle, for loops that keep
+        the latest revision parsed and read it again only when it changed."""
+        async with self.db.sessions() as s:
+            return int((await s.execute(select(func.max(t.Revision.number)))).scalar_one_or_none() or 0)
+
     async def list_revisions(self, limit: int = 50) -> list[RevisionRecord]:
         """Newest first."""
         async with self.db.sessions() as s:
@@ -939,22 +945,33 @@ class Store(RolloutStore):
             return {int(n): (int(c), int(m)) for n, c, m in res.all()}
 
     async def reports_of_kind(
-        self, kind: str, since: datetime | None = None, received_since: datetime | None = None
+        self, kind: str, since: datetime | None = None, received_since: datetime | None = None,
+        sites: Iterable[str] | None = None,
     ) -> list[tuple[str, str, StoredReport]]:
         """(site, node, report) of every stored report of ``kind`` created at or after ``since`` (and, if
-        given, received by the hub at or after ``received_since``: for reading new reports incrementally)."""
+        given, received by the hub at or after ``received_since``: for reading new reports incrementally;
+        and, if given, of nodes of ``sites`` only: a rollout's wave reads its own sites, not the fleet's)."""
+        r = t.Report
+        q = (
+            select(t.Node.site, t.Node.node, r.seq, r.kind, r.created_at, r.payload, r.incarnation, r.received_at)
+            .join(t.Node, t.Node.id == r.node_id)
+            .where(r.kind == kind)
+            .order_by(r.node_id, r.incarnation, r.seq)
+        )
+        if since is not None:
+            q = q.where(r.created_at >= since)
+        if received_since is not None:
+            q = q.where(r.received_at >= received_since)
+        wanted = None if sites is None else set(sites)
+        if wanted is not None and not wanted:
+            return []
+        if wanted is not None and len(wanted) <= 900:  # SQLite allows a limited number of bound parameters
+            q = q.where(t.Node.site.in_(sorted(wanted)))
         async with self.db.sessions() as s:
-            q = (
-                select(t.Node.site, t.Node.node, t.Report)
-                .join(t.Node, t.Node.id == t.Report.node_id)
-                .where(t.Report.kind == kind)
-                .order_by(t.Report.node_id, t.Report.incarnation, t.Report.seq)
-            )
-            if since is not None:
-                q = q.where(t.Report.created_at >= since)
-            if received_since is not None:
-                q = q.where(t.Report.received_at >= received_since)
-            return [(site, node, _report(r)) for site, node, r in (await s.execute(q)).all()]
+            rows = (await s.execute(q)).all()
+        return [(site, node, StoredReport(seq, k, utc(created), payload, inc, utc(received)))
+                for site, node, seq, k, created, payload, inc, received in rows
+                if wanted is None or site in wanted]
 
     async def reports(self, node_id: int, kind: str | None = None) -> list[StoredReport]:
         """One node's reports in the order they arrived (then by stream and seq)."""

@@ -374,3 +374,20 @@ async def test_close_waits_for_operations_whose_callers_were_cancelled(store):
         assert (await Store(again).max_report_seq(node.id, "inc-a")) == 200
     finally:
         await again.close()
+
+
+async def test_reports_of_kind_of_some_sites_and_the_latest_revision_number(store):
+    """A rollout's gate reads the reports of the sites it gave the new version, not the whole fleet's;
+    its controller checks the latest revision's number each tick and reads the revision only when it moved."""
+    a = await store.register_node("fra", "a", "0.1.0", {}, T0)
+    b = await store.register_node("par", "b", "0.1.0", {}, T0)
+    await store.store_reports(a.id, [IncomingReport(1, "telemetry", T0, {"x": 1})], T0, incarnation="i")
+    await store.store_reports(b.id, [IncomingReport(1, "telemetry", T0, {"x": 2})], T0, incarnation="i")
+    await store.store_reports(b.id, [IncomingReport(2, "audit", T0, {"x": 3})], T0, incarnation="i")
+    every = await store.reports_of_kind("telemetry")
+    assert [(site, node, r.seq, r.payload) for site, node, r in every] == [("fra", "a", 1, {"x": 1}),
+                                                                          ("par", "b", 1, {"x": 2})]
+    assert [(site, r.payload) for site, _, r in await store.reports_of_kind("telemetry", sites={"par"})] == [
+        ("par", {"x": 2})]
+    assert await store.reports_of_kind("telemetry", sites=set()) == []
+    assert await store.latest_revision_number() == 0
