@@ -28,7 +28,8 @@ async def test_the_gates_count_a_new_incarnations_telemetry_with_the_same_seqs(s
     # Only what the gate reads of a rollout: a soaking wave of v1 -> v2 of "chat" on site fra.
     state = SimpleNamespace(
         spec=SimpleNamespace(strategy="waves", progress_deadline=600, min_success_time=0),
-        wave=1, service="chat", to_version="v2", from_version="v1", sites=(SimpleNamespace(site="fra"),))
+        wave=1, service="chat", to_version="v2", from_version="v1",
+        sites=(SimpleNamespace(site="fra", status="applied"),))  # the gates read sites given the new version
     soak = T0 - timedelta(minutes=1)
 
     await store.store_reports(node.id, [IncomingReport(1, "telemetry", T0, window(10))], T0, incarnation="before")
