@@ -25,6 +25,9 @@ Cases (--case):
   the store (every 0.1 s), as every hub worker but the one that served an
   Apply does. The hub checks each changed object against each agent and
   builds N distinct messages.
+  At N = 10,000 the synthetic fleet's YAML is 3.8 MiB, over the policy
+  loader's 2 MiB per file, so this case stops before the agents connect;
+  measure that size with ``--case shared``.
 - ``shared``: one ``Config`` object targeting every node, published with
   Admin.PutObject; the hub builds that message once and shares it across all
   streams (the cheapest message there is; this benchmark's figure before).

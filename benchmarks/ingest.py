@@ -4,15 +4,19 @@
     python -m benchmarks.ingest --db postgresql://fleet@127.0.0.1:55432/fleet_test
     python -m benchmarks.ingest --records 1000000                 # longer run
 
-Two paths, both exactly-once (INSERT .. ON CONFLICT DO NOTHING per (node, seq)
-plus the node's counter, one transaction per batch):
+Two paths, both exactly-once (each report stored once per (node, incarnation, seq),
+atomically with the node's counters; on PostgreSQL one INSERT .. SELECT FROM
+unnest(arrays) per transaction, tried plain in a savepoint and again with ON
+CONFLICT DO NOTHING RETURNING only when a resend collides):
 
 * `raw`: `Store.store_reports` called directly, --batch records per call,
   --agents nodes written concurrently (one task each) in this process;
 * `grpc`: a real hub (`fleet hub serve --insecure --workers W`) and --agents
   simulated agents (benchmarks/_sim.py, generated stubs; not the real HubLink
   with its SQLite outbox) in one separate process, each streaming ReportBatch
-  messages of --batch reports over its Connect stream; the clock stops when
+  messages of --batch reports over its Connect stream (the hub group-commits
+  the batches of all streams that arrive while a write is in flight:
+  hub.link.ReportWriter); the clock stops when
   the hub has acknowledged (ReportAck) every record, and the count is checked
   against Admin.ReportStats.
 

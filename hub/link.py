@@ -30,7 +30,7 @@ from hub import convert
 from hub.config import Limits
 from hub.security.certs import identity_from_pem
 from hub.store import Store
-from hub.store.repo import AppliedRecord, Heartbeat, NodeRecord, ObjectRecord
+from hub.store.repo import AppliedRecord, Heartbeat, IncomingReport, NodeRecord, ObjectRecord, ReportBatch, StoredReports
 from hub.sync import Delta, delta_for, resync
 from protos.fleet.v1 import agent_pb2, agent_pb2_grpc
 
@@ -337,6 +337,82 @@ class Registrar:
                     f.set_result(got[(h.site, h.node, h.incarnation)])
 
 
+class ReportWriter:
+    """Group commit for report batches: the batches of every stream that arrive while one write is in
+    flight are stored together in the next transaction (`Store.store_report_batches`), instead of one
+    transaction each queueing on the store's connections.
+
+    Each caller still learns exactly what of its own batch was new, and only after the transaction
+    that stored it has committed (the agent is acknowledged then, as before). A batch whose stream
+    (node, incarnation) is already in the group waits for the next one, so a row belongs to one batch.
+    If a group's transaction fails, its batches are tried again one by one: a batch the database
+    refuses fails only its own stream.
+    """
+
+    MAX_RECORDS = 20_000  # per transaction; a bigger group waits for the next one
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._pending: list[tuple[ReportBatch, asyncio.Future]] = []
+        self._task: asyncio.Task | None = None
+
+    async def write(self, node_id: int, incarnation: str, reports: list[IncomingReport],
+                    received_at: datetime) -> StoredReports:
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending.append((ReportBatch(node_id, incarnation, reports, received_at), fut))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain(), name="report-writer")
+        return await fut
+
+    def _next_group(self) -> list[tuple[ReportBatch, asyncio.Future]]:
+        group: list[tuple[ReportBatch, asyncio.Future]] = []
+        rest: list[tuple[ReportBatch, asyncio.Future]] = []
+        streams: set[tuple[int, str]] = set()
+        records = 0
+        for item in self._pending:
+            b, f = item
+            if f.done():  # its stream was cancelled before the write began: the agent resends it
+                continue
+            key = (b.node_id, b.incarnation)
+            if key in streams or (group and records + len(b.reports) > self.MAX_RECORDS):
+                rest.append(item)
+                continue
+            group.append(item)
+            streams.add(key)
+            records += len(b.reports)
+        self._pending = rest
+        return group
+
+    async def _drain(self) -> None:
+        await asyncio.sleep(0)  # batches that arrive in this turn of the loop join the first group
+        while self._pending:
+            group = self._next_group()
+            if not group:
+                continue
+            try:
+                results = await self.store.store_report_batches([b for b, _ in group])
+            except Exception as exc:  # noqa: BLE001 - retried alone, then reported to its stream
+                if len(group) == 1:
+                    if not group[0][1].done():
+                        group[0][1].set_exception(exc)
+                    continue
+                log.warning("storing %d report batches together failed (%s); storing them one by one",
+                            len(group), exc)
+                for b, f in group:
+                    try:
+                        one = (await self.store.store_report_batches([b]))[0]
+                    except Exception as exc1:  # noqa: BLE001 - that stream reports it
+                        if not f.done():
+                            f.set_exception(exc1)
+                    else:
+                        if not f.done():
+                            f.set_result(one)
+                continue
+            for (_, f), r in zip(group, results):
+                if not f.done():
+                    f.set_result(r)
+
+
 def peer_identity(context: grpc.aio.ServicerContext) -> tuple[str, str] | None:
     """(site, node) from the client certificate, or None on a plaintext stream."""
     auth = context.auth_context() or {}
@@ -367,6 +443,7 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         self.heartbeat_interval = heartbeat_interval
         self.require_identity = require_identity
         self.registrar = Registrar(store)
+        self.report_writer = ReportWriter(store)
         # Streams whose handler has not finished (its clean-up writes to the store).
         self._streams = 0
         self._idle = asyncio.Event()
@@ -599,7 +676,8 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
             raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, f"{exc} (nothing of this batch was stored)") from None
         # A stream cancelled mid-transaction (agent gone, hub stopping) does not cut the
         # write short: store operations run to completion (Database.run_to_completion).
-        stored = await self.store.store_reports(session.node_id, incoming, now, incarnation=session.incarnation)
+        # Stored (with whatever other streams sent meanwhile: group commit) before it is acknowledged.
+        stored = await self.report_writer.write(session.node_id, session.incarnation, incoming, now)
         if stored.duplicate:
             log.info(
                 "agent %s/%s re-sent %d reports already stored (seq %d..%d of incarnation %s); acknowledged again",

@@ -56,7 +56,7 @@ from hub.placement.model import Placement
 from hub.policy import Bundle
 from hub.publish import MANAGED_KINDS, desired_objects
 from hub.rollout import fleetview, machine
-from hub.rollout.machine import Action, AuditEntry, IllegalCommand, Observation, Phase, RolloutState, Stage
+from hub.rollout.machine import Action, AuditEntry, IllegalCommand, Observation, Phase, RolloutState, SiteStatus, Stage
 from hub.store import Store
 from hub.store.repo import AuditRecord, RevisionRecord, StaleRevision
 from hub.sync import LivenessPolicy
@@ -115,6 +115,8 @@ class _Cache:
     placement: Optional[Placement] = None
     bundle_json: str = ""
     digest: str = ""
+    rev: Optional[RevisionRecord] = None
+    """The revision itself, so that a tick whose revision is unchanged reads only its number."""
 
 
 @dataclass
@@ -251,13 +253,19 @@ class RolloutController:
     # ------------------------------------------------------------- context
 
     async def latest(self) -> tuple[RevisionRecord, Bundle, Placement]:
-        rev = await self.store.get_revision()
-        if rev is None:
-            raise LookupError("no revision has been applied yet")
-        if self._cache.number != rev.number:
+        # Every tick asks; the whole revision (bundle text and placement of every site, megabytes at
+        # 1000 sites) is read again only when its number moved.
+        if self._cache.rev is not None and await self.store.latest_revision_number() == self._cache.number:
+            rev = self._cache.rev
+        else:
+            got = await self.store.get_revision()
+            if got is None:
+                raise LookupError("no revision has been applied yet")
+            rev = got
+        if self._cache.number != rev.number or self._cache.rev is None:
             bundle = (self._cache.bundle if self._cache.digest == rev.digest and self._cache.bundle is not None
                       else await asyncio.to_thread(Bundle.from_json, rev.bundle))
-            self._cache = _Cache(rev.number, bundle, Placement.from_spec(rev.placement), rev.bundle, rev.digest)
+            self._cache = _Cache(rev.number, bundle, Placement.from_spec(rev.placement), rev.bundle, rev.digest, rev)
         assert self._cache.bundle is not None and self._cache.placement is not None
         return rev, self._cache.bundle, self._cache.placement
 
@@ -298,7 +306,10 @@ class RolloutController:
         # The canary wave also needs the old version's traffic on the same sites, from before the switch.
         canary = state.spec.strategy == "canary" and state.wave == 0
         old_since = soak - timedelta(seconds=state.spec.progress_deadline) if canary else soak
-        key = (soak, old_since, state.to_version, state.from_version)
+        # Only what a gate reads (machine._gate): the sites given the new version, and the old version's
+        # traffic only for the canary comparison; reports of other sites or versions are not even decoded.
+        sites = frozenset(r.site for r in state.sites if r.status in SiteStatus.touched())
+        key = (soak, old_since, state.to_version, state.from_version, sites)
         cache = self._tele.get(state.service)
         if cache is None or cache.key != key:
             cache = self._tele[state.service] = _TelemetryCache(key)
@@ -309,9 +320,8 @@ class RolloutController:
         # duplicates are keyed out).
         rows = await self.store.reports_of_kind(
             "telemetry", old_since - timedelta(seconds=5),
-            received_since=cache.fetched - timedelta(seconds=1) if cache.fetched else None)
-        sites = {r.site for r in state.sites}
-        since = {state.to_version: soak, state.from_version: old_since}
+            received_since=cache.fetched - timedelta(seconds=1) if cache.fetched else None, sites=sites)
+        since = {state.to_version: soak, state.from_version: old_since} if canary else {state.to_version: soak}
         fresh = [(site, node, r) for site, node, r in rows
                  if site in sites and (site, node, r.incarnation, r.seq) not in cache.seen]
 
@@ -374,7 +384,7 @@ class RolloutController:
             placement=placement.to_spec(), summary=dict(rev.summary), objects=objects,
             managed_kinds=MANAGED_KINDS, base=rev.number, now=now,
         )
-        self._cache = _Cache(published.revision.number, bundle, placement, text, digest)
+        self._cache = _Cache(published.revision.number, bundle, placement, text, digest, published.revision)
         log.info("revision %d by %s: %s (%d objects changed)", published.revision.number, author, message,
                  len(published.upserted))
         self.on_change()

@@ -1077,3 +1077,43 @@ async def test_a_hello_counts_as_applied_only_what_it_says_it_holds(make_fleet):
         assert rows == {(one.id, one.version)}, "only what the Hello holds; `two` waits for its ack"
         assert two.id not in {o for o, _ in rows}
         call.cancel()
+
+
+async def test_report_writer_commits_concurrent_batches_together_and_isolates_a_refused_one(store):
+    """Group commit: batches that arrive together share a transaction; when the database refuses one
+    batch of a group, the others are still stored (one by one) and only that stream gets the error.
+    Two batches of one stream never share a transaction (the second waits for the next group)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy.exc import DBAPIError
+
+    from hub.link import ReportWriter
+    from hub.store.repo import IncomingReport
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    a = await store.register_node("fra", "a", "1", {}, t0)
+    b = await store.register_node("fra", "b", "1", {}, t0)
+    calls: list[int] = []
+    real = store.store_report_batches
+
+    async def counting(batches):
+        calls.append(len(batches))
+        return await real(batches)
+
+    store.store_report_batches = counting
+    writer = ReportWriter(store)
+
+    def reps(kind: str, *seqs: int) -> list[IncomingReport]:
+        return [IncomingReport(s, kind, t0, {"s": s}) for s in seqs]
+
+    got = await asyncio.gather(writer.write(a.id, "i", reps("t", 1, 2), t0), writer.write(b.id, "i", reps("t", 1), t0),
+                               writer.write(a.id, "i", reps("t", 2, 3), t0))
+    assert [(r.new, r.duplicate) for r in got] == [((1, 2), ()), ((1,), ()), ((3,), (2,))]
+    assert calls == [2, 1], "the first two in one transaction; a's second batch in the next"
+    calls.clear()
+    ok, bad = await asyncio.gather(writer.write(b.id, "i", reps("t", 2), t0),
+                                   writer.write(a.id, "i", reps("k" * 65, 4), t0), return_exceptions=True)
+    assert isinstance(bad, DBAPIError)
+    assert (ok.new, ok.duplicate) == ((2,), ())
+    assert calls == [2, 1, 1]
+    assert await store.report_counts() == {a.id: (3, 3), b.id: (2, 2)}

@@ -157,6 +157,49 @@ async def test_concurrent_replays_store_once(store):
     assert (await store.report_counts())[n.id] == (50, 50)
 
 
+async def test_report_batches_of_several_streams_commit_together_each_exactly_once(store):
+    """Group commit (the link stores the batches of many streams in one transaction): each batch learns
+    what of it was new, a resend among fresh rows is told apart, and the counters match the rows."""
+    from hub.store.repo import ReportBatch
+
+    a = await store.register_node("fra", "a", "0.1.0", {}, T0)
+    b = await store.register_node("fra", "b", "0.1.0", {}, T0)
+    await store.store_reports(a.id, reports(1, 2), T0, incarnation="ia")
+    got = await store.store_report_batches([
+        ReportBatch(a.id, "ia", reports(1, 2, 3), T0),       # a resend and one new row
+        ReportBatch(b.id, "ib", reports(1, 2), T0),          # all new
+        ReportBatch(a.id, "other", reports(1), T0),          # another stream of the same node
+        ReportBatch(b.id, "empty", [], T0),
+    ])
+    assert [(r.new, r.duplicate) for r in got] == [((3,), (1, 2)), ((1, 2), ()), ((1,), ()), ((), ())]
+    again = await store.store_report_batches([ReportBatch(b.id, "ib", reports(1, 2, 3), T0)])
+    assert [(r.new, r.duplicate) for r in again] == [((3,), (1, 2))]
+    na, nb = await store.get_node("fra", "a"), await store.get_node("fra", "b")
+    assert (na.reports_received, na.reports_duplicate) == (4, 2)
+    assert (nb.reports_received, nb.reports_duplicate) == (3, 2)
+    assert await store.report_counts() == {a.id: (4, 3), b.id: (3, 3)}
+    assert [(r.incarnation, r.seq, r.payload) for r in await store.reports(b.id)] == [
+        ("ib", 1, {"seq": 1}), ("ib", 2, {"seq": 2}), ("ib", 3, {"seq": 3})]
+
+
+async def test_report_batches_refuse_one_stream_twice_and_store_nothing_of_a_failed_group(store):
+    from hub.store.repo import ReportBatch
+
+    a = await store.register_node("fra", "a", "0.1.0", {}, T0)
+    b = await store.register_node("fra", "b", "0.1.0", {}, T0)
+    with pytest.raises(ValueError, match="listed twice"):
+        await store.store_report_batches([ReportBatch(a.id, "i", reports(1), T0),
+                                          ReportBatch(a.id, "i", reports(2), T0)])
+    from sqlalchemy.exc import DBAPIError
+
+    with pytest.raises(DBAPIError):
+        await store.store_report_batches([ReportBatch(a.id, "i", reports(1, 2), T0),
+                                          ReportBatch(b.id, "i", [IncomingReport(1, "k" * 65, T0, {})], T0)])
+    assert await store.report_counts() == {}
+    na = await store.get_node("fra", "a")
+    assert (na.reports_received, na.reports_duplicate) == (0, 0)
+
+
 async def test_applied_rows_upsert_and_delete(store):
     from hub.store.repo import AppliedRecord
 
@@ -331,3 +374,20 @@ async def test_close_waits_for_operations_whose_callers_were_cancelled(store):
         assert (await Store(again).max_report_seq(node.id, "inc-a")) == 200
     finally:
         await again.close()
+
+
+async def test_reports_of_kind_of_some_sites_and_the_latest_revision_number(store):
+    """A rollout's gate reads the reports of the sites it gave the new version, not the whole fleet's;
+    its controller checks the latest revision's number each tick and reads the revision only when it moved."""
+    a = await store.register_node("fra", "a", "0.1.0", {}, T0)
+    b = await store.register_node("par", "b", "0.1.0", {}, T0)
+    await store.store_reports(a.id, [IncomingReport(1, "telemetry", T0, {"x": 1})], T0, incarnation="i")
+    await store.store_reports(b.id, [IncomingReport(1, "telemetry", T0, {"x": 2})], T0, incarnation="i")
+    await store.store_reports(b.id, [IncomingReport(2, "audit", T0, {"x": 3})], T0, incarnation="i")
+    every = await store.reports_of_kind("telemetry")
+    assert [(site, node, r.seq, r.payload) for site, node, r in every] == [("fra", "a", 1, {"x": 1}),
+                                                                          ("par", "b", 1, {"x": 2})]
+    assert [(site, r.payload) for site, _, r in await store.reports_of_kind("telemetry", sites={"par"})] == [
+        ("par", {"x": 2})]
+    assert await store.reports_of_kind("telemetry", sites=set()) == []
+    assert await store.latest_revision_number() == 0
