@@ -52,8 +52,8 @@ calls that arrived before the Python server asked for them
 `grpc.server.max_pending_requests_hard_limit`, default 3000; calls over the
 backlog are shed and the client sees CANCELLED, then INTERNAL on its next
 write). A burst of 10,000 opened 4,746-5,328; at 1,000/s 7,853; with both
-options at 100,000, all 10,000 in 13 s. The hub keeps the defaults (load
-shedding under a connect storm); agents retry with backoff, so all N connect.
+options at 100,000, all 10,000 in 13 s. The hub now sizes that backlog by
+`limits.pending_streams` (default 20,000) instead of shedding a reconnect storm.
 """
 
 from __future__ import annotations

@@ -27,6 +27,11 @@ class Limits(BaseModel):
     """Messages queued for an agent that is not reading before its stream is closed (default 1000)."""
     hello_timeout_s: float = Field(10.0, gt=0)
     """Seconds an agent has to send Hello after opening the stream (default 10)."""
+    pending_streams: int = Field(20_000, ge=100)
+    """Agent streams gRPC may hold before the hub takes them up (default 20,000). gRPC's own default (1,000,
+    hard limit 3,000) sheds the rest of a reconnect storm after a hub restart; shed agents back off for up
+    to 30 s, so a 10,000-agent fleet took minutes to come back. Size it to the fleet; each waiting stream
+    costs gRPC core a few kB."""
 
 
 class HubConfig(BaseModel):

@@ -61,6 +61,9 @@ def _server_options(cfg: HubConfig) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),
+        # A reconnect storm waits in gRPC's backlog instead of being shed (see Limits.pending_streams).
+        ("grpc.server.max_pending_requests", cfg.limits.pending_streams),
+        ("grpc.server.max_pending_requests_hard_limit", cfg.limits.pending_streams),
     ]
 
 
