@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fleet_contract.weights import manifest
+
 MODEL_CACHE = Path(os.environ.get("EDGE_FLEET_MODEL_CACHE", Path.home() / ".cache" / "edge-fleet" / "models"))
 HBM_BYTES_PER_S = {"H100 SXM": 3.35e12, "H100 PCIe": 2.0e12, "H100 NVL": 3.9e12, "H200": 4.8e12}
 """Peak memory bandwidth by GPU (NVIDIA datasheets); the issue's goal is stated for H100 SXM."""
@@ -379,7 +381,7 @@ def scenario_overhead(args: argparse.Namespace) -> dict[str, Any]:
             LocalObject("r", "ResidencyPolicy", "public", 1, {"dataClass": "public", "allow": {"anywhere": True}}), None)
         serving.appliers["Placement"].apply(  # type: ignore[attr-defined]
             LocalObject("p", "Placement", "bench", 2, {"node": "node", "assignments": [
-                {"service": "bench", "model": "bench", "version": "v1"}]}), None)
+                {"service": "bench", "model": "bench", "version": "v1", "digest": manifest(d).digest}]}), None)
         serving.start()
         client = _HttpClient()
         try:
