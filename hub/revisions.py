@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,6 +38,8 @@ from hub.policy import Bundle, diff
 from hub.publish import MANAGED_KINDS, desired_objects
 from hub.store import Store
 from hub.store.repo import AuditRecord, DesiredPut, ObjectRecord, Published, RevisionRecord, StaleRevision
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,11 @@ async def apply_bundle(
         return ApplyOutcome(published.revision, result.diff, bundle_lines, published, drift=drifted)
     if dry_run:
         return ApplyOutcome(latest, result.diff, bundle_lines, drift=drifted)
+    unverified = [f"{n}:{v.name}" for n, m in sorted(bundle.models.items()) for v in m.spec.versions
+                  if v.integrity == "none"]
+    if unverified:
+        log.warning("apply by %s: agents will serve %d model version(s) with unverified weights "
+                    "(integrity: none): %s", author, len(unverified), ", ".join(unverified))
     published = await store.add_revision(
         author=author, message=message, digest=bundle.digest(), bundle=bundle.to_json(), placement=result.placement.to_spec(),
         summary=summary(result.diff, result.placement), objects=desired_objects(bundle, result.placement),

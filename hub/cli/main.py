@@ -14,7 +14,7 @@ import sys
 
 from google.protobuf.struct_pb2 import Struct
 
-from hub.cli import certs_cmd, policy_cmd, report_cmd, rollout_cmd, views
+from hub.cli import certs_cmd, model_cmd, policy_cmd, report_cmd, rollout_cmd, views
 from hub.cli.client import Admin, resolve
 from hub.cli.errors import CliError
 from hub.cli.fleetconfig import DEFAULT_DATA_DIR, FILENAME
@@ -134,6 +134,7 @@ def parser() -> argparse.ArgumentParser:
     _client_flags(rp)
 
     rollout_cmd.add_parsers(sub, _client_flags)
+    model_cmd.add_parsers(sub)
 
     demo = sub.add_parser("demo", help="a hub and four edge sites on this machine, end to end")
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -166,12 +167,15 @@ def dispatch(args) -> int:
         return serve(args)
     if args.cmd == "certs":
         return certs_cmd.run(args)
+    if args.cmd == "model":
+        return model_cmd.run(args)
     if args.cmd == "demo":
         from hub.cli.demo import run_demo
 
         return run_demo(args)
     if args.cmd in ("plan", "apply"):
         args.bundle = policy_cmd.load(args.filename)  # bad files: exit 2 before any connection
+        policy_cmd.warn_unverified(args.bundle)
     if args.cmd == "rollout" and args.rollout_cmd == "start":
         rollout_cmd.spec_from_args(args)  # bad flags: exit 2 before any connection
     if args.cmd == "get" and args.what == "rollouts":
