@@ -175,7 +175,6 @@ def dispatch(args) -> int:
         return run_demo(args)
     if args.cmd in ("plan", "apply"):
         args.bundle = policy_cmd.load(args.filename)  # bad files: exit 2 before any connection
-        policy_cmd.warn_unverified(args.bundle)
     if args.cmd == "rollout" and args.rollout_cmd == "start":
         rollout_cmd.spec_from_args(args)  # bad flags: exit 2 before any connection
     if args.cmd == "get" and args.what == "rollouts":
