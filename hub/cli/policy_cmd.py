@@ -57,7 +57,8 @@ def unverified_versions(bundle: Bundle) -> list[str]:
 
 def warn_unverified(bundle: Bundle) -> None:
     """Say on stderr which versions agents will serve without checking their weights (after the
-    hub answered, so an error is still the first thing on stderr)."""
+    hub answered, so an error is still the first thing on stderr; not for an unchanged bundle,
+    which was warned about when it was applied)."""
     names = unverified_versions(bundle)
     if names:
         shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
@@ -134,7 +135,8 @@ def plan(admin: Admin, args) -> int:
     else:
         header = f"plan against revision {base or '(none)'} (dry run: nothing stored; `fleet apply -f ...` commits it)"
     _print_outcome(resp, args.output, header=header)
-    warn_unverified(args.bundle)
+    if not resp.unchanged:
+        warn_unverified(args.bundle)
     return _unplaced_status(resp, stored=False)
 
 
@@ -151,7 +153,8 @@ def apply(admin: Admin, args) -> int:
                   f"{resp.objects_deleted} removed, {resp.objects_unchanged} unchanged; "
                   "watch agents apply them: fleet get objects --kind Placement")
     _print_outcome(resp, args.output, header=header)
-    warn_unverified(args.bundle)
+    if not resp.unchanged:
+        warn_unverified(args.bundle)
     return _unplaced_status(resp, stored=not resp.unchanged)
 
 

@@ -135,3 +135,17 @@ def test_migration_0008_keeps_revisions_from_before_integrity_readable(db_url):
     finally:
         engine.dispose()
         asyncio.run(db.close())
+
+
+def test_plan_and_apply_warn_about_versions_served_unverified(capsys) -> None:
+    from hub.cli.policy_cmd import unverified_versions, warn_unverified
+
+    shipped = load_bundle([ROOT / "fleet_configs", ROOT / "policies"])
+    assert unverified_versions(shipped) == ["assistant:v2", "assistant:v3", "assistant:v3-slow",
+                                            "assistant-large:v1", "embedder:v1"]
+    warn_unverified(shipped)
+    err = capsys.readouterr().err
+    assert err.startswith("warning: 5 model version(s) state `integrity: none`") and "fleet model digest" in err
+    assert unverified_versions(pinned()) == []
+    warn_unverified(pinned())
+    assert capsys.readouterr().err == ""
