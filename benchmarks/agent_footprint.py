@@ -37,6 +37,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from fleet_contract.weights import manifest
+
 PY = sys.executable
 
 
@@ -54,8 +56,9 @@ def _wait(cond, timeout: float, what: str) -> None:  # noqa: ANN001
         time.sleep(0.1)
 
 
-async def _publish(admin_addr: str) -> None:
-    """The objects an agent on fra-1/a serves from: a ResidencyPolicy and a Placement of tiny v1."""
+async def _publish(admin_addr: str, digest: str) -> None:
+    """The objects an agent on fra-1/a serves from: a ResidencyPolicy and a Placement of tiny v1
+    (with its weights digest: the local runtime serves only verified weights)."""
     from google.protobuf.struct_pb2 import Struct
 
     from benchmarks._sim import AUTH, admin_stub
@@ -66,7 +69,7 @@ async def _publish(admin_addr: str) -> None:
         for kind, name, spec in (
                 ("ResidencyPolicy", "public", {"dataClass": "public", "allow": {"anywhere": True}}),
                 ("Placement", "fra-1.a", {"site": "fra-1", "node": "a", "assignments": [
-                    {"service": "chat", "model": "tiny", "version": "v1"}]})):
+                    {"service": "chat", "model": "tiny", "version": "v1", "digest": digest}]})):
             s = Struct()
             s.update(spec)
             await stub.PutObject(admin_pb2.PutObjectRequest(kind=kind, name=name, spec=s,
@@ -140,7 +143,7 @@ def main() -> None:
         hub.data_dir.mkdir()
         hub.start()
         try:
-            asyncio.run(_publish(hub.admin_addr))
+            asyncio.run(_publish(hub.admin_addr, manifest(models / "tiny" / "v1").digest))
             result = {mode: measure(mode, hub.agent_addr, tmp, models, args.idle) for mode in ("local", "external")}
         finally:
             hub.stop()

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fleet_contract.weights import manifest
+
 _REPO = Path(__file__).resolve().parents[1]
 _TRACE = Path("data") / "azure-llm-2023" / "AzureLLMInferenceTrace_conv.csv"
 
@@ -397,7 +399,7 @@ def scenario_overhead(args: argparse.Namespace) -> dict[str, Any]:
             LocalObject("r", "ResidencyPolicy", "public", 1, {"dataClass": "public", "allow": {"anywhere": True}}), None)
         serving.appliers["Placement"].apply(  # type: ignore[attr-defined]
             LocalObject("p", "Placement", "bench", 2, {"node": "node", "assignments": [
-                {"service": "bench", "model": "bench", "version": "v1"}]}), None)
+                {"service": "bench", "model": "bench", "version": "v1", "digest": manifest(d).digest}]}), None)
         serving.start()
         client = _HttpClient()
         try:

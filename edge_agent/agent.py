@@ -167,8 +167,10 @@ class Agent:
         if self.managed is not None:
             self.managed.start()
         if self.serving is not None:
-            # Edge autonomy: serve what was applied before a restart (the hub resends only changes).
-            self.serving.restore(self.state.objects())
+            # Edge autonomy: serve what was applied before a restart (the hub resends only changes). In a
+            # thread: restoring loads models and first re-verifies their weights (hashing, which may take minutes).
+            for msg in await asyncio.to_thread(self.serving.restore, self.state.objects()):
+                self.link.status.error(msg)
             try:
                 self.serving.start()
             except OSError as exc:

@@ -5,4 +5,5 @@
 so the two cannot drift apart.
 
 - ``residency``: may a data class be processed at a site?
+- ``weights``: the digest of a model version's weight files (the spec's ``digest``, the agent's check).
 """

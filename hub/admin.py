@@ -19,6 +19,7 @@ from hub.autoscale import demand as autoscale_demand
 from hub.autoscale import status as autoscale_status
 from hub.policy import Bundle, PolicyError
 from hub.publish import MANAGED_KINDS
+from hub.report import integrity
 from hub.rollout.service import blocking_rollouts_message
 from hub.store import Store
 from hub.store.repo import NodeRecord, ObjectRecord, RevisionRecord, StaleRevision
@@ -75,7 +76,8 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         return self._deny
 
 
-def node_view(n: NodeRecord, prog: Progress, now: datetime, live: LivenessPolicy) -> admin_pb2.NodeView:
+def node_view(n: NodeRecord, prog: Progress, now: datetime, live: LivenessPolicy,
+              checks: list[integrity.Check] | None = None) -> admin_pb2.NodeView:
     return admin_pb2.NodeView(
         site=n.site,
         node=n.node,
@@ -89,6 +91,9 @@ def node_view(n: NodeRecord, prog: Progress, now: datetime, live: LivenessPolicy
         agent_version=n.agent_version,
         recent_errors=[*n.recent_errors, *prog.failed],
         connected=n.connected,
+        models=[admin_pb2.ModelIntegrity(model=c.model, version=c.version, decision=c.decision, digest=c.digest,
+                                         expected=c.expected, reason=c.reason, checked_at=convert.ts(c.at))
+                for c in checks or ()],
     )
 
 
@@ -104,9 +109,14 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         applied: dict[int, dict] = {}
         for a in await self.store.applied_rows():
             applied.setdefault(a.node_id, {})[a.object_id] = a
+        checks: dict[tuple[str, str], list] = {}
+        for site_, node_, rep in await self.store.reports_of_kind(integrity.KIND):
+            checks.setdefault((site_, node_), []).append(rep)
         now = datetime.now(UTC)
         return [
-            node_view(n, progress([o for o in objects if o.targets(n.site, n.node)], applied.get(n.id, {})), now, self.liveness)
+            node_view(n, progress([o for o in objects if o.targets(n.site, n.node)], applied.get(n.id, {})), now,
+                      self.liveness, integrity.latest_checks(checks.get((n.site, n.node), []),
+                                                             integrity.assigned(objects, n.site, n.node)))
             for n in nodes
         ]
 

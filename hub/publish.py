@@ -15,7 +15,8 @@ an agent applies what decides admission before what serves traffic):
 - ``Placement``, one per (site, node) that hosts replicas, targeted at that node
   only, so each agent receives its own assignments and nothing else. Each
   assignment carries what the agent enforces and measures against: the
-  service's priority class, data class and SLOs; the spec carries the node's
+  service's priority class, data class and SLOs, and the Model version's weights ``digest``
+  (or ``integrity: none`` where the spec opts out; see edge_agent/serving/integrity.py); the spec carries the node's
   cost model (GPU price, board power, grid intensity) for cost and carbon per
   request.
 - ``ResidencyPolicy``, one per policy, for every node: the agent checks each
@@ -120,6 +121,10 @@ def desired_objects(bundle: Bundle, placement: Placement) -> list[DesiredPut]:
             a["tpotSloS"] = svc.slo.tpot_p95
             if svc.slo.e2e_p95 is not None:
                 a["e2eSloS"] = svc.slo.e2e_p95
+            version = bundle.models[a["model"]].spec.version(a["version"])
+            a["integrity"] = version.integrity if version is not None else "sha256"
+            if version is not None and version.digest:
+                a["digest"] = version.digest
         pool = pools.get(spec["assignments"][0]["pool"]) if spec["assignments"] else None
         spec["costModel"] = {
             "gpuType": pool.gpu_type if pool else "",

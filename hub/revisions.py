@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,6 +38,8 @@ from hub.policy import Bundle, diff
 from hub.publish import MANAGED_KINDS, desired_objects
 from hub.store import Store
 from hub.store.repo import AuditRecord, DesiredPut, ObjectRecord, Published, RevisionRecord, StaleRevision
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -135,10 +138,35 @@ def summary(diff_: PlanDiff, placement: Placement) -> dict:
     }
 
 
-def _quiet_plan(bundle: Bundle, previous: Optional[Placement], solver: str, unschedulable: dict | None = None):
+def _quiet_plan(bundle: Bundle, previous: Optional[Placement], solver: str, unschedulable: dict | None = None,
+                reported_gpus: dict | None = None):
     # HiGHS writes its log to stdout from C; keep the hub's stdout for the hub.
     with contextlib.redirect_stdout(io.StringIO()):
-        return plan(bundle, previous, solver=solver, unschedulable=unschedulable)  # type: ignore[arg-type]
+        return plan(bundle, previous, solver=solver, unschedulable=unschedulable,  # type: ignore[arg-type]
+                    reported_gpus=reported_gpus)
+
+
+#: Where an agent's GPU figures come from when it looked for them (NVML, torch, the Node object).
+_MEASURED_SOURCES = ("nvml", "torch", "kubernetes")
+
+
+def reported_gpus(inventory: dict) -> int | None:
+    """GPUs an agent's inventory reports, or None when it reports no GPU facts at all (no GPU
+    listed and none looked for: an agent started with neither a probe nor ``--gpu``)."""
+    gpus = inventory.get("gpus") or []
+    if not gpus and inventory.get("gpu_source") not in _MEASURED_SOURCES:
+        return None
+    return sum(int(g.get("count") or 0) for g in gpus)
+
+
+async def node_gpus(store: Store) -> dict[tuple[str, str], int]:
+    """(site, node) -> GPUs its agent last reported (the planner caps the node's pools there)."""
+    out = {}
+    for n in await store.list_nodes():
+        count = reported_gpus(n.inventory)
+        if count is not None:
+            out[(n.site, n.node)] = count
+    return out
 
 
 async def unschedulable_nodes(store: Store) -> dict[tuple[str, str], str]:
@@ -168,7 +196,8 @@ async def apply_bundle(
     if base is not None and base != latest_no:
         raise StaleRevision(base, latest_no)
     previous = Placement.from_spec(latest.placement) if latest else None
-    result = await asyncio.to_thread(_quiet_plan, bundle, previous, solver, await unschedulable_nodes(store))
+    result = await asyncio.to_thread(_quiet_plan, bundle, previous, solver, await unschedulable_nodes(store),
+                                     await node_gpus(store))
     before = Bundle.from_json(latest.bundle) if latest else Bundle()
     bundle_lines = diff(before, bundle).lines()
     drifted = tuple(await live_drift(store, latest))
@@ -192,6 +221,11 @@ async def apply_bundle(
         return ApplyOutcome(published.revision, result.diff, bundle_lines, published, drift=drifted)
     if dry_run:
         return ApplyOutcome(latest, result.diff, bundle_lines, drift=drifted)
+    unverified = [f"{n}:{v.name}" for n, m in sorted(bundle.models.items()) for v in m.spec.versions
+                  if v.integrity == "none"]
+    if unverified:
+        log.warning("apply by %s: agents will serve %d model version(s) with unverified weights "
+                    "(integrity: none): %s", author, len(unverified), ", ".join(unverified))
     published = await store.add_revision(
         author=author, message=message, digest=bundle.digest(), bundle=bundle.to_json(), placement=result.placement.to_spec(),
         summary=summary(result.diff, result.placement), objects=desired_objects(bundle, result.placement),

@@ -88,11 +88,17 @@ def appliers(gateway: Gateway, placements: bool = True) -> dict[str, object]:
     return out
 
 
-def restore(table: dict[str, object], held: Iterable[LocalObject]) -> None:
-    """Re-apply objects held in local state (policies first, then placements); log, never raise."""
+def restore(table: dict[str, object], held: Iterable[LocalObject]) -> list[str]:
+    """Re-apply objects held in local state (policies first, then placements); log, never raise.
+
+    Returns one line per object that could not be restored (e.g. weights that no longer match
+    their digest), for the heartbeat's recent errors."""
     order = {"SiteLocation": 0, "ResidencyPolicy": 1, "PriorityClass": 2, "Placement": 3}
+    failed = []
     for obj in sorted((o for o in held if o.kind in table), key=lambda o: order.get(o.kind, 4)):
         try:
             table[obj.kind].apply(obj, None)  # type: ignore[attr-defined]
         except Exception as exc:  # noqa: BLE001 - keep serving what can be served
             log.error("could not restore %s/%s v%d after restart: %s", obj.kind, obj.name, obj.version, exc)
+            failed.append(f"could not restore {obj.kind}/{obj.name} v{obj.version} after restart: {exc}")
+    return failed

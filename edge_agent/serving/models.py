@@ -57,6 +57,11 @@ class Assignment:
     tpot_slo_s: float | None = None
     data_class: str = ""
     """The service's residency data class; its requests are let in only once this node holds its policy."""
+    digest: str = ""
+    """The Model version's weights digest (``sha256:...``); the local runtime serves only files that match."""
+    integrity: str = ""
+    """``sha256`` (verify against digest), ``none`` (the Model spec opts out) or '' (the hub sent
+    neither: a local-runtime agent refuses to serve it, fail-closed)."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -106,7 +111,8 @@ class PlacementSpec:
             out.append(Assignment(service=str(a.get("service") or model), model=model, version=version,
                                   priority_class=str(a.get("priorityClass") or ""),
                                   ttft_slo_s=slo("ttftSloS"), tpot_slo_s=slo("tpotSloS"),
-                                  data_class=str(a.get("dataClass") or "")))
+                                  data_class=str(a.get("dataClass") or ""),
+                                  digest=str(a.get("digest") or ""), integrity=str(a.get("integrity") or "")))
         try:
             cost = CostModel.from_spec(spec.get("costModel"), country)
         except ValueError as exc:
@@ -497,8 +503,11 @@ class ModelRegistry:
     (the hub link's loop) build a new snapshot and swap it in.
     """
 
-    def __init__(self, factory: BackendFactory, node: str, country: str = "", drain_timeout_s: float = 60.0) -> None:
+    def __init__(self, factory: BackendFactory, node: str, country: str = "", drain_timeout_s: float = 60.0,
+                 verify: Callable[[Assignment], object] | None = None) -> None:
         self.factory = factory
+        self.verify = verify
+        """Called before a model loads (local runtime: its weights digest); raising refuses the placement."""
         self.node = node
         self.country = country
         self.drain_timeout_s = drain_timeout_s
@@ -560,6 +569,10 @@ class ModelRegistry:
                 if a.key not in self._backends and a.key not in loaded:
                     if cancel is not None:
                         cancel.check()
+                    if self.verify is not None:
+                        self.verify(a)
+                        if cancel is not None:
+                            cancel.check()
                     loaded[a.key] = self.factory(*a.key)
                     log.info("loaded model %s version %s for placement %s", a.model, a.version, spec.name)
             with self._lock:

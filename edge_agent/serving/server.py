@@ -27,6 +27,8 @@ from edge_agent.serving.cost import NvmlEnergy
 from edge_agent.serving.demand import KIND as DEMAND_KIND
 from edge_agent.serving.demand import DemandWindow
 from edge_agent.serving.gateway import Gateway, Report
+from edge_agent.serving.integrity import REPORT_KIND as INTEGRITY_REPORT
+from edge_agent.serving.integrity import WeightsVerifier
 from edge_agent.serving.metrics import EngineGauges, PrometheusExporter
 from edge_agent.serving.models import ExternalBackend, ModelRegistry, external_factory, local_factory
 from edge_agent.serving.residency import Location
@@ -70,11 +72,19 @@ class ServingConfig:
 class Serving:
     def __init__(self, cfg: ServingConfig, here: Location, node: str, report: Report) -> None:
         self.cfg = cfg
+        self.verifier: WeightsVerifier | None = None
         if cfg.external_url:
             factory = external_factory(cfg.external_url)  # no torch: an external-mode agent never imports it
         else:
             factory = local_factory(cfg.models_dir or Path("models"), cfg.engine_config)
-        self.registry = ModelRegistry(factory, node, here.country)
+            # The local runtime reads the weights itself, so it checks them first (edge_agent/serving/integrity.py).
+            self.verifier = WeightsVerifier(cfg.models_dir or Path("models"),
+                                            lambda v: self.report(INTEGRITY_REPORT, v.payload()))
+        verify = None
+        if self.verifier is not None:
+            verifier = self.verifier
+            verify = lambda a: verifier.check(a.model, a.version, a.digest, a.integrity or "sha256")  # noqa: E731
+        self.registry = ModelRegistry(factory, node, here.country, verify=verify)
         self.telemetry = Telemetry(here.site, node)
         self.exporter = PrometheusExporter(self._gauges)
         self.telemetry.observers.append(self.exporter)
@@ -98,8 +108,9 @@ class Serving:
     def _gauges(self) -> Iterable[EngineGauges]:
         return [(b.model, b.version, *b.gauges()) for b in self.registry.backends()]
 
-    def restore(self, held: Iterable[LocalObject]) -> None:
-        restore(self.appliers, held)
+    def restore(self, held: Iterable[LocalObject]) -> list[str]:
+        """Re-apply what local state held; the lines of what could not be (see appliers.restore)."""
+        return restore(self.appliers, held)
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, timeout: float = 30.0) -> Serving:

@@ -27,10 +27,12 @@ import grpc
 import httpx
 from google.protobuf import json_format
 
+from fleet_contract.weights import manifest
 from hub.cli import views
 from hub.cli.errors import CliError
 from hub.cli.output import console, emit
 from hub.cli.demo_load import send_load
+from hub.cli.model_cmd import pin_digests
 from hub.config import HubConfig
 from hub.policy import load_bundle
 from hub.policy.vocab import COUNTRY_JURISDICTIONS
@@ -124,6 +126,12 @@ class Demo:
         self.channel = grpc.aio.secure_channel(f"localhost:{ports.admin}", creds)
         self.out.print(f"    agents: 127.0.0.1:{ports.agent}   admin: 127.0.0.1:{ports.admin}   store: {cfg.db_url}")
 
+        models_dir = await model_task
+        # Every placed version is served from the tiny model here: pin its digest, so the agents verify it.
+        digest = (await asyncio.to_thread(manifest, models_dir)).digest
+        bundle = pin_digests(bundle, lambda model, version: digest)
+        self.out.print(f"    demo weights {digest[:19]}... pinned as every Model version's digest (agents verify it)")
+
         counts = {k: len(bundle.of_kind(k)) for k in ("Site", "Model", "Service", "ResidencyPolicy", "PriorityClass")}
         self.step("Planning the shipped fleet: " + ", ".join(f"{n} {k}" for k, n in counts.items())
                   + " (fleet_configs/, policies/)")
@@ -141,7 +149,6 @@ class Demo:
             if line.startswith("  residency") and any(f" at {n.site}:" in line for n in nodes):
                 self.out.print(f"  {line}", markup=False)
 
-        models_dir = await model_task
         self.step("Starting one agent per demo node: " + ", ".join(f"{n.city} ({n.label})" for n in nodes))
         for n in nodes:
             self.start_agent(n, certs_dir, ports.agent, models_dir)

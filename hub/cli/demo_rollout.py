@@ -27,10 +27,12 @@ from pathlib import Path
 import httpx
 from google.protobuf import json_format
 
+from fleet_contract.weights import manifest
 from hub.cli import rollout_cmd
 from hub.cli.demo import Demo, DemoNode
 from hub.cli.demo_load import PROMPTS, _one
 from hub.cli.errors import CliError
+from hub.cli.model_cmd import pin_digests
 from hub.config import HubConfig
 from hub.rollout import synthetic
 from hub.rollout.machine import Phase
@@ -75,14 +77,18 @@ class RolloutDemo(Demo):
         self.channel = grpc.aio.secure_channel(f"localhost:{ports.admin}", grpc.ssl_channel_credentials(
             (certs_dir / "ca.pem").read_bytes()))
 
-        bundle = synthetic.fleet_bundle(SITES, ttft_slo="2s", tpot_slo="300ms")
+        tiny, small = await tiny_task, await small_task
+        # Pin the digests of the models built above, so the agents verify what they serve.
+        digests = {"tiny": (await asyncio.to_thread(manifest, tiny)).digest,
+                   "small": (await asyncio.to_thread(manifest, small)).digest}
+        bundle = pin_digests(synthetic.fleet_bundle(SITES, ttft_slo="2s", tpot_slo="300ms"),
+                             lambda model, version: digests["small" if version == "v2-slow" else "tiny"])
         self.step(f"Applying three edge sites ({', '.join(SITES)}) running service chat on assistant v1; "
                   "the model also has v2 (a good successor) and v2-slow (eight times the parameters)")
         applied = await self.admin("Apply", admin_pb2.ApplyRequest(bundle_json=bundle.to_json(), author="fleet-demo",
                                                                    message="three edge sites"), timeout=120)
         self.out.print(f"    revision {applied.revision.number} stored; one chat replica per site")
 
-        tiny, small = await tiny_task, await small_task
         nodes = await self.nodes(bundle)
         self.step("Starting one serving agent per site (v1 and v2: the tiny model; v2-slow: the small model)")
         for n in nodes:

@@ -14,7 +14,7 @@ import sys
 
 from google.protobuf.struct_pb2 import Struct
 
-from hub.cli import autoscale_cmd, certs_cmd, policy_cmd, report_cmd, rollout_cmd, views
+from hub.cli import autoscale_cmd, certs_cmd, model_cmd, policy_cmd, report_cmd, rollout_cmd, views
 from hub.cli.client import Admin, resolve
 from hub.cli.errors import CliError
 from hub.cli.fleetconfig import DEFAULT_DATA_DIR, FILENAME
@@ -135,6 +135,7 @@ def parser() -> argparse.ArgumentParser:
 
     rollout_cmd.add_parsers(sub, _client_flags)
     autoscale_cmd.add_parsers(sub, _client_flags)
+    model_cmd.add_parsers(sub)
 
     demo = sub.add_parser("demo", help="a hub and four edge sites on this machine, end to end")
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -167,6 +168,8 @@ def dispatch(args) -> int:
         return serve(args)
     if args.cmd == "certs":
         return certs_cmd.run(args)
+    if args.cmd == "model":
+        return model_cmd.run(args)
     if args.cmd == "demo":
         from hub.cli.demo_cmd import run_demo
 

@@ -49,6 +49,24 @@ def load(paths: list[str]) -> Bundle:
                        "fix the lines above and run the command again", code=2) from None
 
 
+def unverified_versions(bundle: Bundle) -> list[str]:
+    """``model:version`` of every Model version that opts out of weights verification (``integrity: none``)."""
+    return [f"{name}:{v.name}" for name, m in sorted(bundle.models.items()) for v in m.spec.versions
+            if v.integrity == "none"]
+
+
+def warn_unverified(bundle: Bundle) -> None:
+    """Say on stderr which versions agents will serve without checking their weights (after the
+    hub answered, so an error is still the first thing on stderr; not for an unchanged bundle,
+    which was warned about when it was applied)."""
+    names = unverified_versions(bundle)
+    if names:
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        print(f"warning: {len(names)} model version(s) state `integrity: none`: agents serve their weights "
+              f"unverified ({shown}); `fleet model digest DIR` prints the digest to put there instead",
+              file=sys.stderr)
+
+
 def _apply_request(bundle: Bundle, args, *, dry_run: bool) -> admin_pb2.ApplyRequest:
     req = admin_pb2.ApplyRequest(bundle_json=bundle.to_json(), author=getattr(args, "author", "") or default_author(),
                                  message=getattr(args, "message", "") or "", dry_run=dry_run, solver=args.solver)
@@ -117,6 +135,8 @@ def plan(admin: Admin, args) -> int:
     else:
         header = f"plan against revision {base or '(none)'} (dry run: nothing stored; `fleet apply -f ...` commits it)"
     _print_outcome(resp, args.output, header=header)
+    if not resp.unchanged:
+        warn_unverified(args.bundle)
     return _unplaced_status(resp, stored=False)
 
 
@@ -133,6 +153,8 @@ def apply(admin: Admin, args) -> int:
                   f"{resp.objects_deleted} removed, {resp.objects_unchanged} unchanged; "
                   "watch agents apply them: fleet get objects --kind Placement")
     _print_outcome(resp, args.output, header=header)
+    if not resp.unchanged:
+        warn_unverified(args.bundle)
     return _unplaced_status(resp, stored=not resp.unchanged)
 
 

@@ -41,7 +41,18 @@ def node_row(n: admin_pb2.NodeView) -> dict:
         "agentVersion": n.agent_version,
         "recentErrors": list(n.recent_errors),
         "inventory": json_format.MessageToDict(n.inventory),
+        "models": [model_row(m) for m in n.models],
     }
+
+
+def model_row(m: admin_pb2.ModelIntegrity) -> dict:
+    """The weights one node serves for a model version, as its agent last checked them."""
+    row = {"model": m.model, "version": m.version, "weights": m.decision, "digest": m.digest,
+           "checkedAt": m.checked_at.ToDatetime().isoformat() + "Z"}
+    if m.decision != "verified":
+        row["expected"] = m.expected
+        row["reason"] = m.reason
+    return row
 
 
 def site_row(s: admin_pb2.SiteView) -> dict:

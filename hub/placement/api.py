@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from typing import Literal, Mapping, Optional
@@ -62,13 +63,25 @@ def plan(
     weights: Weights = Weights(),
     solver: Solver = "auto",
     unschedulable: Optional[Mapping[tuple[str, str], str]] = None,
+    reported_gpus: Optional[Mapping[tuple[str, str], int]] = None,
 ) -> PlanResult:
     """Placement for ``bundle`` and its diff against ``previous`` (a dry run).
 
     ``unschedulable``: (site, node) -> reason, for nodes that take no placements now.
+    ``reported_gpus``: (site, node) -> GPUs its agent reports; a pool is capped there
+    (:func:`~hub.placement.build.cap_pools`), and the placement keeps the counts that capped
+    something, so :func:`explain` rebuilds the same pools.
     """
-    problem = problem_from_bundle(bundle, at=at, previous=previous, weights=weights, unschedulable=unschedulable)
+    problem = problem_from_bundle(bundle, at=at, previous=previous, weights=weights, unschedulable=unschedulable,
+                                  reported_gpus=reported_gpus)
     placement = solve(problem, solver)
+    declared: dict[tuple[str, str], int] = {}
+    for s in problem.sites:
+        for p in s.pools:
+            declared[(p.site, p.node)] = declared.get((p.site, p.node), 0) + (p.declared or p.count)
+    capped = {k: int(n) for k, n in sorted((reported_gpus or {}).items()) if k in declared and n < declared[k]}
+    if capped:
+        placement = dataclasses.replace(placement, reported_gpus=capped)
     return PlanResult(problem, placement, plan_diff(previous, placement, problem))
 
 
@@ -78,4 +91,5 @@ def explain(
     """Per demand region of ``service``: each site chosen or rejected, and why."""
     if service not in bundle.services:
         raise KeyError(f"no Service named {service!r}")
-    return explain_service(problem_from_bundle(bundle, at=at), placement, service)
+    problem = problem_from_bundle(bundle, at=at, reported_gpus=placement.reported_gpus)
+    return explain_service(problem, placement, service)

@@ -56,6 +56,8 @@ class PlanDiff:
     unplaced: list[str] = field(default_factory=list)
     required_unplaced: list[str] = field(default_factory=list)
     """The ``unplaced`` lines of demand that is not sheddable (``fleet plan``/``apply`` exit 3 on these)."""
+    capped: list[str] = field(default_factory=list)
+    """Pools planned with fewer GPUs than their Site declares, because their agent reports fewer."""
 
     @property
     def added(self) -> int:
@@ -80,6 +82,7 @@ class PlanDiff:
             out.append(f"~ {m.service}: {m.replicas} replica(s) {m.from_site} -> {m.to_site}")
         out.extend(f"  residency {j}" for j in self.justifications)
         out.extend(f"! unplaced {u}" for u in self.unplaced)
+        out.extend(f"! capped {c}" for c in self.capped)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,7 +91,7 @@ class PlanDiff:
             "changes": [c.__dict__ | {"delta": c.delta} for c in self.changes],
             "moves": [m.__dict__ for m in self.moves],
             "justifications": self.justifications, "unplaced": self.unplaced,
-            "requiredUnplaced": self.required_unplaced,
+            "requiredUnplaced": self.required_unplaced, "capped": self.capped,
         }
 
 
@@ -143,4 +146,7 @@ def plan_diff(before: Optional[Placement], after: Placement, problem: Problem) -
     unplaced = [f"{u.service} ({u.region}): {u.reason}" for u in after.unplaced]
     sheddable = {(w.service, w.region) for w in problem.workloads if w.sheddable}
     required = [f"{u.service} ({u.region}): {u.reason}" for u in after.unplaced if (u.service, u.region) not in sheddable]
-    return PlanDiff(totals(before, problem), totals(after, problem), changes, moves, justifications, unplaced, required)
+    capped = [f"{p.site}/{p.name}: {p.cap_note or p.unavailable}" for s in problem.sites for p in s.pools
+              if p.declared is not None or (p.unavailable and after.reported_gpus.get((p.site, p.node)) == 0)]
+    return PlanDiff(totals(before, problem), totals(after, problem), changes, moves, justifications, unplaced, required,
+                    capped)

@@ -87,7 +87,8 @@ def explain_service(problem: Problem, placement: Placement, service: str) -> lis
                 verdict = SiteVerdict(site, "chosen", "chosen",
                                       f"{replicas} replica(s){share} on {pool.gpu_type} GPUs {gpus}; predicted p95 TTFT "
                                       f"{a.ttft_p95 * 1000:.0f}ms <= {w.ttft_slo * 1000:.0f}ms, TPOT {a.tpot_p95 * 1000:.0f}ms "
-                                      f"<= {w.tpot_slo * 1000:.0f}ms; {a.residency}", pool.name)
+                                      f"<= {w.tpot_slo * 1000:.0f}ms; {a.residency}"
+                                      + (f"; {pool.cap_note}" if pool.cap_note else ""), pool.name)
             else:
                 verdict = _rejected(index, layout, w, p, index.check(w, p), chosen_cost)
             rank = _PROGRESS.index(verdict.constraint)
@@ -109,7 +110,8 @@ def _rejected(index: FleetIndex, layout: dict[int, PoolState], w, p: int, check:
     if state.plan(check.replicas, w.memory, check.gpus_per_replica, check.share) is None:
         return SiteVerdict(pool.site, "rejected", "capacity",
                            f"needs {check.replicas} replica(s) of {w.memory / 2**30:.1f}GiB; pool has {state.empty} of "
-                           f"{state.count} GPUs empty and no room on the others", pool.name)
+                           f"{state.count} GPUs empty and no room on the others"
+                           + (f" ({pool.cap_note})" if pool.cap_note else ""), pool.name)
     cost = (_alone(index, p, check.replicas, check.gpus_per_replica, check.share, w.memory)
             + index.problem.weights.latency_usd_per_rps_s * w.rate * (check.rtt or 0.0))
     what = (f"feasible ({check.replicas} replica(s), p95 TTFT {check.ttft * 1000:.0f}ms, RTT "

@@ -30,6 +30,17 @@ class Pool:
     """Watts per GPU."""
     unavailable: Optional[str] = None
     """Why the pool's node takes no placements (e.g. cordoned in Kubernetes); None = available."""
+    declared: Optional[int] = None
+    """GPUs the Site declares for the pool when its node's agent reports fewer (``count`` is then
+    what the agent reports: the planner never places on GPUs nobody has seen); None = as declared."""
+
+    @property
+    def cap_note(self) -> str:
+        """Why ``count`` is below the declared number, or empty."""
+        if self.declared is None:
+            return ""
+        return (f"capped at {self.count} of the {self.declared} GPUs the Site declares: "
+                f"its agent on node {self.node} reports {self.count}")
 
 
 @dataclass(frozen=True)
@@ -191,6 +202,9 @@ class Placement:
     objective: float = 0.0
     """USD/h-equivalent objective of this placement."""
     stats: Mapping[str, float] = field(default_factory=dict)
+    reported_gpus: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    """(site, node) -> GPUs its agent reported when this placement was planned, for the nodes that
+    reported fewer than their Site declares (so ``fleet explain`` rebuilds the same capped pools)."""
 
     def by_agent(self) -> dict[tuple[str, str], list[Assignment]]:
         """(site, node) -> the assignments that agent must run."""
@@ -215,6 +229,8 @@ class Placement:
             unplaced=tuple(Unplaced(u["service"], u["region"], u["reason"], bool(u["shed"]), float(u.get("fraction", 1.0)))
                            for u in d.get("unplaced", ())),
             solver=str(d.get("solver", "")), objective=float(d.get("objective", 0.0)),
+            reported_gpus={tuple(k.split("/", 1)): int(v)  # type: ignore[misc]
+                           for k, v in (d.get("reportedGpus") or {}).items()},
         )
 
     def to_spec(self) -> dict[str, Any]:
@@ -224,6 +240,8 @@ class Placement:
             "objective": self.objective,
             "assignments": [a.to_spec() for a in self.assignments],
             "unplaced": [{"service": u.service, "region": u.region, "reason": u.reason, "shed": u.shed, "fraction": u.fraction} for u in self.unplaced],
+            **({"reportedGpus": {f"{s}/{n}": c for (s, n), c in sorted(self.reported_gpus.items())}}
+               if self.reported_gpus else {}),
         }
 
 

@@ -65,7 +65,9 @@ Country = Annotated[str, BeforeValidator(_country)]
 Jurisdiction = Annotated[str, BeforeValidator(_jurisdiction)]
 GpuType = Annotated[str, BeforeValidator(_gpu_type)]
 Name = Annotated[str, Field(pattern=_NAME_RE, min_length=1, max_length=63)]
+WeightsDigest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
 RegionName = Annotated[str, Field(pattern=_NAME_RE, min_length=1, max_length=63)]
+WeightsDigest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
 
 
 class Spec(BaseModel):
@@ -217,9 +219,24 @@ class ModelVersion(Spec):
     """GPU memory one replica needs, weights + KV cache + activations, e.g. 20GiB; at least weightSize. Required."""
     profiles: list[Profile] = Field(min_length=1)
     """One performance profile per supported GPU type; the GPU types listed are the ones it runs on. At least one."""
+    digest: Optional[WeightsDigest] = None
+    """SHA-256 manifest digest of the version's weight files, ``sha256:`` + 64 hex digits, as
+    ``fleet model digest DIR`` prints it; agents refuse to serve files that do not match.
+    Required unless integrity is none."""
+    integrity: Literal["sha256", "none"] = "sha256"
+    """How agents check the weights before serving: ``sha256`` (against digest) or ``none`` (serve
+    them unverified: an explicit opt-out, warned about at apply). Default: sha256."""
 
     @model_validator(mode="after")
     def _check(self) -> "ModelVersion":
+        if self.integrity == "sha256" and self.digest is None:
+            raise ValueError(
+                "digest is missing: agents serve only weights they verified (fail-closed); run "
+                "`fleet model digest DIR` on this version's model directory and add the `digest: sha256:...` "
+                "it prints, or set `integrity: none` to serve the weights unverified")
+        if self.integrity == "none" and self.digest is not None:
+            raise ValueError("integrity is none but a digest is given: remove one of them "
+                             "(drop `integrity: none` to have agents verify the digest)")
         if self.gpu_memory_per_replica < self.weight_size:
             raise ValueError(
                 f"gpuMemoryPerReplica {format_memory(self.gpu_memory_per_replica)} is smaller than "

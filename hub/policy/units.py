@@ -59,7 +59,10 @@ def _make_parser(
     return parse
 
 
-DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}
+DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+"""The one duration grammar (policies, rollouts, CLI flags): one or more ``<number><unit>`` parts,
+``500ms``, ``1.5s``, ``10m``, ``2h``, ``1h30m``, ``1d``. ``min`` is kept as an alias of ``m``
+(policies used to write ``10min``, rollouts ``10m``: both mean ten minutes everywhere)."""
 MEMORY_UNITS = {
     "B": 1.0,
     "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
@@ -71,7 +74,38 @@ INTENSITY_UNITS = {"gCO2e/kWh": 1.0}
 TOKEN_RATE_UNITS = {"tok/s": 1.0}
 PRICE_UNITS = {"/h": 1.0, "/hour": 1.0}
 
-parse_duration = _make_parser("duration", DURATION_UNITS, "500ms")
+_DURATION_UNIT = "|".join(sorted(DURATION_UNITS, key=len, reverse=True))
+_DURATION_PART = re.compile(rf"(?P<num>[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)\s*(?P<unit>{_DURATION_UNIT})\s*")
+_DURATION_LIST = ", ".join(u for u in DURATION_UNITS if u != "min") + " (min = m)"
+
+
+def duration_seconds(text: str, example: str = "500ms") -> float:
+    """Seconds of a duration string in the one grammar (:data:`DURATION_UNITS`); >= 0.
+
+    Raises ValueError naming ``example`` for anything else. Callers that need a positive
+    duration check that themselves; callers that accept non-strings word their own message."""
+    body = text.strip()
+    pos, seconds = 0, 0.0
+    while pos < len(body):
+        match = _DURATION_PART.match(body, pos)
+        if match is None:
+            break
+        seconds += _number(match.group("num")) * DURATION_UNITS[match.group("unit")]
+        pos = match.end()
+    if not body or pos != len(body) or not math.isfinite(seconds):
+        raise ValueError(f"{text!r} is not a duration; write it like '{example}', '2h' or '1h30m' "
+                         f"(units: {_DURATION_LIST})")
+    return seconds
+
+
+_parse_duration_quantity = _make_parser("duration", DURATION_UNITS, "500ms")
+
+
+def parse_duration(value: object) -> float:
+    """A policy duration (``500ms``, ``2min``, ``1h30m``) -> seconds; bare numbers are refused."""
+    if not isinstance(value, str):
+        return _parse_duration_quantity(value)  # raises its bare-number / wrong-type message
+    return duration_seconds(value, "500ms")
 parse_memory = _make_parser("memory size", MEMORY_UNITS, "24GiB")
 parse_rate = _make_parser("request rate", RATE_UNITS, "40rps")
 parse_power = _make_parser("power", POWER_UNITS, "72W")
@@ -86,7 +120,21 @@ def _g(value: float) -> str:
 
 
 def format_duration(seconds: float) -> str:
-    return f"{_g(seconds * 1000.0)}ms"
+    """Seconds -> the one duration grammar: the largest unit that holds it as a whole number
+    (``2h``, ``10m``, ``90s``, ``250ms``), else milliseconds to 12 significant digits, else the exact
+    seconds; whatever it writes parses back to the same float (policies' canonical JSON relies on it)."""
+    if seconds == 0:
+        return "0s"
+    for unit in ("d", "h", "m", "s", "ms", "us"):
+        if unit == "us" and seconds >= 1e-3:
+            break  # 123.456ms reads better than 123456us
+        n = seconds / DURATION_UNITS[unit]
+        if n >= 1 and float(n).is_integer() and int(n) * DURATION_UNITS[unit] == seconds:
+            return f"{int(n)}{unit}"
+    text = f"{_g(seconds * 1000.0)}ms"
+    if duration_seconds(text) == seconds:
+        return text
+    return f"{float(seconds)!r}s"
 
 
 def format_memory(nbytes: float) -> str:
@@ -136,7 +184,7 @@ def _quantity(parse: Callable[[object], float], fmt: Callable[[float], str], all
 
 
 Duration = _quantity(parse_duration, format_duration)
-"""Seconds, written like ``500ms``, ``1.5s``, ``2min``."""
+"""Seconds, written like ``500ms``, ``1.5s``, ``2m`` (or ``2min``), ``1h30m``."""
 LatencyDuration = _quantity(parse_duration, format_duration, allow_zero=True)
 """Seconds (zero allowed), written like ``0ms``, ``12ms``."""
 Memory = _quantity(parse_memory, format_memory)

@@ -24,6 +24,7 @@ import grpc
 from pydantic import ValidationError
 
 from hub import convert
+from hub.report import integrity
 from hub.rollout import fleetview, machine, refusals
 from hub.rollout.controller import RolloutController
 from hub.rollout.machine import IllegalCommand, RolloutState
@@ -120,6 +121,10 @@ class RolloutService(rollout_pb2_grpc.RolloutsServicer):
         found = refusals.refusal_records(await self.store.reports_of_kind(refusals.KIND, since=since),
                                          site=request.site, data_class=request.data_class,
                                          subject=request.subject, since=since)
+        if not request.data_class:  # the agents' refused model weights (they have no data class)
+            found += [a for a in integrity.refusal_records(
+                await self.store.reports_of_kind(integrity.KIND, since=since), site=request.site, since=since)
+                if not request.subject or a.subject == request.subject]
         return rollout_pb2.AuditResponse(records=[audit_proto(a) for a in refusals.merge(trail, found, limit)])
 
     # ----------------------------------------------------------- commands

@@ -29,35 +29,20 @@ from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_DURATION_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
+from hub.policy.units import duration_seconds, format_duration  # noqa: F401 - format_duration: the one formatter, re-exported
 
 def parse_duration(value: object) -> float:
-    """``'10m'``, ``'2h'``, ``'90s'``, ``'1h30m'``, ``'1d'`` -> seconds. Bare numbers are refused."""
+    """``'10m'``, ``'2h'``, ``'90s'``, ``'1h30m'``, ``'1d'`` -> seconds (the one grammar,
+    :func:`hub.policy.units.duration_seconds`; ``10min`` works too). Bare numbers and zero are refused."""
     if isinstance(value, bool) or isinstance(value, (int, float)):
         raise ValueError(f"expected a duration with its unit such as '10m' (bare number {value!r} is ambiguous; "
                          "units: ms, s, m, h, d)")
     if not isinstance(value, str):
         raise ValueError(f"expected a duration string such as '10m', got {type(value).__name__}")
-    text = value.strip()
-    parts = _DURATION_PART.findall(text)
-    if not text or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"{value!r} is not a duration; write it like '10m', '2h' or '1h30m' (units: ms, s, m, h, d)")
-    seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    seconds = duration_seconds(value, "10m")
     if seconds <= 0:
         raise ValueError(f"{value!r} must be longer than zero")
     return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds -> ``'2h'``, ``'10m'``, ``'90s'`` where exact, else ``'<seconds>s'`` (parses back to the same float)."""
-    for unit in ("d", "h", "m", "s"):
-        n = seconds / _DURATION_UNITS[unit]
-        if n >= 1 and float(n).is_integer():
-            return f"{int(n)}{unit}"
-    text = repr(float(seconds))
-    return f"{text}s" if "e" not in text else f"{seconds * 1000:f}ms"
 
 
 @dataclass(frozen=True)

@@ -52,11 +52,11 @@ def fleet_documents(sites: Sequence[str], *, version: str = "v1", site_extra: Ma
         docs.append(doc)
     docs.append({"apiVersion": "fleet.edge/v1alpha1", "kind": "Model", "metadata": {"name": MODEL}, "spec": {
         "versions": [
-            {"name": "v1", "weightSize": "8GiB", "gpuMemoryPerReplica": "12GiB", "profiles": [_profile("L4")]},
-            {"name": "v2", "weightSize": "8GiB", "gpuMemoryPerReplica": "12GiB", "profiles": [_profile("L4")]},
-            {"name": "v2-slow", "weightSize": "8GiB", "gpuMemoryPerReplica": "12GiB",
+            {"name": "v1", "integrity": "none", "weightSize": "8GiB", "gpuMemoryPerReplica": "12GiB", "profiles": [_profile("L4")]},
+            {"name": "v2", "integrity": "none", "weightSize": "8GiB", "gpuMemoryPerReplica": "12GiB", "profiles": [_profile("L4")]},
+            {"name": "v2-slow", "integrity": "none", "weightSize": "8GiB", "gpuMemoryPerReplica": "12GiB",
              "profiles": [_profile("L4", 1.6)]},
-            {"name": "v2-a100", "weightSize": "8GiB", "gpuMemoryPerReplica": "12GiB",
+            {"name": "v2-a100", "integrity": "none", "weightSize": "8GiB", "gpuMemoryPerReplica": "12GiB",
              "profiles": [_profile("A100-80GB")]},
         ]}})
     docs.append({"apiVersion": "fleet.edge/v1alpha1", "kind": "Service", "metadata": {"name": SERVICE}, "spec": {

@@ -64,6 +64,7 @@ metadata: {{name: {name}}}
 spec:
   versions:
 """ + "".join(f"""    - name: {v}
+      integrity: none
       weightSize: 8GiB
       gpuMemoryPerReplica: 12GiB
 {profile}""" for v in versions)

@@ -3,6 +3,7 @@ real serving runtimes (uvicorn and gRPC on real sockets, real engines)."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from edge_agent.runtime.make_model import make_model
+from fleet_contract.weights import manifest
 from edge_agent.serving.residency import Location
 from edge_agent.serving.server import Serving, ServingConfig
 from edge_agent.state import LocalObject
@@ -44,6 +46,12 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@functools.lru_cache(maxsize=4)
+def tiny_digest(models_dir: Path) -> str:
+    """The weights digest of the tiny model (v1; v2 is the same files), as a Model spec carries it."""
+    return manifest(models_dir / "tiny" / "v1").digest
+
+
 @pytest.fixture(autouse=True)
 def _no_leftover_threads() -> Iterator[None]:
     """A test that leaves engine, serving or drain threads running fails."""
@@ -71,6 +79,7 @@ class Harness:
         self.reports: list[tuple[str, dict]] = []
         self.report: Callable[[str, dict], object] = lambda kind, payload: self.reports.append((kind, payload))
         self.site, self.country = site, country
+        self.digest = tiny_digest(models_dir)
         self.serving = Serving(ServingConfig(models_dir=models_dir, **cfg), Location(site, country, jurisdiction),
                                "node-a", lambda k, p: self.report(k, p))
         self._versions = itertools.count(1)
@@ -110,7 +119,7 @@ class Harness:
         self.apply("Placement", "fra-1.node-a", {
             "site": "fra-1", "node": "node-a",
             "assignments": [{"service": "chat", "model": "tiny", "version": "v1", "replicas": 1, "gpuType": "cpu",
-                             **assignment}],
+                             "digest": self.digest, **assignment}],
             "costModel": {"gpuPricePerHourUsd": 2.5, "gpuPowerW": 350, "gridGco2PerKwh": 380,
                           "embodiedGco2PerGpuHour": 15}})
         return self
@@ -127,7 +136,7 @@ def harness(models_dir: Path) -> Iterator[Callable[..., Harness]]:
     made: list[Harness] = []
 
     def make(**kw: Any) -> Harness:
-        h = Harness(models_dir, **kw)
+        h = Harness(kw.pop("models_dir", models_dir), **kw)
         made.append(h)
         return h
 

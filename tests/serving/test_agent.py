@@ -13,7 +13,7 @@ from edge_agent.agent import Agent
 from edge_agent.cli import parser
 from edge_agent.config import ConfigError, load
 from edge_agent.state import LocalObject, LocalState
-from tests.serving.conftest import CLASSES, EU, site_location
+from tests.serving.conftest import CLASSES, EU, site_location, tiny_digest
 
 
 def test_run_flags_reach_the_config(tmp_path: Path) -> None:
@@ -47,7 +47,8 @@ async def test_agent_serves_what_it_held_before_a_restart(tmp_path: Path, models
         ("SiteLocation", "fra-1", site_location("fra-1", "DE")),
         ("ResidencyPolicy", "eu-gdpr", EU), ("PriorityClass", "interactive", CLASSES["interactive"]),
         ("Placement", "fra-1.a", {"site": "fra-1", "node": "a", "assignments": [
-            {"service": "chat", "model": "tiny", "version": "v1", "priorityClass": "interactive"}]}),
+            {"service": "chat", "model": "tiny", "version": "v1", "priorityClass": "interactive",
+             "digest": tiny_digest(models_dir)}]}),
     ], start=1):
         state.save(LocalObject(f"id-{i}", kind, name, i, spec))
     state.close()

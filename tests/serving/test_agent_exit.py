@@ -16,7 +16,7 @@ import pytest
 
 from edge_agent.state import LocalObject, LocalState
 from tests.integration.cliharness import AGENT, free_port
-from tests.serving.conftest import PUBLIC, wait_until
+from tests.serving.conftest import PUBLIC, tiny_digest, wait_until
 
 DRAIN_S = 1.0
 MARGIN_S = 30.0  # generous: a loaded CI machine, not a timing assertion
@@ -28,7 +28,7 @@ def test_sigterm_drains_briefly_exits_and_keeps_every_report(tmp_path: Path, mod
     state = LocalState(data)
     state.save(LocalObject("id-1", "ResidencyPolicy", "public", 1, PUBLIC))
     state.save(LocalObject("id-2", "Placement", "fra-1.a", 2, {"site": "fra-1", "node": "a", "assignments": [
-        {"service": "chat", "model": "tiny", "version": "v1"}]}))
+        {"service": "chat", "model": "tiny", "version": "v1", "digest": tiny_digest(models_dir)}]}))
     state.close()
     log = (tmp_path / "agent.log").open("w")
     # No hub listens there: the link keeps redialling and every report stays queued in the outbox.

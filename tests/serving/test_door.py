@@ -77,7 +77,8 @@ def test_unknown_class_missing_class_and_no_policy_are_refused(harness) -> None:
     assert post(d, {}).status_code == 200
     # a node that never got a policy refuses everything (fail-closed)
     bare = harness(default_data_class="public").start()
-    bare.apply("Placement", "p", {"node": "node-a", "assignments": [{"service": "s", "model": "tiny", "version": "v1"}]})
+    bare.apply("Placement", "p", {"node": "node-a", "assignments": [{"service": "s", "model": "tiny", "version": "v1",
+                                                                "digest": bare.digest}]})
     r = post(bare, {"X-Fleet-Data-Class": "public"})
     assert r.status_code == 403 and "no ResidencyPolicy" in r.json()["error"]["message"]
     # removing a policy takes effect at once
@@ -180,7 +181,8 @@ def test_placement_errors_removal_and_versions(harness, tmp_path: Path) -> None:
     assert [(b.model, b.version) for b in reg.backends()] == [("tiny", "v1")]  # still serving
     assert post(h, {"X-Fleet-Data-Class": "public"}).status_code == 200
     # a second version: the bare name picks the highest, model:version picks exactly
-    h.apply("Placement", "two", {"node": "node-a", "assignments": [{"service": "y", "model": "tiny", "version": "v2"}]})
+    h.apply("Placement", "two", {"node": "node-a", "assignments": [{"service": "y", "model": "tiny", "version": "v2",
+                                                           "digest": h.digest}]})
     assert sorted((b.model, b.version) for b in reg.backends()) == [("tiny", "v1"), ("tiny", "v2")]
     assert reg.resolve("tiny")[0].version == "v2" and reg.resolve("tiny:v1")[0].version == "v1"
     assert reg.resolve("chat")[0].version == "v1"
@@ -227,7 +229,8 @@ def test_a_version_switch_in_place_keeps_serving_and_drains_the_old_version(harn
         assert next(line for line in lines if line.startswith("data: "))
         assert old.engine.stats().running == 1  # v1 is mid-stream when the new version arrives
         h.apply("Placement", "fra-1.node-a", {"site": "fra-1", "node": "node-a", "assignments": [
-            {"service": "chat", "model": "tiny", "version": "v2", "replicas": 1, "gpuType": "cpu"}]})
+            {"service": "chat", "model": "tiny", "version": "v2", "replicas": 1, "gpuType": "cpu",
+             "digest": h.digest}]})
         new = reg.resolve("chat")[0]
         assert (old.version, new.version) == ("v1", "v2")  # new requests go to v2 at once
         assert post(h, {"X-Fleet-Data-Class": "public"}, {**BODY, "model": "chat"}).status_code == 200

@@ -33,11 +33,11 @@ spec:
 MODEL = """\
 apiVersion: fleet.edge/v1alpha1
 kind: Model
-metadata:
-  name: assistant
+metadata: {name: assistant}
 spec:
   versions:
   - name: v3
+    integrity: none
     weightSize: 8GiB
     gpuMemoryPerReplica: 12GiB
     profiles:

@@ -24,7 +24,7 @@ NODE_PHASE_STALE: NodePhase
 NODE_PHASE_UNREACHABLE: NodePhase
 
 class NodeView(_message.Message):
-    __slots__ = ("site", "node", "phase", "last_seen", "inventory", "desired_version", "applied_version", "objects_desired", "objects_applied", "agent_version", "recent_errors", "connected")
+    __slots__ = ("site", "node", "phase", "last_seen", "inventory", "desired_version", "applied_version", "objects_desired", "objects_applied", "agent_version", "recent_errors", "connected", "models")
     SITE_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class NodeView(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     RECENT_ERRORS_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     site: str
     node: str
     phase: NodePhase
@@ -49,7 +50,26 @@ class NodeView(_message.Message):
     agent_version: str
     recent_errors: _containers.RepeatedScalarFieldContainer[str]
     connected: bool
-    def __init__(self, site: _Optional[str] = ..., node: _Optional[str] = ..., phase: _Optional[_Union[NodePhase, str]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., inventory: _Optional[_Union[_types_pb2.Inventory, _Mapping]] = ..., desired_version: _Optional[int] = ..., applied_version: _Optional[int] = ..., objects_desired: _Optional[int] = ..., objects_applied: _Optional[int] = ..., agent_version: _Optional[str] = ..., recent_errors: _Optional[_Iterable[str]] = ..., connected: _Optional[bool] = ...) -> None: ...
+    models: _containers.RepeatedCompositeFieldContainer[ModelIntegrity]
+    def __init__(self, site: _Optional[str] = ..., node: _Optional[str] = ..., phase: _Optional[_Union[NodePhase, str]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., inventory: _Optional[_Union[_types_pb2.Inventory, _Mapping]] = ..., desired_version: _Optional[int] = ..., applied_version: _Optional[int] = ..., objects_desired: _Optional[int] = ..., objects_applied: _Optional[int] = ..., agent_version: _Optional[str] = ..., recent_errors: _Optional[_Iterable[str]] = ..., connected: _Optional[bool] = ..., models: _Optional[_Iterable[_Union[ModelIntegrity, _Mapping]]] = ...) -> None: ...
+
+class ModelIntegrity(_message.Message):
+    __slots__ = ("model", "version", "decision", "digest", "expected", "reason", "checked_at")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_AT_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    decision: str
+    digest: str
+    expected: str
+    reason: str
+    checked_at: _timestamp_pb2.Timestamp
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., decision: _Optional[str] = ..., digest: _Optional[str] = ..., expected: _Optional[str] = ..., reason: _Optional[str] = ..., checked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class SiteView(_message.Message):
     __slots__ = ("site", "phase", "last_seen", "nodes", "nodes_connected", "gpus", "region", "country", "jurisdiction", "desired_version", "applied_version")
