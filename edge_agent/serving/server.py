@@ -23,6 +23,8 @@ from typing import Any
 from edge_agent.serving.appliers import appliers as make_appliers
 from edge_agent.serving.appliers import restore
 from edge_agent.serving.cost import NvmlEnergy
+from edge_agent.serving.drift_signals import KIND as DRIFT_KIND
+from edge_agent.serving.drift_signals import DriftSignals
 from edge_agent.serving.gateway import Gateway, Report
 from edge_agent.serving.metrics import EngineGauges, PrometheusExporter
 from edge_agent.serving.models import ExternalBackend, ModelRegistry, external_factory, local_factory
@@ -73,6 +75,8 @@ class Serving:
         self.telemetry = Telemetry(here.site, node)
         self.exporter = PrometheusExporter(self._gauges)
         self.telemetry.observers.append(self.exporter)
+        self.drift = DriftSignals(here.site, node)
+        self.telemetry.observers.append(self.drift)
         self.report = report
         energy = NvmlEnergy() if not cfg.external_url else None
         self.gateway = Gateway(here, self.registry, self.telemetry, report,
@@ -118,13 +122,15 @@ class Serving:
         self.flush()
 
     def flush(self) -> dict | None:
-        """Send the current telemetry window to the hub (if anything happened)."""
+        """Send the current telemetry window, and its drift signals, to the hub (if anything happened)."""
         payload = self.telemetry.flush()
-        if payload is not None:
-            try:
-                self.report("telemetry", payload)
-            except Exception:  # noqa: BLE001 - never kill the loop over one window
-                log.exception("could not queue the telemetry report")
+        drift = self.drift.flush()
+        for kind, body in (("telemetry", payload), (DRIFT_KIND, drift)):
+            if body is not None:
+                try:
+                    self.report(kind, body)
+                except Exception:  # noqa: BLE001 - never kill the loop over one window
+                    log.exception("could not queue the %s report", kind)
         return payload
 
     def __enter__(self) -> Serving:
