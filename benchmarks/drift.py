@@ -197,11 +197,8 @@ def run_checks(r: Requests, cfg: DriftConfig, stride: int, start: int = 0) -> li
         for s, idx in enumerate(site_idx):
             upto = idx[: np.searchsorted(idx, i)]
             latest[SITES[s]] = upto[-cfg.window_requests:]
-        sites = []
-        for s, mine in latest.items():
-            rest = np.concatenate([v for k, v in latest.items() if k != s])
-            sites.append(detect.SiteFinding(s, detect.compare(signals_of(r, rest), signals_of(r, mine), cfg)))
-        checks.append(detect.Check(t0 + timedelta(minutes=float(r.t_min[i - 1])), i, tuple(findings), tuple(sites)))
+        sites = detect.site_outliers({s: signals_of(r, idx) for s, idx in latest.items()}, cfg)
+        checks.append(detect.Check(t0 + timedelta(minutes=float(r.t_min[i - 1])), i, tuple(findings), sites))
     return checks
 
 

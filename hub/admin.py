@@ -14,6 +14,7 @@ import grpc
 from google.protobuf.struct_pb2 import Struct
 
 from hub import convert, report, revisions
+from hub.drift import monitor as drift_monitor
 from hub.policy import Bundle, PolicyError
 from hub.publish import MANAGED_KINDS
 from hub.rollout.service import blocking_rollouts_message
@@ -272,6 +273,17 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return admin_pb2.GetReportResponse(**out)
+
+
+    async def GetDrift(self, request, context):  # noqa: N802
+        since = request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
+        rows, skipped = await drift_monitor.evaluate(self.store)
+        if request.service:
+            rows = [r for r in rows if r.service == request.service]
+        if since is not None:  # drifts raised before ``since`` are left out; OK rows stay (the current state)
+            rows = [r for r in rows if not r.drifted or (r.raised and r.raised >= since)]
+        return admin_pb2.GetDriftResponse(drift_json=json.dumps(
+            {"rows": [r.to_json() for r in rows], "skipped": skipped}))
 
 
 REPORT_SLACK = timedelta(minutes=10)

@@ -287,6 +287,50 @@ class Demand(Spec):
     """Mean output length in tokens. Required."""
 
 
+DriftSignal = Literal["promptTokens", "outputTokens", "nll", "ttftS", "itlS", "finish", "empty"]
+
+
+class DriftSpec(Spec):
+    """Drift detection thresholds of one service; each unset field keeps the hub's default
+    (``hub/drift/config.py``, justified in the README's drift section)."""
+
+    reference_requests: Optional[int] = Field(default=None, ge=100, le=100_000_000)
+    """Requests in the reference window (the version's first ones after it rolls out). Default: 3000."""
+    window_requests: Optional[int] = Field(default=None, ge=10, le=100_000_000)
+    """Requests in the short current window, judged by KS/chi-squared tests. Default: 300."""
+    large_window_requests: Optional[int] = Field(default=None, ge=0, le=100_000_000)
+    """Requests in the long current window, judged by distances; 0 turns it off. Default: 1000."""
+    min_requests: Optional[int] = Field(default=None, ge=1, le=100_000_000)
+    """Fewest requests a side needs for any verdict. Default: 100."""
+    large_sample: Optional[int] = Field(default=None, ge=1, le=100_000_000)
+    """Sample size from which distances decide instead of tests. Default: 1000."""
+    alpha: Optional[float] = Field(default=None, gt=0, lt=1)
+    """Significance level of the tests. Default: 1e-6."""
+    wasserstein: Optional[float] = Field(default=None, gt=0, le=100)
+    """Normalised Wasserstein distance that counts as drift. Default: 0.2."""
+    jensen_shannon: Optional[float] = Field(default=None, gt=0, le=1)
+    """Jensen-Shannon distance between finish-reason mixes that counts as drift. Default: 0.1."""
+    consecutive: Optional[int] = Field(default=None, ge=1, le=100)
+    """Checks in a row that must agree before a drift is raised. Default: 2."""
+    reference_since: Optional[dt.datetime] = None
+    """Pin the reference to the requests from this time (with referenceUntil). Default: not pinned."""
+    reference_until: Optional[dt.datetime] = None
+    """End of the pinned reference. Default: not pinned."""
+    signals: Optional[list[DriftSignal]] = None
+    """Signals checked. Default: all."""
+
+    @model_validator(mode="after")
+    def _pinned(self) -> "DriftSpec":
+        if (self.reference_since is None) != (self.reference_until is None):
+            raise ValueError("referenceSince and referenceUntil go together: pin both or neither")
+        for t in (self.reference_since, self.reference_until):
+            if t is not None and t.tzinfo is None:
+                raise ValueError("referenceSince/referenceUntil need a time zone, e.g. 2026-11-30T08:00:00Z")
+        if self.reference_since is not None and self.reference_until <= self.reference_since:  # type: ignore[operator]
+            raise ValueError("referenceUntil must be after referenceSince")
+        return self
+
+
 class ServiceSpec(Spec):
     model: Name
     """Name of the Model resource. Required."""
@@ -300,6 +344,8 @@ class ServiceSpec(Spec):
     """Name of a PriorityClass. Required."""
     data_class: Name
     """Data class of the requests (e.g. personal-eu); a ResidencyPolicy must exist for it. Required."""
+    drift: Optional[DriftSpec] = None
+    """Drift detection thresholds (see DriftSpec). Default: the hub's defaults."""
 
     @model_validator(mode="after")
     def _unique(self) -> "ServiceSpec":

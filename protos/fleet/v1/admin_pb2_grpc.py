@@ -89,6 +89,11 @@ class AdminStub:
                 request_serializer=protos_dot_fleet_dot_v1_dot_admin__pb2.GetReportRequest.SerializeToString,
                 response_deserializer=protos_dot_fleet_dot_v1_dot_admin__pb2.GetReportResponse.FromString,
                 _registered_method=True)
+        self.GetDrift = channel.unary_unary(
+                '/fleet.v1.Admin/GetDrift',
+                request_serializer=protos_dot_fleet_dot_v1_dot_admin__pb2.GetDriftRequest.SerializeToString,
+                response_deserializer=protos_dot_fleet_dot_v1_dot_admin__pb2.GetDriftResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -162,6 +167,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDrift(self, request, context):
+        """`fleet drift`: drift of each version against its reference and across sites (hub.drift).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +231,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetReport,
                     request_deserializer=protos_dot_fleet_dot_v1_dot_admin__pb2.GetReportRequest.FromString,
                     response_serializer=protos_dot_fleet_dot_v1_dot_admin__pb2.GetReportResponse.SerializeToString,
+            ),
+            'GetDrift': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDrift,
+                    request_deserializer=protos_dot_fleet_dot_v1_dot_admin__pb2.GetDriftRequest.FromString,
+                    response_serializer=protos_dot_fleet_dot_v1_dot_admin__pb2.GetDriftResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -518,6 +535,33 @@ class Admin:
             '/fleet.v1.Admin/GetReport',
             protos_dot_fleet_dot_v1_dot_admin__pb2.GetReportRequest.SerializeToString,
             protos_dot_fleet_dot_v1_dot_admin__pb2.GetReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDrift(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.Admin/GetDrift',
+            protos_dot_fleet_dot_v1_dot_admin__pb2.GetDriftRequest.SerializeToString,
+            protos_dot_fleet_dot_v1_dot_admin__pb2.GetDriftResponse.FromString,
             options,
             channel_credentials,
             insecure,
