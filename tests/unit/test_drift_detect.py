@@ -161,3 +161,36 @@ def test_the_agents_payload_is_what_the_hub_reads() -> None:
         parse_payload(bad)
     with pytest.raises(PayloadError, match=r"groups\[0\].sketches.nll: not valid base64"):
         parse_payload({**bad, "groups": [{"model": "m", "version": "v", "sketches": {"nll": "%%"}}]})
+
+
+def test_services_and_their_drift_blocks_come_from_the_revision_bundle() -> None:
+    import json
+
+    from hub.drift.monitor import services_of
+    from hub.policy.schema import ServiceSpec
+
+    spec = {"model": "chat", "version": "v2", "slo": {"ttftP95": "500ms", "tpotP95": "50ms"},
+            "demand": [{"region": "eu-central", "rate": "2rps", "meanPromptTokens": 100, "meanOutputTokens": 50}],
+            "priorityClass": "interactive", "dataClass": "public", "drift": {"alpha": 1e-4, "signals": ["nll"]}}
+    canonical = ServiceSpec.model_validate(spec).model_dump(mode="json", by_alias=True)
+    bundle = json.dumps([{"kind": "Service", "metadata": {"name": "assistant"}, "spec": canonical},
+                         {"kind": "Model", "metadata": {"name": "chat"}, "spec": {}}])
+    [svc] = services_of(bundle)
+    assert (svc.name, svc.model, svc.version, svc.config.alpha, svc.config.signals) == (
+        "assistant", "chat", "v2", 1e-4, ("nll",))
+    assert svc.config.window_requests == DEFAULTS.window_requests  # unset fields keep the defaults
+    with pytest.raises(ValueError, match="referenceSince and referenceUntil go together"):
+        ServiceSpec.model_validate({**spec, "drift": {"referenceSince": "2026-11-30T00:00:00Z"}})
+    with pytest.raises(ValueError, match="signals"):
+        ServiceSpec.model_validate({**spec, "drift": {"signals": ["colour"]}})
+
+
+def test_an_external_servers_logprobs_feed_the_mean_logprob() -> None:
+    from edge_agent.runtime.external import _add_logprobs
+
+    st = RequestStats("r", 0, arrival_ns=0, prompt_tokens=1)
+    _add_logprobs(st, {"token_logprobs": [-1.0, -2.0]})  # completions
+    _add_logprobs(st, {"content": [{"logprob": -3.0}, {"token": "x"}]})  # chat completions
+    _add_logprobs(st, None)  # the server sent none
+    _add_logprobs(st, {"token_logprobs": [float("nan"), 0.5, "x"]})  # junk is ignored
+    assert (st.logprob_tokens, st.mean_logprob) == (3, -2.0)
