@@ -84,13 +84,18 @@ async def test_a_fleet_wide_output_collapse_and_one_corrupted_site_reach_fleet_d
     drifted_lines = [ln.split() for ln in table[1:] if "Drifted" in ln.split()]
     assert {(ln[2], ln[3]) for ln in drifted_lines} >= {("fleet", "outputTokens"), ("par", "nll")}
     assert "drifted of" in err.decode()
-    proc = await asyncio.create_subprocess_exec(*base, "-o", "json", "--since", "1h", stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE, env=env)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode == 0, err.decode()
-    # the reports are from 06:00-06:10 today (test time); raised drifts older than an hour are left out
-    recent = json.loads(out)
-    assert all(r["status"] == "OK" for r in recent) == (datetime.now(UTC) - T0 > timedelta(hours=1, minutes=10))
+    async def json_since(since: str) -> list[dict]:
+        proc = await asyncio.create_subprocess_exec(*base, "-o", "json", "--since", since, env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, err.decode()
+        return json.loads(out)
+
+    # the drifts were raised between 06:05 and 06:10 (report time): --since after that leaves them out
+    assert {(r["site"], r["signal"]) for r in await json_since("2026-11-30T06:00:00Z")
+            if r["status"] == "Drifted"} == drifted
+    later = await json_since("2026-11-30T06:10:01Z")
+    assert later and all(r["status"] == "OK" for r in later)
 
     # the monitor audits each new drift once, and its verdicts are on /metrics
     audits = await eventually(
