@@ -62,3 +62,27 @@ def test_a_served_request_reaches_the_drift_report_and_no_text_does() -> None:
     assert '"requests": 1' in text
     for word in ("prompt\"", "text", "content", "messages"):
         assert word not in text
+
+
+def test_served_requests_reach_the_drift_report_with_the_engines_log_probabilities(harness) -> None:  # noqa: ANN001
+    """The real serving path: HTTP request → engine (log-probabilities from its logits) → drift report."""
+    import httpx
+
+    from tests.serving.conftest import wait_until
+
+    h = harness(telemetry_interval_s=0.1).standard().start()
+    with httpx.Client(base_url=h.url) as c:
+        for max_tokens in (3, 5):
+            r = c.post("/v1/completions", headers={"X-Fleet-Data-Class": "personal-eu"},
+                       json={"model": "chat", "prompt": "hi", "max_tokens": max_tokens, "temperature": 0,
+                             "ignore_eos": True})
+            assert r.status_code == 200
+    wait_until(lambda: sum(g["requests"] for p in h.kinds("drift") for g in p["groups"]) == 2,
+               what="both requests in drift reports")
+    groups = [g for p in h.kinds("drift") for g in p["groups"]]
+    assert {(g["model"], g["version"]) for g in groups} == {("tiny", "v1")}
+    assert sum(g["finish"]["length"] for g in groups) == 2 and sum(g["logprobRequests"] for g in groups) == 2
+    outputs = [decode_sketch(g["sketches"]["outputTokens"]) for g in groups]
+    assert sum(s.count for s in outputs) == 2
+    nll = [decode_sketch(g["sketches"]["nll"]) for g in groups]
+    assert sum(s.count for s in nll) == 2 and all(s.get_quantile_value(0.0) > 0 for s in nll if s.count)
