@@ -196,14 +196,15 @@ class DriftMonitor:
         return records
 
     async def run(self) -> None:
+        """Evaluate every ``interval_s`` (the first time one interval after start, not while the hub starts)."""
         while True:
+            await asyncio.sleep(self.interval_s)
             try:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the loop never dies; the gauges keep the last figures
                 log.exception("evaluating drift failed")
-            await asyncio.sleep(self.interval_s)
 
 
 def gauges(rows: Sequence[Row]) -> Mapping[tuple[str, str, str, str, str], tuple[float, float]]:
