@@ -23,6 +23,7 @@ COLUMNS = [
     ("NOW MEAN", "curMeanText"), ("SINCE", "since"),
     ("MODEL", "model", True), ("N REF", "nReference", True), ("N NOW", "nCurrent", True),
     ("AGAINST", "reference.against", True), ("REFERENCE", "referenceText", True), ("RAISED", "raised", True),
+    ("NOTE", "note", True),
 ]
 
 
@@ -39,7 +40,8 @@ def table_row(r: dict) -> dict:
     return {**r, "scoreText": f"{_num(r['score'])} ({rule}{r['threshold']:g})",
             "psiText": f"{_num(r['psi'])} {r['psiBand']}", "refMeanText": _num(r.get("referenceMean")),
             "curMeanText": _num(r.get("currentMean")), "since": r.get("since") or "-",
-            "referenceText": f"{ref.get('from') or '-'}..{ref.get('to') or '-'} ({ref.get('requests', 0)} req)"}
+            "referenceText": (f"{ref.get('from')}..{ref.get('to')} ({ref.get('requests', 0)} req)" if ref.get("from")
+                              else f"latest requests of the other sites ({ref.get('requests', 0)} req)")}
 
 
 def run(admin: Admin, args) -> int:

@@ -45,6 +45,8 @@ class Finding:
     n_current: int
     reference_mean: float | None = None
     current_mean: float | None = None
+    note: str = ""
+    """Why a difference the test found is not a drift (e.g. a site not confirmed against the others)."""
 
     def to_json(self) -> dict:
         def num(x: float | None) -> float | None:
@@ -53,7 +55,8 @@ class Finding:
         return {"signal": self.signal, "test": self.test, "score": num(self.score), "threshold": self.threshold,
                 "drifted": self.drifted, "psi": num(self.psi), "psiBand": stats.psi_band(self.psi),
                 "nReference": self.n_reference, "nCurrent": self.n_current,
-                "referenceMean": num(self.reference_mean), "currentMean": num(self.current_mean)}
+                "referenceMean": num(self.reference_mean), "currentMean": num(self.current_mean),
+                "note": self.note}
 
 
 def _numeric(name: str, ref: Signals, cur: Signals, cfg: DriftConfig) -> Finding | None:
@@ -187,7 +190,8 @@ def site_outliers(by_site: dict[str, Signals], cfg: DriftConfig) -> tuple[SiteFi
                 one = replace(cfg, signals=(f.signal,))
                 differs = sum(any(g.drifted for g in compare(m, mine, one)) for m in others.values())
                 if 2 * differs <= len(others):
-                    f = replace(f, drifted=False)
+                    f = replace(f, drifted=False,
+                                note=f"differs from the rest but from only {differs} of {len(others)} other sites")
             found.append(f)
         out.append(SiteFinding(site, tuple(found)))
     return tuple(out)

@@ -87,9 +87,10 @@ class Row:
         return {"service": self.service, "model": self.model, "version": self.version,
                 "site": self.site or "fleet", "status": "Drifted" if self.drifted else "OK",
                 "since": iso(self.since), "raised": iso(self.raised), "checked": iso(self.checked),
-                "reference": {"from": iso(self.reference_from), "to": iso(self.reference_to),
-                              "requests": self.reference_requests,
-                              "against": "rest of fleet" if self.site else "reference window"},
+                "reference": ({"from": None, "to": None, "requests": self.finding.n_reference,
+                               "against": "rest of fleet"} if self.site else
+                              {"from": iso(self.reference_from), "to": iso(self.reference_to),
+                               "requests": self.reference_requests, "against": "reference window"}),
                 **self.finding.to_json()}
 
 

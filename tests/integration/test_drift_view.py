@@ -69,6 +69,8 @@ async def test_a_fleet_wide_output_collapse_and_one_corrupted_site_reach_fleet_d
     assert ("fleet", "promptTokens") not in drifted
     par = next(r for r in rows if (r["site"], r["signal"]) == ("par", "nll"))
     assert par["reference"]["against"] == "rest of fleet" and par["currentMean"] > par["referenceMean"]
+    fra = next(r for r in rows if (r["site"], r["signal"]) == ("fra", "nll"))
+    assert fra["status"] == "OK" and "other sites" in fra["note"]  # differs from a rest that holds par, not from ber
     fleet_out = next(r for r in rows if (r["site"], r["signal"]) == ("fleet", "outputTokens"))
     assert fleet_out["reference"]["requests"] == 3000 and fleet_out["since"] >= "2026-11-30T06:05"
 
