@@ -194,3 +194,18 @@ def test_an_external_servers_logprobs_feed_the_mean_logprob() -> None:
     _add_logprobs(st, None)  # the server sent none
     _add_logprobs(st, {"token_logprobs": [float("nan"), 0.5, "x"]})  # junk is ignored
     assert (st.logprob_tokens, st.mean_logprob) == (3, -2.0)
+
+
+def test_the_benchmarks_simulation_finds_halved_outputs_and_nothing_on_stationary_traffic() -> None:
+    from benchmarks import drift as bench
+
+    if not (bench.TRACES / "AzureLLMInferenceTrace_conv.csv").exists():
+        pytest.skip(f"the Azure traces are not at {bench.TRACES}")
+    rng = np.random.default_rng(0)
+    pools = {k: rng.normal(m, 0.5, 300).clip(0) for k, m in (("base", 4.1), ("swap", 5.6), ("corrupt", 3.9))}
+    tr = bench.load_trace("conv")
+    calm = bench.traffic(tr, 5000, pools, rng)
+    assert detect.alarms(bench.run_checks(calm, DEFAULTS, 100), DEFAULTS) == []
+    r = bench.traffic(tr, 5000, pools, rng, "output_collapse", 4000)
+    found = bench.first_detection(detect.alarms(bench.run_checks(r, DEFAULTS, 50), DEFAULTS), "output_collapse", 4000, r)
+    assert found["detected"] and found["delay_requests"] <= 500
