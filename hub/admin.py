@@ -17,6 +17,7 @@ from google.protobuf.struct_pb2 import Struct
 from hub import convert, report, revisions
 from hub.autoscale import demand as autoscale_demand
 from hub.autoscale import status as autoscale_status
+from hub.drift import monitor as drift_monitor
 from hub.policy import Bundle, PolicyError
 from hub.publish import MANAGED_KINDS
 from hub.report import integrity
@@ -306,6 +307,18 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                                 f"{exc}\nnext: fleet autoscale status (every service)")
         return admin_pb2.AutoscaleStatusResponse(regions=[_region_status_proto(r) for r in out],
                                                  revision=rev.number if rev else 0, skipped=skipped)
+
+    # -- drift --------------------------------------------------------------
+
+    async def GetDrift(self, request, context):  # noqa: N802
+        since = request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
+        rows, skipped = await drift_monitor.evaluate(self.store)
+        if request.service:
+            rows = [r for r in rows if r.service == request.service]
+        if since is not None:  # drifts raised before ``since`` are left out; OK rows stay (the current state)
+            rows = [r for r in rows if not r.drifted or (r.raised and r.raised >= since)]
+        return admin_pb2.GetDriftResponse(drift_json=json.dumps(
+            {"rows": [r.to_json() for r in rows], "skipped": skipped}))
 
 
 REPORT_SLACK = timedelta(minutes=10)

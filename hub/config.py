@@ -78,6 +78,9 @@ class HubConfig(BaseModel):
     (default). Only the admin-serving process serves it."""
     metrics_refresh_s: float = Field(5.0, gt=0)
     """How often the metrics are read from the store, in seconds (default 5)."""
+    drift_interval_s: float = Field(30.0, ge=0)
+    """How often the admin-serving process evaluates drift (audit events, gauges), in seconds; 0: never
+    (``fleet drift`` still evaluates on demand). Default 30."""
     limits: Limits = Limits()
 
     @model_validator(mode="after")

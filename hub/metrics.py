@@ -14,7 +14,9 @@ and the previous figures stay). Metrics (all gauges, read at scrape time):
 - ``fleet_hub_rollout_sites{service,rollout,status}``: their sites by status;
 - ``fleet_hub_revision``: the newest policy revision's number;
 - ``fleet_hub_reports_stored``: agent reports stored (exactly once each);
-- ``fleet_hub_metrics_refresh_timestamp_seconds``: when the figures were read.
+- ``fleet_hub_metrics_refresh_timestamp_seconds``: when the figures were read;
+- ``fleet_hub_drift{service,model,version,site,signal}`` (1 while drifted) and
+  ``fleet_hub_drift_psi{...}``: the drift monitor's last verdicts (hub.drift.monitor).
 """
 
 from __future__ import annotations
@@ -87,9 +89,10 @@ def snapshot(nodes: Iterable[NodeRecord], rollouts: Sequence[RolloutRecord], rev
 class HubMetrics(Collector):
     """A registry with the hub's gauges, exposing the last :class:`Snapshot`."""
 
-    def __init__(self) -> None:
+    def __init__(self, drift=None) -> None:  # noqa: ANN001 - hub.drift.monitor.DriftMonitor, whose rows it exposes
         self.registry = CollectorRegistry()
         self.last = Snapshot()
+        self.drift = drift
         self.registry.register(self)
 
     def set(self, snap: Snapshot) -> None:
@@ -124,7 +127,22 @@ class HubMetrics(Collector):
                                     value=s.reports)
         at = GaugeMetricFamily("fleet_hub_metrics_refresh_timestamp_seconds",
                                "When these figures were read from the store (Unix time).", value=s.at)
-        return [nodes, sites, rollouts, wave, waves, rsites, revision, reports, at]
+        return [nodes, sites, rollouts, wave, waves, rsites, revision, reports, at, *self._drift()]
+
+    def _drift(self) -> list[GaugeMetricFamily]:
+        if self.drift is None:
+            return []
+        from hub.drift.monitor import gauges
+
+        labels = ["service", "model", "version", "site", "signal"]
+        active = GaugeMetricFamily("fleet_hub_drift", "1 while a signal of a version has drifted (site 'fleet': "
+                                   "against its reference; a site: against the rest of the fleet).", labels=labels)
+        psi = GaugeMetricFamily("fleet_hub_drift_psi", "Population stability index of the signal's latest window.",
+                                labels=labels)
+        for key, (drifted, p) in sorted(gauges(self.drift.rows).items()):
+            active.add_metric(list(key), drifted)
+            psi.add_metric(list(key), p)
+        return [active, psi]
 
     async def refresh(self, store, liveness: LivenessPolicy, now: datetime | None = None) -> Snapshot:
         """Read the store once and expose the figures."""

@@ -30,6 +30,7 @@ import grpc
 from hub.admin import AdminService, BearerTokenInterceptor
 from hub.config import HubConfig
 from hub.link import AgentLinkService, Broker, Recorder
+from hub.drift.monitor import DriftMonitor
 from hub.metrics import HubMetrics, serve_http
 from hub.rollout.controller import RolloutController
 from hub.rollout.service import RolloutService
@@ -119,6 +120,7 @@ class Hub:
         self.recorder = Recorder(self.store, cfg.flush_interval_s)
         self._tasks: list[asyncio.Task] = []
         self.metrics: HubMetrics | None = None
+        self.drift: DriftMonitor | None = None
         self._metrics_http = None
         self._agent_server: grpc.aio.Server | None = None
         self._admin_server: grpc.aio.Server | None = None
@@ -202,8 +204,11 @@ class Hub:
             asyncio.create_task(self.recorder.run(), name="recorder"),
         ]
         metrics_port = None
+        if self.serve_admin and self.cfg.drift_interval_s:
+            self.drift = DriftMonitor(self.store, self.cfg.drift_interval_s)
+            self._tasks.append(asyncio.create_task(self.drift.run(), name="drift"))
         if self.serve_admin and self.cfg.metrics_listen:
-            self.metrics = HubMetrics()
+            self.metrics = HubMetrics(self.drift)
             self._metrics_http, metrics_port = serve_http(self.cfg.metrics_listen, self.metrics.registry)
             self._tasks.append(asyncio.create_task(
                 self.metrics.run(self.store, self.cfg.liveness, self.cfg.metrics_refresh_s), name="metrics"))

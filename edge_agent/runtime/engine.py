@@ -56,7 +56,7 @@ from edge_agent.runtime.request import (
     TokenLogprobs,
     coalesced_wakes,
 )
-from edge_agent.runtime.sampling import logprobs, sample
+from edge_agent.runtime.sampling import chosen_logprobs, logprobs, sample
 from edge_agent.runtime.scheduler import SchedulerConfig, SeqView, StepTimeModel, reclaim_for_decode, schedule
 
 log = logging.getLogger(__name__)
@@ -544,6 +544,7 @@ class Engine:
         picked = sample(logits[sampled_rows], [rows[i][0].params for i in sampled_rows],
                         [rows[i][0].generator for i in sampled_rows]) if sampled_rows else []
         lps = self._logprobs(logits[sampled_rows], [rows[i][0] for i in sampled_rows], picked)
+        chosen = chosen_logprobs(logits[sampled_rows], picked)
         t1 = time.perf_counter_ns()
         share = (t1 - t0) / 1e9 / len(rows)
         for s, n in rows:
@@ -553,8 +554,8 @@ class Engine:
             self.cache.register(s.slot, s.tokens, s.computed)  # type: ignore[arg-type]
             if not s.output and s.computed == s.prefill_target:
                 self._prompt_total += len(s.prompt)
-        for i, tok, lp in zip(sampled_rows, picked, lps):
-            self._emit(rows[i][0], tok, t1, lp)
+        for i, tok, lp, c in zip(sampled_rows, picked, lps, chosen):
+            self._emit(rows[i][0], tok, t1, lp, c)
 
     # -- decode -----------------------------------------------------------------
     def _reserve_decode_blocks(self) -> None:
@@ -581,14 +582,15 @@ class Engine:
                               [s.slot for s in batch])  # type: ignore[misc]
         picked = sample(logits, [s.params for s in batch], [s.generator for s in batch])
         lps = self._logprobs(logits, batch, picked)
+        chosen = chosen_logprobs(logits, picked)
         t1 = time.perf_counter_ns()
         self.step_times.observe(len(batch), (t1 - t0) / 1e9)
         share = (t1 - t0) / 1e9 / len(batch)
-        for s, tok, lp in zip(batch, picked, lps):
+        for s, tok, lp, c in zip(batch, picked, lps, chosen):
             s.computed += 1
             s.handle.stats.gpu_seconds += share
             self.cache.set_length(s.slot, s.computed)  # type: ignore[arg-type]
-            self._emit(s, tok, t1, lp)
+            self._emit(s, tok, t1, lp, c)
 
     def _logprobs(self, logits: torch.Tensor, seqs: Sequence[_Seq],
                   picked: Sequence[int]) -> list[TokenLogprobs | None]:
@@ -608,9 +610,13 @@ class Engine:
             return ""
         return self.tokenizer.decode([tok], skip_special_tokens=False)  # type: ignore[attr-defined]
 
-    def _emit(self, s: _Seq, tok: int, t_ns: int, lp: TokenLogprobs | None = None) -> None:
+    def _emit(self, s: _Seq, tok: int, t_ns: int, lp: TokenLogprobs | None = None,
+              chosen: float | None = None) -> None:
         s.output.append(tok)
         st = s.handle.stats
+        if chosen is not None and chosen == chosen:  # NaN logits would poison the drift signal's sum
+            st.logprob_sum += chosen
+            st.logprob_tokens += 1
         if st.first_token_ns is None:
             st.first_token_ns = t_ns
         st.token_ns.append(t_ns)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -133,6 +134,7 @@ class ExternalServer:
                             res.chunks.append(text)
                             res.text += text
                             yield text
+                        _add_logprobs(stats, choice.get("logprobs"))
                         if choice.get("finish_reason"):
                             res.finish_reason = choice["finish_reason"]
         finally:
@@ -152,3 +154,21 @@ class ExternalServer:
         async for _ in self.stream(model, result=res, **kw):
             pass
         return res
+
+
+def _add_logprobs(stats: RequestStats, lp: Any) -> None:
+    """Add the chunk's token log-probabilities to the stats when the server sent them.
+
+    Completions carry ``logprobs.token_logprobs`` (a list of numbers), chat completions
+    ``logprobs.content[].logprob``; anything else (absent, null, malformed) adds nothing.
+    """
+    if not isinstance(lp, dict):
+        return
+    values = lp.get("token_logprobs")
+    if not isinstance(values, list):
+        content = lp.get("content")
+        values = [c.get("logprob") for c in content if isinstance(c, dict)] if isinstance(content, list) else []
+    for v in values:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v <= 0:
+            stats.logprob_sum += float(v)
+            stats.logprob_tokens += 1

@@ -167,6 +167,16 @@ class RequestStats:
     took part in of step time / rows in that step (CPU-seconds on a CPU)."""
     preemptions: int = 0
     finish_reason: FinishReason | None = None
+    logprob_sum: float = 0.0
+    """Sum of the generated tokens' log-probabilities under the model (drift signal; the engine
+    always fills it, an external runtime only when its server sends logprobs)."""
+    logprob_tokens: int = 0
+    """How many tokens ``logprob_sum`` covers (0: unknown)."""
+
+    @property
+    def mean_logprob(self) -> float | None:
+        """Mean log-probability of the generated tokens; None when not known."""
+        return self.logprob_sum / self.logprob_tokens if self.logprob_tokens else None
 
     @property
     def queue_time_s(self) -> float | None:

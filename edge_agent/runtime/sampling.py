@@ -59,3 +59,16 @@ def logprobs(logits: torch.Tensor, picked: Sequence[int],
         for i, (row_v, row_i) in enumerate(zip(vals.tolist(), ids.tolist())):
             alts[i] = list(zip(row_i, row_v))[: top[i]]
     return [(c, a) for c, a in zip(chosen.tolist(), alts)]
+
+
+def chosen_logprobs(logits: torch.Tensor, picked: Sequence[int]) -> list[float]:
+    """Per row of ``logits`` [B, V]: the log-probability of ``picked[i]`` under the model.
+
+    One gather and one logsumexp over the batch (no full log-softmax tensor kept): cheap enough to
+    run on every step for the drift signal, whether or not the request asked for logprobs.
+    """
+    if not len(picked):
+        return []
+    x = logits.float()
+    idx = torch.tensor(list(picked), dtype=torch.long, device=x.device).view(-1, 1)
+    return (x.gather(-1, idx).view(-1) - torch.logsumexp(x, dim=-1)).tolist()

@@ -26,6 +26,8 @@ from edge_agent.serving.appliers import restore
 from edge_agent.serving.cost import NvmlEnergy
 from edge_agent.serving.demand import KIND as DEMAND_KIND
 from edge_agent.serving.demand import DemandWindow
+from edge_agent.serving.drift_signals import KIND as DRIFT_KIND
+from edge_agent.serving.drift_signals import DriftSignals
 from edge_agent.serving.gateway import Gateway, Report
 from edge_agent.serving.integrity import REPORT_KIND as INTEGRITY_REPORT
 from edge_agent.serving.integrity import WeightsVerifier
@@ -90,6 +92,8 @@ class Serving:
         self.telemetry.observers.append(self.exporter)
         self.demand = DemandWindow(here.site, node, cfg.demand_interval_s)
         self.telemetry.observers.append(self.demand)
+        self.drift = DriftSignals(here.site, node)
+        self.telemetry.observers.append(self.drift)
         self.report = report
         energy = NvmlEnergy() if not cfg.external_url else None
         self.gateway = Gateway(here, self.registry, self.telemetry, report,
@@ -137,13 +141,15 @@ class Serving:
         self.flush_demand(final=True)
 
     def flush(self) -> dict | None:
-        """Send the current telemetry window to the hub (if anything happened)."""
+        """Send the current telemetry window, and its drift signals, to the hub (if anything happened)."""
         payload = self.telemetry.flush()
-        if payload is not None:
-            try:
-                self.report("telemetry", payload)
-            except Exception:  # noqa: BLE001 - never kill the loop over one window
-                log.exception("could not queue the telemetry report")
+        drift = self.drift.flush()
+        for kind, body in (("telemetry", payload), (DRIFT_KIND, drift)):
+            if body is not None:
+                try:
+                    self.report(kind, body)
+                except Exception:  # noqa: BLE001 - never kill the loop over one window
+                    log.exception("could not queue the %s report", kind)
         return payload
 
     def flush_demand(self, *, final: bool = False) -> list[dict]:

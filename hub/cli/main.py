@@ -14,7 +14,7 @@ import sys
 
 from google.protobuf.struct_pb2 import Struct
 
-from hub.cli import autoscale_cmd, certs_cmd, model_cmd, policy_cmd, report_cmd, rollout_cmd, views
+from hub.cli import autoscale_cmd, certs_cmd, drift_cmd, model_cmd, policy_cmd, report_cmd, rollout_cmd, views
 from hub.cli.client import Admin, resolve
 from hub.cli.errors import CliError
 from hub.cli.fleetconfig import DEFAULT_DATA_DIR, FILENAME
@@ -133,6 +133,12 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--slo-ttft", help="draw this p95 TTFT objective on the chart, e.g. 500ms")
     _client_flags(rp)
 
+    dr = sub.add_parser("drift", help="drift of each service's version against its reference, and of each site "
+                                      "against the rest of the fleet")
+    dr.add_argument("service", nargs="?", default="", help="only this service (default: all)")
+    dr.add_argument("--since", help="only drifts raised in the last DURATION (e.g. 1h) or since an ISO time")
+    _client_flags(dr)
+
     rollout_cmd.add_parsers(sub, _client_flags)
     autoscale_cmd.add_parsers(sub, _client_flags)
     model_cmd.add_parsers(sub)
@@ -200,6 +206,8 @@ def dispatch(args) -> int:
             return report_cmd.run(admin, args)
         if args.cmd == "autoscale":
             return autoscale_cmd.run(admin, args)
+        if args.cmd == "drift":
+            return drift_cmd.run(admin, args)
         if args.cmd == "get":
             return views.get(admin, args.what, args.output, site=args.site, kind=args.kind, wide=args.wide)
         if args.cmd == "describe":

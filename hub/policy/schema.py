@@ -336,6 +336,50 @@ class Autoscale(Spec):
         return self
 
 
+DriftSignal = Literal["promptTokens", "outputTokens", "nll", "ttftS", "itlS", "finish", "empty"]
+
+
+class DriftSpec(Spec):
+    """Drift detection thresholds of one service; each unset field keeps the hub's default
+    (``hub/drift/config.py``, justified in the README's drift section)."""
+
+    reference_requests: Optional[int] = Field(default=None, ge=100, le=100_000_000)
+    """Requests in the reference window (the version's first ones after it rolls out). Default: 3000."""
+    window_requests: Optional[int] = Field(default=None, ge=10, le=100_000_000)
+    """Requests in the short current window, judged by KS/chi-squared tests. Default: 300."""
+    large_window_requests: Optional[int] = Field(default=None, ge=0, le=100_000_000)
+    """Requests in the long current window, judged by distances; 0 turns it off. Default: 1000."""
+    min_requests: Optional[int] = Field(default=None, ge=1, le=100_000_000)
+    """Fewest requests a side needs for any verdict. Default: 100."""
+    large_sample: Optional[int] = Field(default=None, ge=1, le=100_000_000)
+    """Sample size from which distances decide instead of tests. Default: 1000."""
+    alpha: Optional[float] = Field(default=None, gt=0, lt=1)
+    """Significance level of the tests. Default: 1e-6."""
+    wasserstein: Optional[float] = Field(default=None, gt=0, le=100)
+    """Normalised Wasserstein distance that counts as drift. Default: 0.2."""
+    jensen_shannon: Optional[float] = Field(default=None, gt=0, le=1)
+    """Jensen-Shannon distance between finish-reason mixes that counts as drift. Default: 0.1."""
+    consecutive: Optional[int] = Field(default=None, ge=1, le=100)
+    """Checks in a row that must agree before a drift is raised. Default: 2."""
+    reference_since: Optional[dt.datetime] = None
+    """Pin the reference to the requests from this time (with referenceUntil). Default: not pinned."""
+    reference_until: Optional[dt.datetime] = None
+    """End of the pinned reference. Default: not pinned."""
+    signals: Optional[list[DriftSignal]] = None
+    """Signals checked. Default: all."""
+
+    @model_validator(mode="after")
+    def _pinned(self) -> "DriftSpec":
+        if (self.reference_since is None) != (self.reference_until is None):
+            raise ValueError("referenceSince and referenceUntil go together: pin both or neither")
+        for t in (self.reference_since, self.reference_until):
+            if t is not None and t.tzinfo is None:
+                raise ValueError("referenceSince/referenceUntil need a time zone, e.g. 2026-11-30T08:00:00Z")
+        if self.reference_since is not None and self.reference_until <= self.reference_since:  # type: ignore[operator]
+            raise ValueError("referenceUntil must be after referenceSince")
+        return self
+
+
 class ServiceSpec(Spec):
     model: Name
     """Name of the Model resource. Required."""
@@ -353,13 +397,18 @@ class ServiceSpec(Spec):
     """Autoscaler bounds and settings (enabled, minReplicas, maxReplicas, targetQuantile, scaleDownDelay,
     leadTime). Default: none (autoscaling off; the YAML's demand alone is planned)."""
 
+    drift: Optional[DriftSpec] = None
+    """Drift detection thresholds (see DriftSpec). Default: the hub's defaults."""
+
     @model_serializer(mode="wrap")
-    def _without_unset_autoscale(self, handler):  # type: ignore[no-untyped-def]
-        # A service without the block serialises as before it existed: bundles (and their digests)
+    def _without_unset_blocks(self, handler):  # type: ignore[no-untyped-def]
+        # A service without these blocks serialises as before they existed: bundles (and their digests)
         # applied by earlier versions stay unchanged, so re-applying the same files is still a no-op.
         out = handler(self)
-        if self.autoscale is None and isinstance(out, dict):
-            out.pop("autoscale", None)
+        if isinstance(out, dict):
+            for key in ("autoscale", "drift"):
+                if getattr(self, key) is None:
+                    out.pop(key, None)
         return out
 
     @model_validator(mode="after")

@@ -240,3 +240,18 @@ def test_bucketed_static_decode_matches(make_engine, solo) -> None:  # noqa: ANN
     assert [r.token_ids for r in res] == [solo[p] for p in PROMPTS]
     with pytest.raises(ValueError, match="CUDA"):
         make_engine(max_batch=2, decode_mode="graphs")
+
+
+def test_every_request_carries_the_mean_logprob_of_its_tokens(make_engine) -> None:  # noqa: ANN001
+    """The drift signal: filled whether or not the request asked for logprobs, and equal to the mean of
+    the per-token log-probabilities a request that asks for them receives."""
+    eng = make_engine(max_batch=4)
+    plain = eng.submit(PROMPTS[0], GREEDY)
+    asked = eng.submit(PROMPTS[0], SamplingParams(max_tokens=24, ignore_eos=True, logprobs=0))
+    eng.start()
+    a, b = plain.result(30), asked.result(30)
+    per_token = [e.logprobs.chosen.logprob for e in asked if e.logprobs is not None]
+    assert len(per_token) == 24 and a.stats.logprob_tokens == b.stats.logprob_tokens == 24
+    assert b.stats.mean_logprob == pytest.approx(sum(per_token) / 24, abs=1e-5)
+    assert a.stats.mean_logprob == pytest.approx(b.stats.mean_logprob, abs=1e-5)
+    assert a.stats.mean_logprob < 0

@@ -317,6 +317,20 @@ class GetReportRequest(_message.Message):
     slo_ttft_p95_s: float
     def __init__(self, by: _Optional[_Iterable[str]] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., html: _Optional[bool] = ..., slo_ttft_p95_s: _Optional[float] = ...) -> None: ...
 
+class GetDriftRequest(_message.Message):
+    __slots__ = ("service", "since")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    since: _timestamp_pb2.Timestamp
+    def __init__(self, service: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetDriftResponse(_message.Message):
+    __slots__ = ("drift_json",)
+    DRIFT_JSON_FIELD_NUMBER: _ClassVar[int]
+    drift_json: str
+    def __init__(self, drift_json: _Optional[str] = ...) -> None: ...
+
 class GetReportResponse(_message.Message):
     __slots__ = ("report_json", "table_json", "html")
     REPORT_JSON_FIELD_NUMBER: _ClassVar[int]

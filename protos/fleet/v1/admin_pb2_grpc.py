@@ -94,6 +94,11 @@ class AdminStub:
                 request_serializer=protos_dot_fleet_dot_v1_dot_admin__pb2.AutoscaleStatusRequest.SerializeToString,
                 response_deserializer=protos_dot_fleet_dot_v1_dot_admin__pb2.AutoscaleStatusResponse.FromString,
                 _registered_method=True)
+        self.GetDrift = channel.unary_unary(
+                '/fleet.v1.Admin/GetDrift',
+                request_serializer=protos_dot_fleet_dot_v1_dot_admin__pb2.GetDriftRequest.SerializeToString,
+                response_deserializer=protos_dot_fleet_dot_v1_dot_admin__pb2.GetDriftResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -174,6 +179,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDrift(self, request, context):
+        """`fleet drift`: drift of each version against its reference and across sites (hub.drift).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -236,6 +248,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.AutoscaleStatus,
                     request_deserializer=protos_dot_fleet_dot_v1_dot_admin__pb2.AutoscaleStatusRequest.FromString,
                     response_serializer=protos_dot_fleet_dot_v1_dot_admin__pb2.AutoscaleStatusResponse.SerializeToString,
+            ),
+            'GetDrift': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDrift,
+                    request_deserializer=protos_dot_fleet_dot_v1_dot_admin__pb2.GetDriftRequest.FromString,
+                    response_serializer=protos_dot_fleet_dot_v1_dot_admin__pb2.GetDriftResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -562,6 +579,33 @@ class Admin:
             '/fleet.v1.Admin/AutoscaleStatus',
             protos_dot_fleet_dot_v1_dot_admin__pb2.AutoscaleStatusRequest.SerializeToString,
             protos_dot_fleet_dot_v1_dot_admin__pb2.AutoscaleStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDrift(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleet.v1.Admin/GetDrift',
+            protos_dot_fleet_dot_v1_dot_admin__pb2.GetDriftRequest.SerializeToString,
+            protos_dot_fleet_dot_v1_dot_admin__pb2.GetDriftResponse.FromString,
             options,
             channel_credentials,
             insecure,
