@@ -11,8 +11,8 @@ Model, in log space (``log1p(rate)``, so zeros and multiplicative daily swings a
 - ``level`` and ``slope`` are exponentially weighted means of the observations' residual from the
   baseline and of its change: updated on every observation, they follow a surge or a shifted day
   within minutes without a refit.
-- The upper quantile (for SLO-critical priority classes) adds ``z(q)`` times the EWMA spread of
-  the residual around the level.
+- The upper quantile (for SLO-critical priority classes) adds ``z(q)`` times the spread of the
+  one-step-ahead error (EWMA of its absolute value, clipped so one jump does not dominate).
 - Short history (less than ``min_seasonal_days`` of data): no baseline; the forecast is the level
   and slope, and the upper quantile is at least the recent maximum (``recent_window_s``).
 
@@ -35,6 +35,10 @@ from scipy.stats import norm
 Method = Literal["holt_winters", "seasonal_naive"]
 METHODS: tuple[Method, ...] = ("holt_winters", "seasonal_naive")
 DAY_S = 86_400.0
+MAX_TREND_FACTOR = 2.0
+"""The short-term trend moves a forecast by at most this factor, either way."""
+MAX_STEP_ERROR = 0.25
+"""One-step errors (log space) count at most this much in the spread (a jump is the level's job)."""
 WEEK_S = 7 * DAY_S
 
 
@@ -47,15 +51,15 @@ class ForecastConfig:
     bucket_s: float = 900.0
     """Resolution of the seasonal baseline (bucket means). Default 900 s (96 buckets a day)."""
     min_seasonal_days: float = 1.0
-    """History needed before a seasonal baseline is used (holt_winters needs 2). Default 1 day."""
+    """History needed before a seasonal baseline is used. Default 1 day."""
     weekly_after_days: float = 14.0
     """History after which the season is a week instead of a day. Default 14 days."""
     refit_every_s: float = 6 * 3600.0
     """How often the seasonal baseline is refitted. Default 6 h."""
-    level_halflife_s: float = 300.0
-    """Half-life of the short-term level and spread. Default 300 s."""
-    slope_halflife_s: float = 300.0
-    """Half-life of the slope of the level. Default 300 s."""
+    level_halflife_s: float = 120.0
+    """Half-life of the short-term level and spread (short: a surge must show within minutes). Default 120 s."""
+    slope_halflife_s: float = 180.0
+    """Half-life of the slope of the level; also how far ahead the slope is extrapolated. Default 180 s."""
     recent_window_s: float = 600.0
     """Window of the recent maximum used as the upper quantile's floor on short history. Default 600 s."""
     max_history_s: float = 15 * DAY_S
@@ -95,13 +99,14 @@ def fit_holt_winters(values: np.ndarray, period: int, horizon: int) -> tuple[np.
     """(forecast of the next ``horizon`` buckets, residual std) of ``values`` (log space).
 
     Additive-seasonal Holt-Winters without trend: the short-term trend is the level's job.
+    ``legacy-heuristic`` initialisation needs one season of data (``heuristic`` needs two).
     """
     from statsmodels.tsa.holtwinters import ExponentialSmoothing
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence chatter on flat series; the fit is still usable
         fit = ExponentialSmoothing(values, trend=None, seasonal="add", seasonal_periods=period,
-                                   initialization_method="heuristic").fit()
+                                   initialization_method="legacy-heuristic").fit()
         out = np.asarray(fit.forecast(horizon), dtype=float)
     resid = np.asarray(fit.resid, dtype=float)
     return out, float(np.std(resid[period:])) if len(resid) > period else float(np.std(resid))
@@ -125,6 +130,7 @@ class SeriesForecaster:
     _level: float = 0.0
     _slope: float = 0.0
     _var: float = 0.0
+    """EWMA of the absolute one-step error (log space)."""
     _seeded: bool = False
     _baseline: Optional[np.ndarray] = None
     _baseline_start: int = 0
@@ -163,7 +169,10 @@ class SeriesForecaster:
             dt = t - (t if self._last_t is None else self._last_t)
             a = _alpha(dt, cfg.level_halflife_s)
             prev = self._level
-            self._var = (1 - a) * self._var + a * (resid - prev) ** 2
+            # spread of the one-step-ahead error (a steady ramp is the slope's, not noise), as an
+            # EWMA of its absolute value clipped, so one jump does not inflate it for long
+            err = min(abs(resid - prev - self._slope * dt), MAX_STEP_ERROR)
+            self._var = (1 - a) * self._var + a * err
             self._level = (1 - a) * prev + a * resid
             if dt > 0:
                 s = _alpha(dt, cfg.slope_halflife_s)
@@ -196,16 +205,10 @@ class SeriesForecaster:
         start, values = self._series()
         period_s = WEEK_S if hist >= cfg.weekly_after_days * DAY_S else DAY_S
         period = int(round(period_s / cfg.bucket_s))
-        need = max(cfg.min_seasonal_days, 2.0 if cfg.method == "holt_winters" else 0.0) * DAY_S
-        if hist < need or len(values) < (2 if cfg.method == "holt_winters" else 1) * period:
-            if hist >= cfg.min_seasonal_days * DAY_S and len(values) >= period:
-                method = "seasonal_naive"  # enough for last-period's shape, not yet for a fit
-                self._next_fit = min(self._next_fit, first + need)
-            else:
-                self._baseline, self._method = None, "level"
-                return
-        else:
-            method = cfg.method
+        if hist < cfg.min_seasonal_days * DAY_S or len(values) < period + 1:
+            self._baseline, self._method = None, "level"
+            return
+        method = cfg.method
         horizon = int(math.ceil((cfg.refit_every_s * 2 + DAY_S) / cfg.bucket_s)) + 2
         if method == "holt_winters":
             base, _ = fit_holt_winters(values, period, horizon)
@@ -241,9 +244,13 @@ class SeriesForecaster:
         base = self._baseline_at(at)
         if self._baseline is not None and base is None:
             base = self._baseline_at(now)
-        log_mean = (base or 0.0) + self._level + self._slope * horizon_s
+        cfg = self.config
+        # damped trend: a ramp seen now is not extrapolated far, nor beyond MAX_TREND_FACTOR
+        trend = self._slope * cfg.slope_halflife_s * (1 - math.exp(-horizon_s / cfg.slope_halflife_s))
+        trend = max(-math.log(MAX_TREND_FACTOR), min(math.log(MAX_TREND_FACTOR), trend))
+        log_mean = (base or 0.0) + self._level + trend
         z = _z(quantile)
-        spread = math.sqrt(max(self._var, 0.0))
+        spread = 1.2533 * self._var  # mean absolute error -> standard deviation (normal errors)
         mean = max(0.0, math.expm1(log_mean))
         upper = max(mean, math.expm1(log_mean + z * spread))
         if self._baseline is None and self._recent:
