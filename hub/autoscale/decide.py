@@ -80,8 +80,8 @@ class DecideConfig:
     """Placement solver (``hub.placement.api.solve``). Default greedy (fast)."""
     max_runs: Optional[int] = None
     """Greedy restarts cap (None = the engine's own size-based budget). Default None."""
-    replica_rounds: int = 3
-    """Re-plans allowed to meet per-service min/max replicas. Default 3."""
+    replica_rounds: int = 6
+    """Re-plans allowed to meet per-service min/max replicas (rates scale each round). Default 6."""
 
     def __post_init__(self) -> None:
         if self.lead_time_s < 0 or self.headroom < 1 or not 0 < self.scale_in_below < 1:
@@ -191,14 +191,16 @@ def place_within_limits(problem: Problem, planned: Mapping[Key, float], previous
             if not keys:
                 continue
             if s.max_replicas is not None and n > s.max_replicas:
-                factors[service] = s.max_replicas / n * 0.98
+                factors[service] = s.max_replicas / n * 0.9
             elif n < s.min_replicas:
                 factors[service] = (s.min_replicas / max(n, 1)) * 1.05
         if not factors:
             break
-        for key in planned:
-            if key[0] in factors:
-                planned[key] = max(config.min_rate, planned[key] * factors[key[0]])
+        for service, f in factors.items():
+            keys = [k for k in planned if k[0] == service]
+            live = [k for k in keys if planned[k] > 0]
+            for key in live or keys:  # a service planned at zero everywhere starts from the floor
+                planned[key] = max(config.min_rate, planned[key] * f)
         placement = place(problem, planned, previous, config)
     return placement, planned
 
