@@ -243,6 +243,8 @@ class Tally:
     plans: int = 0
     plan_cpu_s: float = 0.0
     missed_by_key: dict = field(default_factory=lambda: defaultdict(float))
+    missed_by_gpu: dict = field(default_factory=lambda: defaultdict(float))
+    """Requests missed below capacity, by the GPU type of the replica that served them."""
 
 
 @dataclass(frozen=True)
@@ -319,6 +321,7 @@ def serve_interval(fleet: Fleet, t: float, dt: float, trace: Trace, i: int, info
             ok_tpot = tpot <= info.tpot_slo
             p_ok = 0.0 if sat else 1.0 - dp.wait_tail(min(u, 0.999), tm.max_batch, mu_s, lam_s, slack)
             p_idle += w * p_ok * ok_tpot
+            tally.missed_by_gpu[s.spec.gpu_type] += lam_s * dt * (1 - p_ok * ok_tpot)
             slack_w += w * max(slack, 0.0) * ok_tpot
             if not s.allowed:
                 tally.residency_violations += lam_s * dt
@@ -439,6 +442,7 @@ def run_policy(policy: str, problem: Problem, trace: Trace, weights: dict, lead:
         "replicas_started": fleet.replicas_started,
         "plans": tally.plans,
         "plan_cpu_s": round(tally.plan_cpu_s, 2),
+        "missed_by_gpu_type": {g: int(round(v)) for g, v in sorted(tally.missed_by_gpu.items()) if v >= 1},
         "worst_series": sorted(((f"{s}/{r}", round(v)) for (s, r), v in tally.missed_by_key.items() if v >= 1),
                                key=lambda x: -x[1])[:3],
     }
@@ -446,7 +450,7 @@ def run_policy(policy: str, problem: Problem, trace: Trace, weights: dict, lead:
 
 def run(fleet_dirs: list[str], trace_path: str, lead: float = 120.0, interval_s: Optional[float] = None,
         service: Optional[str] = None, region: Optional[str] = None, forecaster: str = "holt_winters",
-        scale_down_delay_s: float = 600.0, max_runs: Optional[int] = 2,
+        scale_down_delay_s: float = 600.0, max_runs: Optional[int] = 1,
         policies: tuple[str, ...] = POLICIES) -> dict:
     from hub.policy import load_bundle
 
@@ -499,7 +503,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--region", help="region of a per-request trace without a region column")
     parser.add_argument("--forecaster", choices=METHODS, default="holt_winters", help="forecaster driving predictive")
     parser.add_argument("--scale-down-delay", type=float, default=600.0, help="seconds (default 600)")
-    parser.add_argument("--max-runs", type=int, default=2, help="greedy solver restarts per plan (default 2)")
+    parser.add_argument("--max-runs", type=int, default=1, help="greedy solver runs per plan (default 1)")
     parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated subset of static,reactive,predictive")
     args = parser.parse_args(argv)
     policies = tuple(p for p in args.policies.split(",") if p)

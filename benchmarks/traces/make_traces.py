@@ -9,7 +9,8 @@ Writes (nothing large is committed: traces are made at run time):
   declared demand (taken as its daily peak) x a daily curve in the region's local time (trough
   ``--trough`` of the peak at 04:00, peak at 16:00) x the minute-by-minute texture of the Azure
   trace (its per-minute arrival counts over their mean, cycled from a random offset per series)
-  x the surges; counts are Poisson. Token means follow the Azure trace's per-minute means, scaled
+  x the surges; counts are Poisson. The texture's swings are scaled down by sqrt(series rate /
+  source trace rate) for series busier than the source (see ``aggregate``). Token means follow the Azure trace's per-minute means, scaled
   to the Service's declared means. Interactive services take the conversation trace's texture,
   others the (burstier) code trace's.
 - ``<service>-<region>-requests.csv`` (per request, ``TIMESTAMP,ContextTokens,GeneratedTokens``):
@@ -71,10 +72,21 @@ def azure(kind: str, data: Path = DATA):
     s = (t - t.min()).dt.total_seconds().to_numpy()
     df = df.assign(s=s, minute=(s // 60).astype(int))
     g = df.groupby("minute").agg(n=("s", "size"), p=("ContextTokens", "mean"), o=("GeneratedTokens", "mean"))
-    g = g.reindex(range(int(g.index.max()) + 1)).fillna({"n": 0}).ffill()
+    g = g.reindex(range(int(g.index.max()))).fillna({"n": 0}).ffill()  # the last, partial minute dropped
     counts = g["n"].to_numpy(float)
     return (counts / counts.mean(), g["p"].to_numpy(float) / df["ContextTokens"].mean(),
             g["o"].to_numpy(float) / df["GeneratedTokens"].mean(), df)
+
+
+def aggregate(multiplier: np.ndarray, rate: float, source_rate: float) -> np.ndarray:
+    """The per-minute texture of a series ``rate / source_rate`` times busier than the source.
+
+    A busier series is the superposition of k = rate / source_rate streams like the source; its
+    relative swings shrink as 1/sqrt(k) (independent streams), so a 2.5 req/s trace's 4x minutes
+    do not become 4x minutes of a 120 req/s service.
+    """
+    k = max(1.0, rate / source_rate)
+    return np.maximum(0.0, 1 + (multiplier - 1) / math.sqrt(k))
 
 
 def workloads(fleet: list[str]) -> list[dict]:
@@ -108,12 +120,18 @@ def parse_surges(items: list[str], series: list[dict]) -> list[tuple[str, str, f
 
 def per_interval(series: list[dict], hours: float, interval: float, trough: float, surges, factor: float,
                  rng: np.random.Generator, data: Path) -> list[tuple]:
-    tex = {"conv": azure("conv", data)[:3], "code": azure("code", data)[:3]}
+    tex, src_rate = {}, {}
+    for kind in ("conv", "code"):
+        *parts, df = azure(kind, data)
+        tex[kind] = parts
+        src_rate[kind] = len(df) / (len(parts[0]) * 60.0)
     n = int(round(hours * 3600 / interval))
     t = np.arange(n) * interval
     rows = []
     for w in series:
-        counts, pm, om = tex["conv" if w["interactive"] else "code"]
+        kind = "conv" if w["interactive"] else "code"
+        counts, pm, om = tex[kind]
+        counts = aggregate(counts, w["rate"], src_rate[kind])
         minute = ((t // 60).astype(int) + int(rng.integers(len(counts)))) % len(counts)
         rate = w["rate"] * daily(t, REGION_UTC_OFFSET_H.get(w["region"], 0), trough) * counts[minute]
         for svc, reg, hour in surges:

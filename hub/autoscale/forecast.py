@@ -35,7 +35,7 @@ from scipy.stats import norm
 Method = Literal["holt_winters", "seasonal_naive"]
 METHODS: tuple[Method, ...] = ("holt_winters", "seasonal_naive")
 DAY_S = 86_400.0
-MAX_TREND_FACTOR = 2.0
+MAX_TREND_FACTOR = 1.5
 """The short-term trend moves a forecast by at most this factor, either way."""
 MAX_STEP_ERROR = 0.25
 """One-step errors (log space) count at most this much in the spread (a jump is the level's job)."""
