@@ -342,12 +342,49 @@ def serve_interval(fleet: Fleet, t: float, dt: float, trace: Trace, i: int, info
         tally.carbon_kg += kw_kg * hours
 
 
+def forecast_accuracy(trace: Trace, lead: float, settings: dict[str, ScalingSettings]) -> dict:
+    """Each forecaster's error on this trace at the horizon predictive plans for (lead + interval).
+
+    WAPE = sum |forecast mean - actual| / sum actual over every series and interval; the
+    last-value forecast (the rate just observed) is the baseline; ``upper_coverage`` is the share
+    of intervals whose actual rate is within the upper quantile. Only intervals from the second
+    day on are scored when the trace is longer than 1.5 days (the first day has no seasonality).
+    """
+    dt_ = trace.interval_s
+    ahead = 1 + int(round(lead / dt_))
+    rates = trace.requests / dt_
+    first = int(86_400 / dt_) if trace.intervals * dt_ > 1.5 * 86_400 else 0
+    out: dict = {}
+    for m in METHODS:
+        err = naive = tot = covered = n = 0.0
+        c0 = time.process_time()
+        for k, key in enumerate(trace.keys):
+            f = SeriesForecaster(ForecastConfig(method=m))
+            q = settings.get(key[0], ScalingSettings()).target_quantile
+            for i in range(trace.intervals - ahead):
+                t = trace.start + i * dt_
+                f.observe(t, float(rates[k, i]))
+                if i < first:
+                    continue
+                fc = f.predict(t, lead + dt_, q)
+                actual = float(rates[k, i + ahead])
+                err += abs(fc.mean - actual)
+                naive += abs(float(rates[k, i]) - actual)
+                tot += actual
+                covered += actual <= fc.upper
+                n += 1
+        out[m] = {"wape": round(err / tot, 4) if tot else None, "wape_last_value": round(naive / tot, 4) if tot else None,
+                  "upper_coverage": round(covered / n, 4) if n else None, "points": int(n),
+                  "cpu_s": round(time.process_time() - c0, 2)}
+    out["scored_from_hour"] = round(first * dt_ / 3600, 2)
+    return out
+
+
 # --- policies --------------------------------------------------------------------------------
 
 
 def run_policy(policy: str, problem: Problem, trace: Trace, weights: dict, lead: float, cfg: DecideConfig,
-               settings: dict[str, ScalingSettings], forecaster: str, accuracy: Optional[dict] = None,
-               timeline: Optional[list] = None) -> dict:
+               settings: dict[str, ScalingSettings], forecaster: str, timeline: Optional[list] = None) -> dict:
     """Simulate ``policy`` over ``trace``; ``timeline`` (if given) gets one row per interval."""
     infos = {(w.service, w.region): KeyInfo(w.ttft_slo, w.tpot_slo, w.sheddable) for w in problem.workloads}
     pool_info = {(p.site, p.name): (p.price, p.power / 1000.0 * s.intensity / 1000.0)
@@ -373,8 +410,7 @@ def run_policy(policy: str, problem: Problem, trace: Trace, weights: dict, lead:
     step_cfg = cfg if policy == "predictive" else DecideConfig(**{**cfg.__dict__, "headroom": 1.0})
     models = {}
     if policy == "predictive":
-        models = {key: {m: SeriesForecaster(ForecastConfig(method=m)) for m in METHODS} for key in trace.keys}
-    pending: dict[Key, dict[str, list]] = {key: {m: [] for m in METHODS} for key in trace.keys}
+        models = {key: {forecaster: SeriesForecaster(ForecastConfig(method=forecaster))} for key in trace.keys}
     for i in range(trace.intervals):
         t = trace.start + i * dt_
         fleet.prune(t)
@@ -399,9 +435,6 @@ def run_policy(policy: str, problem: Problem, trace: Trace, weights: dict, lead:
             for m, f in models[key].items():
                 f.observe(t, observed)
                 fc = f.predict(t, lead + dt_, settings.get(key[0], ScalingSettings()).target_quantile)
-                if accuracy is not None and i + 1 + int(round(lead / dt_)) < trace.intervals:
-                    j = i + 1 + int(round(lead / dt_))
-                    pending[key][m].append((j, fc.mean, fc.upper, fc.method))
                 if m == forecaster:
                     chosen = fc
             assert chosen is not None
@@ -415,22 +448,6 @@ def run_policy(policy: str, problem: Problem, trace: Trace, weights: dict, lead:
             fleet.apply(state.placement, now)  # type: ignore[arg-type]
         else:
             state = decision.state
-    if accuracy is not None and policy == "predictive":
-        for m in METHODS:
-            err = tot = covered = n = 0.0
-            naive_err = 0.0
-            for k, key in enumerate(trace.keys):
-                for j, mean, upper, _ in pending[key][m]:
-                    actual = float(rates[k, j])
-                    lagged = float(rates[k, max(0, j - 1 - int(round(lead / dt_)))])
-                    err += abs(mean - actual)
-                    naive_err += abs(lagged - actual)
-                    tot += actual
-                    covered += actual <= upper
-                    n += 1
-            accuracy[m] = {"wape": round(err / tot, 4) if tot else None,
-                           "wape_last_value": round(naive_err / tot, 4) if tot else None,
-                           "upper_coverage": round(covered / n, 4) if n else None, "points": int(n)}
     return {
         "slo_attainment": round(tally.met / tally.requests, 5) if tally.requests else None,
         "gpu_hours": round(tally.gpu_hours, 2),
@@ -472,11 +489,10 @@ def run(fleet_dirs: list[str], trace_path: str, lead: float = 120.0, interval_s:
     # services the trace does not drive stay unplaced (planned 0), so no min replicas for them
     settings = {name: ScalingSettings(scale_down_delay_s=scale_down_delay_s) for name in {s for s, _ in trace.keys}}
     cfg = DecideConfig(lead_time_s=lead, max_runs=max_runs)
-    accuracy: dict = {}
+    accuracy = forecast_accuracy(trace, lead, settings)
     out_pol = {}
     for policy in policies:
-        out_pol[policy] = run_policy(policy, problem, trace, weights, lead, cfg, settings, forecaster,
-                                     accuracy if policy == "predictive" else None)
+        out_pol[policy] = run_policy(policy, problem, trace, weights, lead, cfg, settings, forecaster)
     static_h = out_pol.get("static", {}).get("gpu_hours")
     for p in out_pol.values():
         p["gpu_hours_vs_static"] = round(p["gpu_hours"] / static_h, 4) if static_h else None
@@ -504,9 +520,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--forecaster", choices=METHODS, default="holt_winters", help="forecaster driving predictive")
     parser.add_argument("--scale-down-delay", type=float, default=600.0, help="seconds (default 600)")
     parser.add_argument("--max-runs", type=int, default=1, help="greedy solver runs per plan (default 1)")
-    parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated subset of static,reactive,predictive")
+    parser.add_argument("--policies", default=",".join(POLICIES),
+                        help="comma-separated subset of static,reactive,predictive; 'none': forecaster accuracy only")
     args = parser.parse_args(argv)
-    policies = tuple(p for p in args.policies.split(",") if p)
+    policies = tuple(p for p in args.policies.split(",") if p and p != "none")
     bad = [p for p in policies if p not in POLICIES]
     if bad:
         parser.error(f"unknown policy {', '.join(bad)}; choose from {', '.join(POLICIES)}")
