@@ -343,37 +343,48 @@ def serve_interval(fleet: Fleet, t: float, dt: float, trace: Trace, i: int, info
 
 
 def forecast_accuracy(trace: Trace, lead: float, settings: dict[str, ScalingSettings]) -> dict:
-    """Each forecaster's error on this trace at the horizon predictive plans for (lead + interval).
+    """Each forecaster's error on this trace at the horizon predictive plans for (lead + interval),
+    and at 30 minutes (where the seasonal shape matters more than the level).
 
     WAPE = sum |forecast mean - actual| / sum actual over every series and interval; the
     last-value forecast (the rate just observed) is the baseline; ``upper_coverage`` is the share
-    of intervals whose actual rate is within the upper quantile. Only intervals from the second
-    day on are scored when the trace is longer than 1.5 days (the first day has no seasonality).
+    of intervals whose actual rate is within the upper quantile (at the lead horizon). Only
+    intervals from the second day on are scored when the trace is longer than 1.5 days (the
+    first day has no seasonality).
     """
     dt_ = trace.interval_s
-    ahead = 1 + int(round(lead / dt_))
+    horizons = {"lead": 1 + int(round(lead / dt_)), "30min": max(1, int(round(1800 / dt_)))}
     rates = trace.requests / dt_
     first = int(86_400 / dt_) if trace.intervals * dt_ > 1.5 * 86_400 else 0
+    far = max(horizons.values())
     out: dict = {}
     for m in METHODS:
-        err = naive = tot = covered = n = 0.0
+        err = {h: 0.0 for h in horizons}
+        naive = {h: 0.0 for h in horizons}
+        tot = {h: 0.0 for h in horizons}
+        covered = n = 0.0
         c0 = time.process_time()
         for k, key in enumerate(trace.keys):
             f = SeriesForecaster(ForecastConfig(method=m))
             q = settings.get(key[0], ScalingSettings()).target_quantile
-            for i in range(trace.intervals - ahead):
+            for i in range(trace.intervals - far):
                 t = trace.start + i * dt_
                 f.observe(t, float(rates[k, i]))
                 if i < first:
                     continue
-                fc = f.predict(t, lead + dt_, q)
-                actual = float(rates[k, i + ahead])
-                err += abs(fc.mean - actual)
-                naive += abs(float(rates[k, i]) - actual)
-                tot += actual
-                covered += actual <= fc.upper
-                n += 1
-        out[m] = {"wape": round(err / tot, 4) if tot else None, "wape_last_value": round(naive / tot, 4) if tot else None,
+                for h, ahead in horizons.items():
+                    fc = f.predict(t, ahead * dt_, q)
+                    actual = float(rates[k, i + ahead])
+                    err[h] += abs(fc.mean - actual)
+                    naive[h] += abs(float(rates[k, i]) - actual)
+                    tot[h] += actual
+                    if h == "lead":
+                        covered += actual <= fc.upper
+                        n += 1
+        out[m] = {"wape": round(err["lead"] / tot["lead"], 4) if tot["lead"] else None,
+                  "wape_last_value": round(naive["lead"] / tot["lead"], 4) if tot["lead"] else None,
+                  "wape_30min": round(err["30min"] / tot["30min"], 4) if tot["30min"] else None,
+                  "wape_30min_last_value": round(naive["30min"] / tot["30min"], 4) if tot["30min"] else None,
                   "upper_coverage": round(covered / n, 4) if n else None, "points": int(n),
                   "cpu_s": round(time.process_time() - c0, 2)}
     out["scored_from_hour"] = round(first * dt_ / 3600, 2)
