@@ -25,15 +25,15 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
 
 def test_per_interval_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rows = ["TIMESTAMP,service,region,requests,ContextTokens,GeneratedTokens"]
-    for i in range(16):
-        surge = 10 if 8 <= i < 12 else 1
+    for i in range(40):
+        surge = 10 if 20 <= i < 24 else 1
         rows.append(f"{i * 60},assistant-eu,eu-central,{300 * surge},600,200")
         rows.append(f"{i * 60},summarise-batch,eu-central,{60 * surge},3000,400")
     trace = tmp_path / "tiny.csv"
     trace.write_text("\n".join(rows) + "\n")
     out = run(capsys, "--trace", str(trace), "--lead-time", "120")
     assert out["benchmark"] == "autoscale" and out["trace"] == "tiny.csv"
-    assert out["requests"] == sum(300 * (10 if 8 <= i < 12 else 1) + 60 * (10 if 8 <= i < 12 else 1) for i in range(16))
+    assert out["requests"] == sum(360 * (10 if 20 <= i < 24 else 1) for i in range(40))
     assert out["lead_time_s"] == 120 and out["interval_s"] == 60 and out["series"] == 2
     assert set(out["policies"]) == {"static", "reactive", "predictive"}
     for name, p in out["policies"].items():
@@ -44,7 +44,7 @@ def test_per_interval_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert out["policies"]["static"]["scale_events"] == 0
     assert out["policies"]["reactive"]["scale_events"] >= 1  # the surge moved it
     assert {"holt_winters", "seasonal_naive"} <= set(out["forecasters"])
-    assert out["forecasters"]["holt_winters"]["points"] > 0
+    assert out["forecasters"]["holt_winters"]["points"] == 2 * (40 - 30)  # 30-minute horizon: 10 points a series
     assert "MBU" in out["calibration"]
 
 
@@ -59,7 +59,7 @@ def test_per_request_trace_with_iso_timestamps(tmp_path: Path, capsys: pytest.Ca
     assert out["requests"] == 400 and out["series"] == 1 and out["hours"] == pytest.approx(4 / 60, abs=0.01)
     assert set(out["policies"]) == {"static", "predictive"}
     only = run(capsys, "--trace", str(trace), "--service", "assistant-us", "--region", "us-east", "--policies", "none")
-    assert only["policies"] == {} and only["forecasters"]["seasonal_naive"]["wape"] is not None
+    assert only["policies"] == {} and only["forecasters"]["seasonal_naive"]["points"] == 0  # 4 minutes: nothing 30 min ahead
 
 
 def test_bad_traces_say_what_to_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
