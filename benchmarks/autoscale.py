@@ -40,6 +40,7 @@ import datetime as dt
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections import defaultdict
@@ -186,8 +187,8 @@ class Fleet:
     """Replicas of one policy's published plans, with cold starts and make-before-break."""
 
     problem: Problem
-    weights: dict[tuple[str, str], float]
-    """(model, version) -> weight bytes."""
+    weights: dict[tuple[str, str], tuple[float, float]]
+    """(model, version) -> (weight bytes, parameter count or 0)."""
     lead_time_s: float
     slots: list[Slot] = field(default_factory=list)
     scale_events: int = 0
@@ -219,8 +220,8 @@ class Fleet:
                 allowed = bool(rule is not None and rule.verdict(site.name, site.country, site.jurisdictions)[0])
                 self.slots.append(Slot(
                     (a.service, a.region), a.site, a.pool, a.node, tuple(g),
-                    dp.ReplicaSpec(a.gpu_type, a.gpus_per_replica, self.weights[(a.model, a.version)],
-                                   a.memory_per_replica),
+                    dp.ReplicaSpec(a.gpu_type, a.gpus_per_replica, self.weights[(a.model, a.version)][0],
+                                   a.memory_per_replica, self.weights[(a.model, a.version)][1]),
                     float(site.latency.get(a.region, a.rtt)), allowed, ready))
                 self.replicas_started += 1
                 changed = True
@@ -476,6 +477,12 @@ def run_policy(policy: str, problem: Problem, trace: Trace, weights: dict, lead:
     }
 
 
+def stated_params(text: str) -> float:
+    """Parameter count a Model states in words ("8B-parameter", "(0.3B encoder)"), or 0."""
+    found = re.search(r"(\d+(?:\.\d+)?)\s*B\b", text)
+    return float(found.group(1)) * 1e9 if found else 0.0
+
+
 def run(fleet_dirs: list[str], trace_path: str, lead: float = 120.0, interval_s: Optional[float] = None,
         service: Optional[str] = None, region: Optional[str] = None, forecaster: str = "holt_winters",
         scale_down_delay_s: float = 600.0, max_runs: Optional[int] = 1,
@@ -495,8 +502,9 @@ def run(fleet_dirs: list[str], trace_path: str, lead: float = 120.0, interval_s:
                          f"regions ({', '.join(sorted(f'{s}/{r}' for s, r in known))})")
     weights = {}
     for name, m in bundle.models.items():
+        params = stated_params(" ".join([m.spec.description, *m.metadata.annotations.values()]))
         for v in m.spec.versions:
-            weights[(name, v.name)] = float(v.weight_size)
+            weights[(name, v.name)] = (float(v.weight_size), params)
     # services the trace does not drive stay unplaced (planned 0), so no min replicas for them
     settings = {name: ScalingSettings(scale_down_delay_s=scale_down_delay_s) for name in {s for s, _ in trace.keys}}
     cfg = DecideConfig(lead_time_s=lead, max_runs=max_runs)

@@ -70,6 +70,8 @@ class ReplicaSpec:
     gpus: int
     weight_bytes: float
     memory_bytes: float
+    params: float = 0.0
+    """Parameter count when the model states it (its description); 0 = one per weight byte (int8)."""
 
     def hardware(self) -> tuple[float, float]:
         if self.gpu_type not in GPU_SPECS:
@@ -95,7 +97,7 @@ class Timing:
 
 def timing(spec: ReplicaSpec, prompt: float, output: float) -> Timing:
     bw, flops = spec.hardware()
-    flop_per_token = 2.0 * spec.weight_bytes
+    flop_per_token = 2.0 * (spec.params or spec.weight_bytes)
     kv = spec.weight_bytes * KV_BYTES_PER_WEIGHT_BYTE
     ctx = prompt + output / 2
     a = STEP_OVERHEAD_S + spec.weight_bytes / (bw * MBU)
