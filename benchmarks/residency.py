@@ -25,10 +25,17 @@ All agents share one process and event loop, so the figures include queueing beh
 Baseline: before this change, updates went through one serial apply step and loads had no timeout,
 so with a load hanging the tightened policy was never enforced (admitted requests unbounded).
 
+The hub publishes a policy change in a revision of its own before it plans placements
+(`hub.revisions`): `policy_revision` and `placement_revision` are the two revisions of the Apply;
+`apply_rpc_s` (the whole RPC) includes planning, which the enforcement figures no longer wait for.
+
 Prints one JSON line: enforce_p50_s, enforce_p99_s, enforce_max_s (from the start of the Apply RPC),
-receive_p99_s (the update reaching the agents' links), agent_receive_to_enforce_p99_s/max_s (the
-agent-side part: received to enforced, hanging loads notwithstanding), admitted_after_enforcement,
-agents, enforced (agents that enforced within --timeout), requests, apply_rpc_s, case.
+receive_min_s/p50_s/p99_s (the update reaching the agents' links: the first agent's is about when the
+hub published the policy revision, the spread after it is the fan-out), agent_receive_to_enforce_p99_s/
+max_s (the agent-side part: received to enforced, hanging loads notwithstanding),
+admitted_after_enforcement, agents, enforced (agents that enforced within --timeout), requests,
+apply_rpc_s, policy_revision, placement_revision, load_avg_1m (os.getloadavg at the end: the machine's
+other work skews every figure), case.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -237,7 +245,9 @@ async def run(args, hub: HubProcess, tmp: Path) -> dict:
         t_apply = time.time()
         r2 = await apply(hub.admin_addr, strict, args.solver)
         apply_rpc_s = time.time() - t_apply
-        log.info("revision %d applied in %.2fs (germany-only: DE only)", r2.revision.number, apply_rpc_s)
+        log.info("revision %d applied in %.2fs (germany-only: DE only)%s", r2.revision.number, apply_rpc_s,
+                 f"; its policies first, in revision {r2.policy_revision.number}"
+                 if r2.HasField("policy_revision") else "")
         deadline = time.time() + args.timeout
         while time.time() < deadline and not all(a.enforced_at for a in agents):
             await asyncio.sleep(0.05)
@@ -258,11 +268,16 @@ async def run(args, hub: HubProcess, tmp: Path) -> dict:
             "admitted_after_enforcement": sum(a.admitted_after for a in agents),
             "requests": requests,
             "apply_rpc_s": round(apply_rpc_s, 3),
+            "receive_min_s": round(min(arrive), 3) if arrive else None,
+            "receive_p50_s": round(percentile(arrive, 50), 3) if arrive else None,
             "receive_p99_s": round(percentile(arrive, 99), 3) if arrive else None,
+            "policy_revision": r2.policy_revision.number if r2.HasField("policy_revision") else None,
+            "placement_revision": r2.revision.number,
             "agent_receive_to_enforce_p99_s": round(percentile(at_agent, 99), 4) if at_agent else None,
             "agent_receive_to_enforce_max_s": round(max(at_agent), 4) if at_agent else None,
             "loads_hanging_at_enforcement": still_loading,
             "solver": args.solver,
+            "load_avg_1m": round(os.getloadavg()[0], 2),
             "case": ("fleet apply (Admin.Apply) of a tightened ResidencyPolicy while every agent's model load hangs; "
                      "real hub, real agent link apply path and door per agent; transport simulated cheaply "
                      "(real gRPC streams, minimal Hello, no heartbeats/reports/reconnects), stand-in backends, "

@@ -36,7 +36,7 @@ still changed them (a row written straight into the store) is *drift*: `drift`
 finds it, `fleet diff` shows it, and an apply of the unchanged bundle
 republishes the latest revision's objects instead of answering "unchanged".
 
-Planning runs in a worker thread (the exact solver may take seconds) and may
+Planning runs in a worker process (`hub.plan_pool`; the exact solver may take seconds) and may
 overlap with another apply; the store refuses the second writer with
 `StaleRevision`, which the admin API answers as ABORTED.
 """
@@ -45,12 +45,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Optional
 
+from hub import plan_pool
 from hub.placement.api import plan
 from hub.placement.build import problem_from_bundle
 from hub.placement.diff import PlanDiff, plan_diff
@@ -116,9 +118,26 @@ def drift(desired: Iterable[DesiredPut], live: Iterable[DesiredPut | ObjectRecor
     return lines
 
 
-def published_objects(rev: RevisionRecord) -> list[DesiredPut]:
-    """The revision-managed objects ``rev`` published (its bundle placed as it was, not re-planned)."""
-    return desired_objects(Bundle.from_json(rev.bundle), Placement.from_spec(rev.placement))
+def published_objects(rev: RevisionRecord, bundle: Bundle | None = None) -> list[DesiredPut]:
+    """The revision-managed objects ``rev`` published (its bundle placed as it was, not re-planned).
+    ``bundle``: ``rev``'s bundle when the caller has already read it."""
+    return desired_objects(bundle or stored_bundle(rev), Placement.from_spec(rev.placement))
+
+
+_BUNDLES: dict[str, Bundle] = {}
+"""Bundles read back from revisions, by digest (a few): the latest revision's bundle is read by every
+apply, and validating it again costs as much as the policy step itself."""
+
+
+def stored_bundle(rev: RevisionRecord) -> Bundle:
+    """``rev``'s bundle, validated (`Bundle.from_json`) once per digest. Callers must not change it."""
+    got = _BUNDLES.get(rev.digest)
+    if got is None:
+        got = Bundle.from_json(rev.bundle)
+        if len(_BUNDLES) >= 4:
+            _BUNDLES.pop(next(iter(_BUNDLES)))
+        _BUNDLES[rev.digest] = got
+    return got
 
 
 async def live_drift(store: Store, rev: RevisionRecord | None, live: Sequence[ObjectRecord] | None = None) -> list[str]:
@@ -189,6 +208,13 @@ def _quiet_plan(bundle: Bundle, previous: Optional[Placement], solver: str, unsc
         return plan(bundle, previous, solver=solver, unschedulable=unschedulable)  # type: ignore[arg-type]
 
 
+async def plan_placements(bundle: Bundle, previous: Optional[Placement], solver: str,
+                          unschedulable: dict | None = None):
+    """`hub.placement.api.plan`, in the planning process (`hub.plan_pool`): the hub's event loop keeps
+    the GIL to itself while it fans out what was just published."""
+    return await plan_pool.run(_quiet_plan, bundle, previous, solver, unschedulable)
+
+
 async def unschedulable_nodes(store: Store) -> dict[tuple[str, str], str]:
     """(site, node) -> why, for nodes whose agent reports them unschedulable (cordoned in Kubernetes)."""
     return {(n.site, n.node): "node is cordoned (unschedulable, as its agent reports)"
@@ -221,33 +247,40 @@ async def apply_bundle(
     When the bundle changes policy objects, they are stored and published first, in a revision of
     their own, before planning starts (see the module docstring). ``on_published`` is called after
     each stored revision (the admin API pokes the broker with it, so agents get the policies while
-    the hub plans). ``planner`` replaces the solver call (tests inject a slow one).
+    the hub plans). ``planner`` replaces the solver call, run in a thread (tests inject a slow one);
+    by default planning runs in the planning process (`plan_placements`).
 
     Raises `hub.store.repo.StaleRevision` when ``base`` is given and is not the
     latest revision, before or after planning.
     """
-    planner = planner or _quiet_plan
     latest = await store.get_revision()
     latest_no = latest.number if latest else 0
     if base is not None and base != latest_no:
         raise StaleRevision(base, latest_no)
     previous = Placement.from_spec(latest.placement) if latest else None
-    before = Bundle.from_json(latest.bundle) if latest else Bundle()
-    bundle_lines = diff(before, bundle).lines()
-    published_before = await asyncio.to_thread(published_objects, latest) if latest is not None else []
+    text = bundle.to_json()
+    digest = hashlib.sha256(text.encode()).hexdigest()  # = bundle.digest(), without serialising twice
+    before = await asyncio.to_thread(stored_bundle, latest) if latest else Bundle()
+    published_before = await asyncio.to_thread(published_objects, latest, before) if latest is not None else []
     drifted = tuple(drift(published_before, await store.live_objects()))
     policy_step: Optional[Published] = None
     if not dry_run and latest is not None and previous is not None:
         policy_step = await _publish_policies_first(store, bundle, previous, latest, published_before, author=author,
                                                     message=message, now=now, drifted=drifted,
-                                                    bundle_lines=bundle_lines)
+                                                    text=text, digest=digest)
         if policy_step is not None:
             if on_published is not None:
                 on_published(policy_step)
             latest_no = policy_step.revision.number
-    result = await asyncio.to_thread(planner, bundle, previous, solver, await unschedulable_nodes(store))
+    unschedulable = await unschedulable_nodes(store)
+    if planner is None:
+        result = await plan_placements(bundle, previous, solver, unschedulable)
+    else:
+        result = await asyncio.to_thread(planner, bundle, previous, solver, unschedulable)
+    # Computed late: the policy step need not wait for it, nor the fan-out of the policy step compete with it.
+    bundle_lines = diff(before, bundle).lines()
     pending = pending_placement(latest) or policy_step is not None
-    if latest is not None and latest.digest == bundle.digest() and not (result.diff.changes or result.diff.moves):
+    if latest is not None and latest.digest == digest and not (result.diff.changes or result.diff.moves):
         # Same input, same replica counts: a no-op, like `kubectl apply` of an
         # unchanged file. (The solver may pick other GPU indices inside a pool
         # on a re-plan; publishing that would only churn the agents.)
@@ -278,7 +311,7 @@ async def apply_bundle(
         author=author,
         message=(_step_message(message, f"step 2/2: placements (policies in revision {latest_no})")
                  if policy_step else message),
-        digest=bundle.digest(), bundle=bundle.to_json(), placement=result.placement.to_spec(),
+        digest=digest, bundle=text, placement=result.placement.to_spec(),
         summary=summary(result.diff, result.placement), objects=desired_objects(bundle, result.placement),
         managed_kinds=MANAGED_KINDS, base=latest_no, now=now,
         audit=audit_records("revision.apply", result.diff, () if policy_step else drifted),
@@ -291,7 +324,7 @@ async def apply_bundle(
 
 async def _publish_policies_first(
     store: Store, bundle: Bundle, previous: Placement, latest: RevisionRecord, published_before: Sequence[DesiredPut],
-    *, author: str, message: str, now: datetime, drifted: Sequence[str], bundle_lines: Sequence[str],
+    *, author: str, message: str, now: datetime, drifted: Sequence[str], text: str, digest: str,
 ) -> Optional[Published]:
     """Store the policy step (``bundle`` with ``previous`` carried over) when ``bundle``'s policy objects
     differ from those the latest revision published (``published_before``); None (nothing stored) when
@@ -306,9 +339,9 @@ async def _publish_policies_first(
     step_summary["replicas"] = sum(a.replicas for a in carried.assignments)
     return await store.add_revision(
         author=author, message=_step_message(message, "step 1/2: policies, published before placement planning"),
-        digest=bundle.digest(), bundle=bundle.to_json(), placement=carried.to_spec(), summary=step_summary,
+        digest=digest, bundle=text, placement=carried.to_spec(), summary=step_summary,
         objects=objects, managed_kinds=MANAGED_KINDS, base=latest.number, now=now,
-        audit=audit_records("revision.apply.policies", [*bundle_lines, *changed], drifted),
+        audit=audit_records("revision.apply.policies", changed, drifted),
     )
 
 
