@@ -47,6 +47,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -129,14 +130,19 @@ _BUNDLES: dict[str, Bundle] = {}
 apply, and validating it again costs as much as the policy step itself."""
 
 
+_BUNDLES_LOCK = threading.Lock()  # read from worker threads (asyncio.to_thread)
+
+
 def stored_bundle(rev: RevisionRecord) -> Bundle:
     """``rev``'s bundle, validated (`Bundle.from_json`) once per digest. Callers must not change it."""
-    got = _BUNDLES.get(rev.digest)
+    with _BUNDLES_LOCK:
+        got = _BUNDLES.get(rev.digest)
     if got is None:
         got = Bundle.from_json(rev.bundle)
-        if len(_BUNDLES) >= 4:
-            _BUNDLES.pop(next(iter(_BUNDLES)))
-        _BUNDLES[rev.digest] = got
+        with _BUNDLES_LOCK:
+            while len(_BUNDLES) >= 4:
+                _BUNDLES.pop(next(iter(_BUNDLES)))
+            _BUNDLES[rev.digest] = got
     return got
 
 
