@@ -13,7 +13,7 @@ import grpc
 
 from google.protobuf.struct_pb2 import Struct
 
-from hub import convert, report, revisions
+from hub import convert, plan_pool, report, revisions
 from hub.policy import Bundle, PolicyError
 from hub.publish import MANAGED_KINDS
 from hub.rollout.service import blocking_rollouts_message
@@ -94,6 +94,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self.store = store
         self.liveness = liveness
         self.on_change = on_change  # called after a desired-state write (pokes the broker)
+        plan_pool.warm(revisions.ready)  # the first apply should not wait for the planning process to start
 
     async def _node_views(self, site: str = "") -> list[admin_pb2.NodeView]:
         nodes = await self.store.list_nodes(site or None)

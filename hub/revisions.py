@@ -221,6 +221,11 @@ async def plan_placements(bundle: Bundle, previous: Optional[Placement], solver:
     return await plan_pool.run(_quiet_plan, bundle, previous, solver, unschedulable)
 
 
+def ready() -> None:
+    """Nothing: `hub.plan_pool.warm` runs it so that the planning process has imported this module
+    (and through it the placement code) before the first apply."""
+
+
 async def unschedulable_nodes(store: Store) -> dict[tuple[str, str], str]:
     """(site, node) -> why, for nodes whose agent reports them unschedulable (cordoned in Kubernetes)."""
     return {(n.site, n.node): "node is cordoned (unschedulable, as its agent reports)"
