@@ -25,10 +25,19 @@ All agents share one process and event loop, so the figures include queueing beh
 Baseline: before this change, updates went through one serial apply step and loads had no timeout,
 so with a load hanging the tightened policy was never enforced (admitted requests unbounded).
 
+The hub publishes a policy change in a revision of its own before it plans placements
+(`hub.revisions`): `policy_revision` and `placement_revision` are the two revisions of the Apply;
+`apply_rpc_s` (the whole RPC) includes planning, which the enforcement figures no longer wait for.
+
 Prints one JSON line: enforce_p50_s, enforce_p99_s, enforce_max_s (from the start of the Apply RPC),
-receive_p99_s (the update reaching the agents' links), agent_receive_to_enforce_p99_s/max_s (the
-agent-side part: received to enforced, hanging loads notwithstanding), admitted_after_enforcement,
-agents, enforced (agents that enforced within --timeout), requests, apply_rpc_s, case.
+receive_min_s/p50_s/p99_s (the update reaching the agents' links: the first agent's is about when the
+hub published the policy revision, the spread after it is the fan-out), agent_receive_to_enforce_p99_s/
+max_s (the agent-side part: received to enforced, hanging loads notwithstanding),
+admitted_after_enforcement, agents, enforced (agents that enforced within --timeout), requests,
+apply_rpc_s, policy_revision, placement_revision, load_avg_1m (os.getloadavg at the end: the machine's
+other work skews every figure), cpu_window_s/cpu_hub_s/cpu_planner_s/cpu_agents_s (CPU seconds each
+side used from the start of the Apply until the last agent enforced, or --timeout: where the time went),
+case.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -175,6 +185,31 @@ class Agent:
         self.state.close()
 
 
+def cpu_seconds(hub: HubProcess) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the hub's main process, its children (the planning
+    process), and this process (every simulated agent and the request traffic)."""
+    import psutil
+
+    def used(p: psutil.Process) -> float:
+        t = p.cpu_times()
+        return t.user + t.system
+
+    out = {"hub": 0.0, "planner": 0.0, "agents": used(psutil.Process())}
+    if hub.proc is not None:
+        try:
+            main = psutil.Process(hub.proc.pid)
+            out["hub"] = used(main)
+            out["planner"] = sum(used(c) for c in main.children(recursive=True))
+        except psutil.Error:
+            pass
+    return out
+
+
+def two_step(resp) -> bool:
+    """Whether the Apply stored its policies in a revision of their own (False from a hub without that)."""
+    return "policy_revision" in resp.DESCRIPTOR.fields_by_name and resp.HasField("policy_revision")
+
+
 async def apply(addr: str, bundle_json: str, solver: str) -> object:
     from protos.fleet.v1 import admin_pb2
 
@@ -234,13 +269,22 @@ async def run(args, hub: HubProcess, tmp: Path) -> dict:
 
         flow = asyncio.create_task(traffic())
         await asyncio.sleep(0.5)
+        cpu0 = cpu_seconds(hub)
         t_apply = time.time()
-        r2 = await apply(hub.admin_addr, strict, args.solver)
-        apply_rpc_s = time.time() - t_apply
-        log.info("revision %d applied in %.2fs (germany-only: DE only)", r2.revision.number, apply_rpc_s)
+        rpc_done: list[float] = []
+        rpc = asyncio.create_task(apply(hub.admin_addr, strict, args.solver))
+        rpc.add_done_callback(lambda _: rpc_done.append(time.time()))
+        # Enforcement is watched while the RPC runs: the policy revision comes before planning ends.
         deadline = time.time() + args.timeout
         while time.time() < deadline and not all(a.enforced_at for a in agents):
             await asyncio.sleep(0.05)
+        cpu1 = cpu_seconds(hub)
+        window = time.time() - t_apply
+        r2 = await rpc
+        apply_rpc_s = rpc_done[0] - t_apply
+        log.info("revision %d applied in %.2fs (germany-only: DE only)%s", r2.revision.number, apply_rpc_s,
+                 f"; its policies first, in revision {r2.policy_revision.number}"
+                 if two_step(r2) else "")
         await asyncio.sleep(0.5)  # requests keep flowing after enforcement
         flowing = False
         await flow
@@ -258,11 +302,20 @@ async def run(args, hub: HubProcess, tmp: Path) -> dict:
             "admitted_after_enforcement": sum(a.admitted_after for a in agents),
             "requests": requests,
             "apply_rpc_s": round(apply_rpc_s, 3),
+            "receive_min_s": round(min(arrive), 3) if arrive else None,
+            "receive_p50_s": round(percentile(arrive, 50), 3) if arrive else None,
             "receive_p99_s": round(percentile(arrive, 99), 3) if arrive else None,
+            "policy_revision": r2.policy_revision.number if two_step(r2) else None,
+            "placement_revision": r2.revision.number,
             "agent_receive_to_enforce_p99_s": round(percentile(at_agent, 99), 4) if at_agent else None,
             "agent_receive_to_enforce_max_s": round(max(at_agent), 4) if at_agent else None,
             "loads_hanging_at_enforcement": still_loading,
+            "cpu_window_s": round(window, 3),
+            "cpu_hub_s": round(cpu1["hub"] - cpu0["hub"], 3),
+            "cpu_planner_s": round(cpu1["planner"] - cpu0["planner"], 3),
+            "cpu_agents_s": round(cpu1["agents"] - cpu0["agents"], 3),
             "solver": args.solver,
+            "load_avg_1m": round(os.getloadavg()[0], 2),
             "case": ("fleet apply (Admin.Apply) of a tightened ResidencyPolicy while every agent's model load hangs; "
                      "real hub, real agent link apply path and door per agent; transport simulated cheaply "
                      "(real gRPC streams, minimal Hello, no heartbeats/reports/reconnects), stand-in backends, "

@@ -14,7 +14,7 @@ import grpc
 
 from google.protobuf.struct_pb2 import Struct
 
-from hub import convert, report, revisions
+from hub import convert, plan_pool, report, revisions
 from hub.autoscale import demand as autoscale_demand
 from hub.autoscale import status as autoscale_status
 from hub.drift import monitor as drift_monitor
@@ -103,6 +103,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self.store = store
         self.liveness = liveness
         self.on_change = on_change  # called after a desired-state write (pokes the broker)
+        plan_pool.warm(revisions.ready)  # the first apply should not wait for the planning process to start
 
     async def _node_views(self, site: str = "") -> list[admin_pb2.NodeView]:
         nodes = await self.store.list_nodes(site or None)
@@ -228,14 +229,21 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             out = await revisions.apply_bundle(
                 self.store, bundle, author=request.author or "unknown", message=request.message, base=base,
                 now=datetime.now(UTC), dry_run=request.dry_run, solver=request.solver or "auto",
+                on_published=self._published,
             )
         except StaleRevision as exc:
             await context.abort(grpc.StatusCode.ABORTED, _stale(exc))
         if out.published is not None:
-            self.on_change()
             log.info("revision %d applied by %s: %d objects published, %d deleted", out.revision.number,
                      out.revision.author, len(out.published.upserted), len(out.published.deleted))
         return _apply_response(out)
+
+    def _published(self, p) -> None:
+        """A revision was stored: agents get it now. A policy step is published before planning starts."""
+        if p.revision.summary.get("step") == "policies":
+            log.info("revision %d by %s publishes policies before planning: %d objects published, %d deleted",
+                     p.revision.number, p.revision.author, len(p.upserted), len(p.deleted))
+        self.on_change()
 
     async def Rollback(self, request, context):  # noqa: N802
         base = request.base_revision if request.HasField("base_revision") else None
@@ -384,4 +392,7 @@ def _apply_response(out: revisions.ApplyOutcome) -> admin_pb2.ApplyResponse:
         diff=out.plan.lines(), bundle_diff=out.bundle_diff, plan=plan, unchanged=out.unchanged,
         objects_published=len(p.upserted) if p else 0, objects_deleted=len(p.deleted) if p else 0,
         objects_unchanged=p.unchanged if p else 0, drift=out.drift,
+        policy_revision=revision_proto(out.policy_step.revision, full=False) if out.policy_step else None,
+        policy_objects_published=len(out.policy_step.upserted) if out.policy_step else 0,
+        policy_objects_deleted=len(out.policy_step.deleted) if out.policy_step else 0,
     )

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 
 from hub.placement.model import Placement
 from hub.policy.bundle import Bundle
@@ -38,6 +39,9 @@ from hub.policy.vocab import COUNTRY_JURISDICTIONS, KNOWN_JURISDICTIONS
 from hub.store.repo import DesiredPut
 
 MANAGED_KINDS = ("SiteLocation", "ResidencyPolicy", "PriorityClass", "Placement")
+POLICY_KINDS = ("SiteLocation", "ResidencyPolicy", "PriorityClass")
+"""The revision-managed kinds that decide admission (what a request may reach); an apply that changes
+any of them publishes them in a revision of their own before it plans placements (`hub.revisions`)."""
 
 _COUNTRIES_OF: dict[str, frozenset[str]] = {
     j: frozenset(c for c, js in COUNTRY_JURISDICTIONS.items() if j in js) for j in KNOWN_JURISDICTIONS
@@ -78,6 +82,18 @@ def site_location_spec(site: str, spec) -> dict:
     demand reports may name: ``X-Fleet-Origin-Region`` is checked against them)."""
     return {"site": site, "country": spec.country, "jurisdictions": list(spec.jurisdictions),
             "region": spec.region, "regions": sorted({spec.region, *spec.network_latency})}
+
+
+def carried_placement(bundle: Bundle, previous: Placement) -> Placement:
+    """``previous`` as far as ``bundle`` still has its services and sites: the placements that stay in
+    force while ``bundle``'s policies are published ahead of planning (nothing is re-planned here).
+
+    An assignment the new policies forbid is kept: the agent's door refuses its requests (fail-closed)
+    until the re-planned revision removes it. One whose service or site the bundle no longer has is
+    dropped (it could not be described with ``bundle``'s services and sites)."""
+    kept = tuple(a for a in previous.assignments if a.service in bundle.services and a.site in bundle.sites)
+    return replace(previous, assignments=kept,
+                   unplaced=tuple(u for u in previous.unplaced if u.service in bundle.services))
 
 
 def desired_objects(bundle: Bundle, placement: Placement) -> list[DesiredPut]:

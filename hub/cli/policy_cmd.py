@@ -152,6 +152,11 @@ def apply(admin: Admin, args) -> int:
         header = (f"revision {r.number} applied by {r.author}: {resp.objects_published} objects published, "
                   f"{resp.objects_deleted} removed, {resp.objects_unchanged} unchanged; "
                   "watch agents apply them: fleet get objects --kind Placement")
+    if resp.HasField("policy_revision"):
+        p = resp.policy_revision
+        header = (f"revision {p.number} published the policies first, before planning: "
+                  f"{resp.policy_objects_published} objects published, {resp.policy_objects_deleted} removed; "
+                  f"then the placements: {header}")
     _print_outcome(resp, args.output, header=header)
     if not resp.unchanged:
         warn_unverified(args.bundle)

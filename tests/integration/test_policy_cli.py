@@ -163,3 +163,28 @@ def test_plan_and_apply_exit_3_when_demand_that_may_not_be_shed_has_no_place(hub
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "stored (partial service beats none)" in proc.stderr
     assert len(revisions(hub)) == before + 1
+
+
+def test_apply_of_a_changed_policy_reports_the_policy_revision_and_the_placement_revision(hub, tmp_path):
+    """Issue 10 item 2: a changed ResidencyPolicy is published in a revision of its own before the hub
+    plans; `fleet apply` says so and `fleet get revisions` lists both."""
+    if not revisions(hub):
+        assert fleet(hub, "apply", *FILES).returncode == 0
+    policies = tmp_path / "policies"
+    shutil.copytree(ROOT / "policies", policies)
+    text = (policies / "residency.yaml").read_text()
+    (policies / "residency.yaml").write_text(text.replace("    countries: [DE]\n",
+                                                          "    countries: [DE]\n  deny:\n    sites: [ham-1]\n", 1))
+    before = revisions(hub)[0]["revision"]
+    proc = fleet(hub, "apply", "-f", str(ROOT / "fleet_configs"), "-f", str(policies), "-m", "no hamburg")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith(f"revision {before + 1} published the policies first, before planning: "
+                            "1 objects published"), first
+    assert f"then the placements: revision {before + 2} applied by" in first, first
+    top = revisions(hub)[:2]
+    assert [r["revision"] for r in top] == [before + 2, before + 1]
+    assert top[1]["message"] == "no hamburg [step 1/2: policies, published before placement planning]"
+    assert top[0]["message"] == f"no hamburg [step 2/2: placements (policies in revision {before + 1})]"
+    again = fleet(hub, "apply", "-f", str(ROOT / "fleet_configs"), "-f", str(policies))
+    assert again.returncode == 0 and again.stdout.startswith(f"unchanged: revision {before + 2}"), again.stdout

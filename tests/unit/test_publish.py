@@ -71,3 +71,32 @@ def test_shipped_fleet_publishes_every_node_only_its_own_assignments():
     assert (eu.target_site, eu.target_node) == ("", "")  # every node enforces every policy
     assert "EU" in eu.spec["allow"]["jurisdictions"]
     assert {o.name for o in by_kind["PriorityClass"]} == set(bundle.priority_classes)
+
+
+def test_carried_placement_keeps_what_the_new_bundle_can_describe_and_nothing_else():
+    """The policy step of an apply carries the previous placement over to the new bundle: assignments
+    of services or sites the bundle dropped go; those its new policies forbid stay (the door refuses
+    their requests until the re-plan)."""
+    import json
+
+    from hub.policy import Bundle
+    from hub.publish import carried_placement
+
+    from dataclasses import replace
+
+    shipped = load_bundle([ROOT / "fleet_configs", ROOT / "policies"])
+    placed = plan(shipped, solver="greedy").placement
+    de = next(a for a in placed.assignments if a.service == "assistant-de")
+    # as if an older, looser policy had let assistant-de (personal-de) run in the US
+    site = "iad-1"
+    assert shipped.sites[site].spec.country == "US"
+    previous = replace(placed, assignments=(*placed.assignments, replace(de, site=site, node="iad-1-gpu-z")))
+    assert carried_placement(shipped, previous).assignments == previous.assignments  # forbidden ones kept
+    smaller = Bundle.from_json(json.dumps([
+        r for r in json.loads(shipped.to_json())
+        if not (r["kind"] == "Service" and r["metadata"]["name"] == "assistant-us")]))
+    kept = carried_placement(smaller, previous)
+    assert kept.assignments == tuple(a for a in previous.assignments if a.service != "assistant-us")
+    assert {o.target_node for o in desired_objects(smaller, kept) if o.kind == "Placement"} <= {
+        a.node for a in kept.assignments}
+    assert site in {a.site for a in kept.assignments}

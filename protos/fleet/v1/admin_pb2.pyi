@@ -252,7 +252,7 @@ class ApplyRequest(_message.Message):
     def __init__(self, bundle_json: _Optional[str] = ..., author: _Optional[str] = ..., message: _Optional[str] = ..., base_revision: _Optional[int] = ..., dry_run: _Optional[bool] = ..., solver: _Optional[str] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
-    __slots__ = ("revision", "diff", "bundle_diff", "objects_published", "objects_deleted", "objects_unchanged", "unchanged", "plan", "drift")
+    __slots__ = ("revision", "diff", "bundle_diff", "objects_published", "objects_deleted", "objects_unchanged", "unchanged", "plan", "drift", "policy_revision", "policy_objects_published", "policy_objects_deleted")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     DIFF_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_DIFF_FIELD_NUMBER: _ClassVar[int]
@@ -262,6 +262,9 @@ class ApplyResponse(_message.Message):
     UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
     DRIFT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_REVISION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_OBJECTS_PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    POLICY_OBJECTS_DELETED_FIELD_NUMBER: _ClassVar[int]
     revision: Revision
     diff: _containers.RepeatedScalarFieldContainer[str]
     bundle_diff: _containers.RepeatedScalarFieldContainer[str]
@@ -271,7 +274,10 @@ class ApplyResponse(_message.Message):
     unchanged: bool
     plan: _struct_pb2.Struct
     drift: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, revision: _Optional[_Union[Revision, _Mapping]] = ..., diff: _Optional[_Iterable[str]] = ..., bundle_diff: _Optional[_Iterable[str]] = ..., objects_published: _Optional[int] = ..., objects_deleted: _Optional[int] = ..., objects_unchanged: _Optional[int] = ..., unchanged: _Optional[bool] = ..., plan: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., drift: _Optional[_Iterable[str]] = ...) -> None: ...
+    policy_revision: Revision
+    policy_objects_published: int
+    policy_objects_deleted: int
+    def __init__(self, revision: _Optional[_Union[Revision, _Mapping]] = ..., diff: _Optional[_Iterable[str]] = ..., bundle_diff: _Optional[_Iterable[str]] = ..., objects_published: _Optional[int] = ..., objects_deleted: _Optional[int] = ..., objects_unchanged: _Optional[int] = ..., unchanged: _Optional[bool] = ..., plan: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., drift: _Optional[_Iterable[str]] = ..., policy_revision: _Optional[_Union[Revision, _Mapping]] = ..., policy_objects_published: _Optional[int] = ..., policy_objects_deleted: _Optional[int] = ...) -> None: ...
 
 class RollbackRequest(_message.Message):
     __slots__ = ("to", "author", "message", "base_revision")
