@@ -29,7 +29,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from hub.report.telemetry import PayloadError
+from hub.report import fields
+from hub.report.fields import PayloadError
 
 KIND = "demand"
 SCHEMA = 1
@@ -59,34 +60,6 @@ class DemandReport:
     groups: tuple[DemandGroup, ...]
 
 
-def _text(obj: Mapping, key: str, where: str, *, empty: bool = False) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str) or (not empty and not value.strip()) or len(value) > 253:
-        raise PayloadError(f"{where}{key}: expected a{'' if empty else ' non-empty'} string of at most 253 "
-                           f"characters, got {value!r}"[:200])
-    return value
-
-
-def _time(obj: Mapping, key: str) -> datetime:
-    text = _text(obj, key, "")
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise PayloadError(f"{key}: {text[:40]!r} is not an ISO 8601 time") from None
-    if value.tzinfo is None:
-        raise PayloadError(f"{key}: {text[:40]!r} has no time zone; send UTC, e.g. '2026-11-27T21:00:00Z'")
-    return value.astimezone(UTC)
-
-
-def _count(obj: Mapping, key: str, where: str) -> int:
-    value = obj.get(key, 0)
-    if isinstance(value, float) and value.is_integer():  # Struct numbers are doubles: 50 arrives as 50.0
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise PayloadError(f"{where}{key}: expected an integer >= 0, got {value!r}"[:160])
-    return value
-
-
 def parse_payload(payload: object, *, site: str | None = None, node: str | None = None) -> DemandReport:
     """Validate one ``demand`` payload; raises PayloadError naming the path to the first problem.
 
@@ -97,7 +70,7 @@ def parse_payload(payload: object, *, site: str | None = None, node: str | None 
     if isinstance(schema, bool) or schema != SCHEMA:
         raise PayloadError(f"schema: {schema!r} is not a demand schema this hub reads (reads {SCHEMA}); "
                            "upgrade the hub or pin the agent"[:200])
-    start, end = _time(payload, "windowStart"), _time(payload, "windowEnd")
+    start, end = fields.time(payload, "windowStart"), fields.time(payload, "windowEnd")
     if end < start:
         raise PayloadError(f"windowEnd: {end.isoformat()} is before windowStart {start.isoformat()}")
     groups = payload.get("groups")
@@ -108,13 +81,13 @@ def parse_payload(payload: object, *, site: str | None = None, node: str | None 
         where = f"groups[{i}]."
         if not isinstance(g, Mapping):
             raise PayloadError(f"groups[{i}]: expected an object, got {type(g).__name__}")
-        counts = {k: _count(g, k, where) for k in COUNTS}
+        counts = {k: fields.count(g, k, where) for k in COUNTS}
         for part in ("measured", "shed", "refused", "errors"):
             if counts[part] > counts["arrivals"]:
                 raise PayloadError(f"{where}{part}: {counts[part]} is more than arrivals ({counts['arrivals']})")
-        out.append(DemandGroup(_text(g, "service", where), _text(g, "region", where, empty=True), counts))
-    return DemandReport(site if site is not None else _text(payload, "site", ""),
-                        node if node is not None else _text(payload, "node", ""), start, end, tuple(out))
+        out.append(DemandGroup(fields.text(g, "service", where), fields.text(g, "region", where, empty=True), counts))
+    return DemandReport(site if site is not None else fields.text(payload, "site", ""),
+                        node if node is not None else fields.text(payload, "node", ""), start, end, tuple(out))
 
 
 def reports_from_rows(rows: Iterable[tuple[str, str, object]]) -> tuple[list[DemandReport], list[str]]:

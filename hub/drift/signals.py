@@ -22,7 +22,9 @@ from datetime import datetime
 from ddsketch.ddsketch import BaseDDSketch
 
 from hub.drift.stats import merged
-from hub.report.telemetry import PayloadError, _count, _str, _time, decode_sketch, empty_sketch
+from hub.report import fields
+from hub.report.fields import PayloadError
+from hub.report.telemetry import decode_sketch, empty_sketch
 
 SCHEMA = 1
 KIND = "drift"
@@ -81,15 +83,15 @@ def _group(obj: object, where: str) -> tuple[str, str, Signals]:
     fin = obj.get("finish", {})
     if not isinstance(fin, Mapping):
         raise PayloadError(f"{where}finish: expected an object, got {type(fin).__name__}")
-    finish = {k: _count(fin, k, f"{where}finish.") for k in FINISH}
-    requests = _count(obj, "requests", where)
+    finish = {k: fields.count(fin, k, f"{where}finish.") for k in FINISH}
+    requests = fields.count(obj, "requests", where)
     if sum(finish.values()) > requests:
         raise PayloadError(f"{where}finish: {sum(finish.values())} finished requests of {requests}")
-    empty = _count(obj, "empty", where)
+    empty = fields.count(obj, "empty", where)
     if empty > finish["stop"] + finish["length"]:
         raise PayloadError(f"{where}empty: {empty} empty outputs of {finish['stop'] + finish['length']} completed")
     sketches = {k: decode_sketch(sk[k], f"{where}sketches.{k}") if k in sk else empty_sketch() for k in NUMERIC}
-    return _str(obj, "model", where), _str(obj, "version", where), Signals(requests, finish, empty, sketches)
+    return fields.text(obj, "model", where), fields.text(obj, "version", where), Signals(requests, finish, empty, sketches)
 
 
 def parse_payload(payload: object, site: str | None = None, node: str | None = None) -> list[Window]:
@@ -99,9 +101,9 @@ def parse_payload(payload: object, site: str | None = None, node: str | None = N
     schema = payload.get("schema")
     if isinstance(schema, bool) or schema != SCHEMA:
         raise PayloadError(f"schema: {schema!r} is not a drift schema this hub reads (reads {SCHEMA})"[:200])
-    site = site or _str(payload, "site", "")
-    node = node or _str(payload, "node", "")
-    start, end = _time(payload, "windowStart"), _time(payload, "windowEnd")
+    site = site or fields.text(payload, "site", "")
+    node = node or fields.text(payload, "node", "")
+    start, end = fields.time(payload, "windowStart"), fields.time(payload, "windowEnd")
     if end < start:
         raise PayloadError(f"windowEnd: {end.isoformat()} is before windowStart {start.isoformat()}")
     groups = payload.get("groups")

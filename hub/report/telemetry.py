@@ -31,13 +31,16 @@ import binascii
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from ddsketch import DDSketch
 from ddsketch.ddsketch import BaseDDSketch
 from ddsketch.mapping import LogarithmicMapping
 from ddsketch.pb.proto import DDSketchProto, pb
 from ddsketch.store import DenseStore
+
+from hub.report import fields
+from hub.report.fields import PayloadError
 
 SCHEMA = 1
 """The only payload schema this hub reads."""
@@ -60,10 +63,6 @@ MAX_BINS = 20_000
 """Most contiguous bins one serialised store may carry."""
 
 _REFERENCE = DDSketch(RELATIVE_ACCURACY)._mapping
-
-
-class PayloadError(ValueError):
-    """A payload that cannot be used; the message starts with the path to the problem."""
 
 
 @dataclass(frozen=True)
@@ -205,45 +204,6 @@ def sketch_bins(sketch: BaseDDSketch) -> tuple[dict[int, float], dict[int, float
 # ------------------------------------------------------------------ parsing
 
 
-def _str(obj: Mapping, key: str, where: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str) or not value.strip():
-        got = "missing" if key not in obj else f"got {type(value).__name__} {value!r}"[:80]
-        raise PayloadError(f"{where}{key}: expected a non-empty string ({got})")
-    if len(value) > 253:
-        raise PayloadError(f"{where}{key}: longer than 253 characters")
-    return value
-
-
-def _time(obj: Mapping, key: str) -> datetime:
-    text = _str(obj, key, "")
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise PayloadError(f"{key}: {text[:40]!r} is not an ISO 8601 time") from None
-    if value.tzinfo is None:
-        raise PayloadError(f"{key}: {text[:40]!r} has no time zone; send UTC, e.g. '2026-11-27T21:00:00Z'")
-    return value.astimezone(UTC)
-
-
-def _count(obj: Mapping, key: str, where: str) -> int:
-    value = obj.get(key, 0)
-    # Reports cross the link as google.protobuf.Struct, whose numbers are all
-    # doubles: 50 arrives as 50.0. An integral float is the integer it was.
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise PayloadError(f"{where}{key}: expected an integer >= 0, got {value!r}"[:160])
-    return value
-
-
-def _amount(obj: Mapping, key: str, where: str) -> float:
-    value = obj.get(key, 0.0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise PayloadError(f"{where}{key}: expected a finite number >= 0, got {value!r}"[:160])
-    return float(value)
-
-
 def _group(obj: object, where: str) -> Group:
     if not isinstance(obj, Mapping):
         raise PayloadError(f"{where.rstrip('.')}: expected an object, got {type(obj).__name__}")
@@ -254,12 +214,12 @@ def _group(obj: object, where: str) -> Group:
         k: decode_sketch(sketches_obj[k], f"{where}sketches.{k}") if k in sketches_obj else empty_sketch()
         for k in SKETCH_KEYS
     }
-    counts = {k: _count(obj, k, where) for k in COUNT_KEYS}
-    amounts = {k: _amount(obj, k, where) for k in AMOUNT_KEYS}
+    counts = {k: fields.count(obj, k, where) for k in COUNT_KEYS}
+    amounts = {k: fields.amount(obj, k, where) for k in AMOUNT_KEYS}
     return Group(
-        model=_str(obj, "model", where),
-        version=_str(obj, "version", where),
-        priority=_str(obj, "priority", where),
+        model=fields.text(obj, "model", where),
+        version=fields.text(obj, "version", where),
+        priority=fields.text(obj, "priority", where),
         requests=counts["requests"],
         errors=counts["errors"],
         rejected=counts["rejected"],
@@ -287,9 +247,9 @@ def parse_payload(payload: object) -> Telemetry:
     if isinstance(schema, bool) or schema != SCHEMA:
         raise PayloadError(f"schema: {schema!r} is not a schema this hub reads (reads {SCHEMA}); "
                            "upgrade the hub or pin the agent"[:200])
-    site = _str(payload, "site", "")
-    node = _str(payload, "node", "")
-    start, end = _time(payload, "windowStart"), _time(payload, "windowEnd")
+    site = fields.text(payload, "site", "")
+    node = fields.text(payload, "node", "")
+    start, end = fields.time(payload, "windowStart"), fields.time(payload, "windowEnd")
     if end <= start:
         raise PayloadError(f"windowEnd: {end.isoformat()} is not after windowStart {start.isoformat()}")
     groups = payload.get("groups")
