@@ -36,6 +36,31 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
                         "on a trusted machine only; default: FLEET_INSECURE=1 or the fleetconfig)")
     p.add_argument("-o", "--output", choices=FORMATS, default="table",
                    help="output format; wide adds columns to the table (default: table)")
+    p.add_argument("--request-timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help="how long to wait for the hub's answer (default: 300 for plan, apply and rollback, "
+                        "which plan the whole fleet; 15 for the rest)")
+
+
+#: Commands whose answer waits for the placement planner: a large fleet plans for minutes, not seconds.
+PLANNING_COMMANDS = ("plan", "apply", "rollback")
+
+
+def request_timeout(args: argparse.Namespace) -> float:
+    """Seconds the CLI waits for the hub: --request-timeout, else by what the command waits for."""
+    given = getattr(args, "request_timeout", None)
+    if given:
+        return given
+    return 300.0 if args.cmd in PLANNING_COMMANDS else 15.0
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (0 < value <= 86_400):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0 and at most 86400")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -194,7 +219,7 @@ def dispatch(args) -> int:
     if args.cmd in ("set", "delete") and args.kind in MANAGED_KINDS:
         raise CliError(f"{args.kind} objects belong to policy revisions and change only through them; nothing was sent",
                        "edit the YAML and run `fleet apply -f ...` (or `fleet rollback REVISION`)", code=2)
-    admin = Admin(resolve(args.hub, args.token, args.ca, args.insecure))
+    admin = Admin(resolve(args.hub, args.token, args.ca, args.insecure), timeout=request_timeout(args))
     try:
         if args.cmd == "get" and args.what == "revisions":
             return policy_cmd.get_revisions(admin, args.output, wide=args.wide)

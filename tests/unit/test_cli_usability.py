@@ -98,3 +98,19 @@ def test_migrating_logs_one_line_and_an_up_to_date_store_none(tmp_path):
     assert re.fullmatch(r"INFO hub\.store\.migrations: store schema migrated from empty to \d{4} "
                         r"\(\d+ steps on sqlite\)\n", first), first
     assert again == "", again
+
+
+def test_commands_that_plan_wait_longer_for_the_hub_and_the_wait_can_be_set():
+    """`fleet apply` of a large fleet waits for the planner (20 s and more for the shipped fleet on a busy
+    2-core machine): it must not give up after the 15 s that a `get` waits."""
+    from hub.cli.main import request_timeout
+
+    p = parser()
+    assert request_timeout(p.parse_args(["apply", "-f", "x.yaml"])) == 300.0
+    assert request_timeout(p.parse_args(["plan", "-f", "x.yaml"])) == 300.0
+    assert request_timeout(p.parse_args(["get", "nodes"])) == 15.0
+    assert request_timeout(p.parse_args(["get", "nodes", "--request-timeout", "2.5"])) == 2.5
+    assert request_timeout(p.parse_args(["apply", "-f", "x.yaml", "--request-timeout", "900"])) == 900.0
+    for bad in ("0", "-1", "soon", "1e9"):
+        with pytest.raises(SystemExit):
+            p.parse_args(["get", "nodes", "--request-timeout", bad])
