@@ -64,18 +64,7 @@ def parse_payload(payload: object, *, site: str | None = None, node: str | None 
     """Validate one ``demand`` payload; raises PayloadError naming the path to the first problem.
 
     ``site``/``node``: the identity the hub verified (mTLS), which wins over what the payload says."""
-    if not isinstance(payload, Mapping):
-        raise PayloadError(f"payload: expected a JSON object, got {type(payload).__name__}")
-    schema = payload.get("schema")
-    if isinstance(schema, bool) or schema != SCHEMA:
-        raise PayloadError(f"schema: {schema!r} is not a demand schema this hub reads (reads {SCHEMA}); "
-                           "upgrade the hub or pin the agent"[:200])
-    start, end = fields.time(payload, "windowStart"), fields.time(payload, "windowEnd")
-    if end < start:
-        raise PayloadError(f"windowEnd: {end.isoformat()} is before windowStart {start.isoformat()}")
-    groups = payload.get("groups")
-    if not isinstance(groups, list):
-        raise PayloadError(f"groups: expected a list, got {type(groups).__name__}")
+    payload, start, end, groups = fields.window(payload, SCHEMA, "demand")
     out = []
     for i, g in enumerate(groups):
         where = f"groups[{i}]."

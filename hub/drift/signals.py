@@ -96,19 +96,9 @@ def _group(obj: object, where: str) -> tuple[str, str, Signals]:
 
 def parse_payload(payload: object, site: str | None = None, node: str | None = None) -> list[Window]:
     """Validate one ``drift`` payload; ``site``/``node`` (the identity the hub verified) win over the payload's."""
-    if not isinstance(payload, Mapping):
-        raise PayloadError(f"payload: expected a JSON object, got {type(payload).__name__}")
-    schema = payload.get("schema")
-    if isinstance(schema, bool) or schema != SCHEMA:
-        raise PayloadError(f"schema: {schema!r} is not a drift schema this hub reads (reads {SCHEMA})"[:200])
+    payload, start, end, groups = fields.window(payload, SCHEMA, "drift")
     site = site or fields.text(payload, "site", "")
     node = node or fields.text(payload, "node", "")
-    start, end = fields.time(payload, "windowStart"), fields.time(payload, "windowEnd")
-    if end < start:
-        raise PayloadError(f"windowEnd: {end.isoformat()} is before windowStart {start.isoformat()}")
-    groups = payload.get("groups")
-    if not isinstance(groups, list):
-        raise PayloadError(f"groups: expected a list, got {type(groups).__name__}")
     out = []
     for i, g in enumerate(groups):
         model, version, sig = _group(g, f"groups[{i}].")

@@ -28,6 +28,24 @@ def text(obj: Mapping, key: str, where: str, *, empty: bool = False) -> str:
     return value
 
 
+def window(payload: object, schema: int | str, kind: str) -> tuple[Mapping, datetime, datetime, list]:
+    """The envelope every windowed report shares: (payload, windowStart, windowEnd, groups), checked.
+    ``schema`` is the one this hub reads; ``kind`` names the report in the error."""
+    if not isinstance(payload, Mapping):
+        raise PayloadError(f"payload: expected a JSON object, got {type(payload).__name__}")
+    got = payload.get("schema")
+    if isinstance(got, bool) or got != schema:
+        raise PayloadError(f"schema: {got!r} is not a {kind} schema this hub reads (reads {schema}); "
+                           "upgrade the hub or pin the agent"[:200])
+    start, end = time(payload, "windowStart"), time(payload, "windowEnd")
+    if end < start:
+        raise PayloadError(f"windowEnd: {end.isoformat()} is before windowStart {start.isoformat()}")
+    groups = payload.get("groups")
+    if not isinstance(groups, list):
+        raise PayloadError(f"groups: expected a list, got {type(groups).__name__}")
+    return payload, start, end, groups
+
+
 def time(obj: Mapping, key: str) -> datetime:
     """An ISO 8601 time with a zone, as UTC."""
     raw = text(obj, key, "")
